@@ -1,0 +1,2 @@
+"""dfer: dynamic facial expression recognition in video."""
+__version__ = "0.1.0"
