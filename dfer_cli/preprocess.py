@@ -21,6 +21,21 @@ DEFAULT_TEMPLATE: tuple[tuple[float, float], ...] = (
 )
 
 
+# Where FER2013's loosely centred 48x48 faces have their landmarks: the median of MTCNN's
+# 5 points over 420 training images (60 per class, upscaled to 192 px), made left/right
+# symmetric. Aligning video faces to this template frames them like FER2013's training faces.
+# Reproduce with `python scripts/fer2013_template.py`.
+FER2013_TEMPLATE: tuple[tuple[float, float], ...] = (
+    (0.3080, 0.3944),
+    (0.6920, 0.3944),
+    (0.5000, 0.6146),
+    (0.3417, 0.8122),
+    (0.6583, 0.8122),
+)
+
+TEMPLATES = {"default": DEFAULT_TEMPLATE, "fer2013": FER2013_TEMPLATE}
+
+
 def zoom_template(template, scale: float) -> tuple[tuple[float, float], ...]:
     """Shrink (scale < 1: more margin around the face) or enlarge a unit template about
     the crop centre."""
