@@ -1,0 +1,214 @@
+"""Attention layers over a (T, H, W) grid of tokens.
+
+Every layer takes patch tokens ``x`` of shape (B, N, D) with N = T*H*W laid out time-major
+(t, then row, then column), plus the [CLS] token ``cls`` (B, 1, D), and returns both
+updated. How [CLS] takes part differs per layer and is written in each docstring.
+
+- ``Attention``: plain multi-head attention, optionally with separate keys/values and a mask.
+- ``JointAttention``: every token attends to every token (cost grows as (T*H*W)^2).
+- ``SpaceAttention``: tokens attend within their own frame.
+- ``TimeAttention``: tokens attend along time at their own spatial position.
+- ``LocalWindowAttention``: tokens attend within non-overlapping f x h x w windows.
+- ``GlobalPooledAttention``: each token attends to one pooled token per window.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+Grid = tuple[int, int, int]  # (T, H, W) of the patch-token grid
+
+
+class Attention(nn.Module):
+    """Multi-head scaled dot-product attention.
+
+    ``forward(x, kv=None, mask=None)``: queries from ``x`` (B, L, D); keys and values from
+    ``kv`` (B, S, D), default ``x``; ``mask`` boolean, broadcastable to (B, L, S), True where
+    a query may attend to a key.
+    """
+
+    def __init__(self, dim: int, heads: int, qkv_bias: bool = True, attn_drop: float = 0.0,
+                 proj_drop: float = 0.0) -> None:
+        super().__init__()
+        if dim % heads:
+            raise ValueError(f"dim {dim} is not divisible by heads {heads}")
+        self.heads = heads
+        self.q = nn.Linear(dim, dim, bias=qkv_bias)
+        self.kv = nn.Linear(dim, 2 * dim, bias=qkv_bias)
+        self.attn_drop = attn_drop
+        self.proj = nn.Linear(dim, dim)
+        self.proj_drop = nn.Dropout(proj_drop)
+
+    def forward(self, x: torch.Tensor, kv: torch.Tensor | None = None,
+                mask: torch.Tensor | None = None) -> torch.Tensor:
+        B, L, D = x.shape
+        kv = x if kv is None else kv
+        S = kv.shape[1]
+        h = self.heads
+        q = self.q(x).reshape(B, L, h, D // h).transpose(1, 2)                  # (B, h, L, d)
+        k, v = self.kv(kv).reshape(B, S, 2, h, D // h).permute(2, 0, 3, 1, 4)  # (B, h, S, d) each
+        if mask is not None:
+            mask = mask.unsqueeze(-3)                                            # (B, 1, L, S)
+        out = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=mask, dropout_p=self.attn_drop if self.training else 0.0)
+        out = out.transpose(1, 2).reshape(B, L, D)                               # (B, L, D)
+        return self.proj_drop(self.proj(out))
+
+
+class JointAttention(nn.Module):
+    """Full space-time attention over [CLS] + all T*H*W tokens."""
+
+    def __init__(self, dim: int, heads: int, **kw) -> None:
+        super().__init__()
+        self.attn = Attention(dim, heads, **kw)
+
+    def forward(self, x, cls, grid: Grid):
+        y = self.attn(torch.cat([cls, x], dim=1))  # (B, 1+N, D)
+        return y[:, 1:], y[:, :1]
+
+
+class SpaceAttention(nn.Module):
+    """Attention within each frame. [CLS] joins every frame's attention (as one extra
+    token, copied per frame) and its T outputs are averaged, as in TimeSformer."""
+
+    def __init__(self, dim: int, heads: int, **kw) -> None:
+        super().__init__()
+        self.attn = Attention(dim, heads, **kw)
+
+    def forward(self, x, cls, grid: Grid):
+        B, N, D = x.shape
+        T, H, W = grid
+        frames = x.reshape(B * T, H * W, D)                          # (B*T, HW, D)
+        cls_t = cls.repeat_interleave(T, dim=0)                      # (B*T, 1, D)
+        y = self.attn(torch.cat([cls_t, frames], dim=1))             # (B*T, 1+HW, D)
+        cls = y[:, :1].reshape(B, T, 1, D).mean(dim=1)               # (B, 1, D)
+        return y[:, 1:].reshape(B, N, D), cls
+
+
+class TimeAttention(nn.Module):
+    """Attention along time at each spatial position. [CLS] does not take part (it is
+    returned as zeros, i.e. no residual update): it already mixed every frame in the
+    space step."""
+
+    def __init__(self, dim: int, heads: int, **kw) -> None:
+        super().__init__()
+        self.attn = Attention(dim, heads, **kw)
+
+    def forward(self, x, cls, grid: Grid):
+        B, N, D = x.shape
+        T, H, W = grid
+        tubes = x.reshape(B, T, H * W, D).transpose(1, 2).reshape(B * H * W, T, D)  # (B*HW, T, D)
+        y = self.attn(tubes)
+        y = y.reshape(B, H * W, T, D).transpose(1, 2).reshape(B, N, D)              # (B, N, D)
+        return y, torch.zeros_like(cls)
+
+
+# ----------------------------------------------------------------------------- windows
+
+def padded_grid(grid: Grid, window: Grid) -> Grid:
+    """The grid rounded up to a whole number of windows in each dimension."""
+    return tuple(-(-g // w) * w for g, w in zip(grid, window))  # type: ignore[return-value]
+
+
+def num_windows(grid: Grid, window: Grid) -> int:
+    """How many windows tile ``grid`` (after padding)."""
+    n = 1
+    for g, w in zip(grid, window):
+        n *= -(-g // w)
+    return n
+
+
+def pad_to_windows(x: torch.Tensor, grid: Grid, window: Grid) -> tuple[torch.Tensor, torch.Tensor]:
+    """Zero-pad tokens (B, N, D) on the far side of each dimension up to whole windows.
+
+    Returns the padded grid tensor (B, T', H', W', D) and a boolean (T', H', W') mask that
+    is True on real tokens.
+    """
+    B, N, D = x.shape
+    T, H, W = grid
+    Tp, Hp, Wp = padded_grid(grid, window)
+    x = x.reshape(B, T, H, W, D)
+    x = F.pad(x, (0, 0, 0, Wp - W, 0, Hp - H, 0, Tp - T))                 # (B, T', H', W', D)
+    valid = torch.zeros(Tp, Hp, Wp, dtype=torch.bool, device=x.device)
+    valid[:T, :H, :W] = True
+    return x, valid
+
+
+def window_partition(x: torch.Tensor, window: Grid) -> torch.Tensor:
+    """(B, T', H', W', D) -> (B, nW, f*h*w, D), windows ordered time-major."""
+    B, T, H, W, D = x.shape
+    f, h, w = window
+    x = x.reshape(B, T // f, f, H // h, h, W // w, w, D)
+    x = x.permute(0, 1, 3, 5, 2, 4, 6, 7)                                  # (B, nt, nh, nw, f, h, w, D)
+    return x.reshape(B, -1, f * h * w, D)
+
+
+def window_merge(x: torch.Tensor, padded: Grid, window: Grid) -> torch.Tensor:
+    """Inverse of ``window_partition``: (B, nW, f*h*w, D) -> (B, T', H', W', D)."""
+    B, _, _, D = x.shape
+    T, H, W = padded
+    f, h, w = window
+    x = x.reshape(B, T // f, H // h, W // w, f, h, w, D)
+    x = x.permute(0, 1, 4, 2, 5, 3, 6, 7)                                  # (B, nt, f, nh, h, nw, w, D)
+    return x.reshape(B, T, H, W, D)
+
+
+class LocalWindowAttention(nn.Module):
+    """Attention inside non-overlapping f x h x w windows of the token grid.
+
+    A grid that the window does not divide is zero-padded on the far side up to whole
+    windows; padded tokens are masked out as keys and their outputs dropped, so the result
+    equals full attention restricted to each (possibly partial) window. Every window holds
+    at least one real token, because padding is always shorter than a window.
+    [CLS] belongs to no window: it is left unchanged (returned as zeros, i.e. no residual
+    update) and reaches the patch tokens in the global step.
+    """
+
+    def __init__(self, dim: int, heads: int, window: Grid, **kw) -> None:
+        super().__init__()
+        self.window = tuple(window)
+        self.attn = Attention(dim, heads, **kw)
+
+    def forward(self, x, cls, grid: Grid):
+        B, N, D = x.shape
+        T, H, W = grid
+        xp, valid = pad_to_windows(x, grid, self.window)                   # (B, T', H', W', D)
+        win = window_partition(xp, self.window)                            # (B, nW, L, D)
+        nW, L = win.shape[1], win.shape[2]
+        key_ok = window_partition(valid[None, ..., None], self.window)     # (1, nW, L, 1)
+        key_ok = key_ok.reshape(nW, 1, L).repeat(B, 1, 1)                  # (B*nW, 1, L)
+        mask = None if bool(valid.all()) else key_ok
+        y = self.attn(win.reshape(B * nW, L, D), mask=mask)                # (B*nW, L, D)
+        y = window_merge(y.reshape(B, nW, L, D), xp.shape[1:4], self.window)
+        y = y[:, :T, :H, :W].reshape(B, N, D)                              # drop padding
+        return y, torch.zeros_like(cls)
+
+
+class GlobalPooledAttention(nn.Module):
+    """Every token attends to one summary token per window.
+
+    The summaries come from a depthwise 3-D convolution whose kernel and stride equal the
+    window (a learned weighted pool of each window, then LayerNorm). Padded positions are
+    zeros and add nothing to a window's summary. Keys/values are the nW summaries plus
+    [CLS]; queries are all patch tokens and [CLS]. So [CLS] reads one summary per window,
+    and every patch token can read [CLS]: cost is (N+1) x (nW+1) instead of (N+1)^2.
+    """
+
+    def __init__(self, dim: int, heads: int, window: Grid, **kw) -> None:
+        super().__init__()
+        self.window = tuple(window)
+        self.pool = nn.Conv3d(dim, dim, kernel_size=self.window, stride=self.window, groups=dim)
+        self.pool_norm = nn.LayerNorm(dim)
+        self.attn = Attention(dim, heads, **kw)
+
+    def summaries(self, x: torch.Tensor, grid: Grid) -> torch.Tensor:
+        """One pooled token per window: (B, N, D) -> (B, nW, D)."""
+        xp, _ = pad_to_windows(x, grid, self.window)                        # (B, T', H', W', D)
+        pooled = self.pool(xp.permute(0, 4, 1, 2, 3))                       # (B, D, nt, nh, nw)
+        return self.pool_norm(pooled.flatten(2).transpose(1, 2))            # (B, nW, D)
+
+    def forward(self, x, cls, grid: Grid):
+        kv = torch.cat([cls, self.summaries(x, grid)], dim=1)               # (B, 1+nW, D)
+        y = self.attn(torch.cat([cls, x], dim=1), kv=kv)                    # (B, 1+N, D)
+        return y[:, 1:], y[:, :1]

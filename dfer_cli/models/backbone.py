@@ -1,0 +1,143 @@
+"""The frame encoder: torchvision's ResNet-18 kept up to layer3.
+
+A 112x112 face gives a 256x7x7 feature map (stride 16). Other sizes give a
+ceil(size/16) grid: 48 -> 3x3, 64 -> 4x4, 32 -> 2x2.
+
+The module keeps torchvision's attribute names (conv1, bn1, layer1..layer3), so a
+ResNet-18 state dict -- e.g. the MS-Celeb-1M face-recognition ResNet-18 that Former-DFER
+and RAN users keep as ``.pth``/``.pth.tar`` -- loads onto it directly.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import warnings
+from pathlib import Path
+
+import torch
+from torch import nn
+
+log = logging.getLogger("dfer")
+
+OUT_CHANNELS = 256
+STRIDE = 16
+# Keys a full ResNet-18 has that the trunk does not use: not reported as "unexpected".
+IGNORED_PREFIXES = ("fc.", "layer4.", "classifier.", "head.")
+WRAPPER_KEYS = ("state_dict", "model_state_dict", "model", "net", "params", "weights")
+
+
+def grid_size(input_size: int) -> int:
+    """Side of the feature grid the trunk makes from an ``input_size`` square frame."""
+    side = input_size
+    for _ in range(4):  # conv1 (s2), maxpool (s2), layer2 (s2), layer3 (s2): each ceil(x/2)
+        side = math.ceil(side / 2)
+    return side
+
+
+class ResNetTrunk(nn.Module):
+    """ResNet-18 up to layer3: (N, 3, H, W) -> (N, 256, ceil(H/16), ceil(W/16)).
+
+    Built with ``weights=None``: nothing is ever downloaded.
+    """
+
+    out_channels = OUT_CHANNELS
+
+    def __init__(self) -> None:
+        super().__init__()
+        from torchvision.models import resnet18
+
+        r = resnet18(weights=None)
+        self.conv1, self.bn1, self.relu, self.maxpool = r.conv1, r.bn1, r.relu, r.maxpool
+        self.layer1, self.layer2, self.layer3 = r.layer1, r.layer2, r.layer3
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))  # (N, 64, H/4, W/4)
+        x = self.layer1(x)                                     # (N, 64, H/4, W/4)
+        x = self.layer2(x)                                     # (N, 128, H/8, W/8)
+        return self.layer3(x)                                  # (N, 256, H/16, W/16)
+
+
+def _unwrap(obj) -> dict:
+    """Find the tensor dict inside common checkpoint wrappers ({'state_dict': ...} etc.)."""
+    for _ in range(3):
+        if isinstance(obj, dict) and obj and all(torch.is_tensor(v) for v in obj.values()):
+            return obj
+        if isinstance(obj, dict):
+            inner = next((obj[k] for k in WRAPPER_KEYS if isinstance(obj.get(k), dict)), None)
+            if inner is None:
+                break
+            obj = inner
+    if isinstance(obj, dict):  # a dict mixing tensors and bookkeeping (e.g. 'epoch')
+        tensors = {k: v for k, v in obj.items() if torch.is_tensor(v)}
+        if tensors:
+            return tensors
+    raise ValueError("holds no tensor state dict")
+
+
+def _strip(key: str) -> str:
+    for prefix in ("module.", "backbone.", "base.", "encoder."):
+        while key.startswith(prefix):
+            key = key[len(prefix):]
+    return key
+
+
+def load_backbone_weights(trunk: ResNetTrunk, path: str | Path) -> dict:
+    """Load a ResNet-18 state dict file (``.pth``/``.pth.tar``/``.safetensors``) into ``trunk``.
+
+    The file is read with ``torch.load(weights_only=True)`` (never a full unpickle).
+    ``module.`` prefixes (DataParallel) are stripped; the classifier and layer4 are ignored.
+    Missing, unexpected and wrong-shape keys are reported in one log line (a warning when
+    anything is missing). Returns ``{"loaded": [...], "missing": [...], "unexpected": [...],
+    "mismatched": [...]}``. Raises ValueError with a one-line message for an unreadable file.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"{path}: backbone weights file not found; pass an existing ResNet-18 .pth file")
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            raw = load_file(str(path))
+        else:
+            raw = torch.load(str(path), map_location="cpu", weights_only=True)
+        state = _unwrap(raw)
+    except Exception as e:  # noqa: BLE001 -- any failure to read becomes one clear line
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ValueError(
+            f"{path}: cannot read backbone weights ({msg[:200]}); pass a ResNet-18 state dict "
+            "saved with torch.save (tensors only) or a .safetensors file") from None
+
+    own = trunk.state_dict()
+    loaded, unexpected, mismatched, new = [], [], [], {}
+    for key, value in state.items():
+        k = _strip(key)
+        if k.startswith(IGNORED_PREFIXES):
+            continue
+        if k not in own:
+            unexpected.append(k)
+        elif own[k].shape != value.shape:
+            mismatched.append(k)
+        else:
+            new[k] = value
+            loaded.append(k)
+    # BatchNorm's step counter is bookkeeping that older files lack; not worth reporting.
+    missing = [k for k in own if k not in new and not k.endswith("num_batches_tracked")]
+    trunk.load_state_dict(new, strict=False)
+    n_own = sum(not k.endswith("num_batches_tracked") for k in own)
+    line = (f"backbone weights {path.name}: loaded {len(loaded)}/{n_own} tensors; "
+            f"missing {len(missing)}{_few(missing)}; unexpected {len(unexpected)}{_few(unexpected)}; "
+            f"wrong shape {len(mismatched)}{_few(mismatched)}")
+    if not loaded:
+        raise ValueError(f"{path}: no tensor matches a ResNet-18 trunk ({line}); is it a ResNet-18 state dict?")
+    if missing or mismatched:
+        warnings.warn(line, stacklevel=2)
+    else:
+        log.info(line)
+    return {"loaded": loaded, "missing": missing, "unexpected": unexpected, "mismatched": mismatched}
+
+
+def _few(keys: list[str], n: int = 3) -> str:
+    if not keys:
+        return ""
+    more = f", +{len(keys) - n} more" if len(keys) > n else ""
+    return " (" + ", ".join(keys[:n]) + more + ")"
