@@ -55,4 +55,10 @@ class VideoResult:
         return {
             "type": "video", "video": self.video, "duration": round(self.duration, 3),
             "model": self.model, "tracks": [t.to_record() for t in self.tracks],
+            "status": self.status,
         }
+
+    @property
+    def status(self) -> str:
+        """'ok' when at least one face was tracked, else 'no face'."""
+        return "ok" if self.tracks else "no face"

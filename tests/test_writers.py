@@ -1,0 +1,145 @@
+"""Writers: each format carries the same numbers, in the documented schema."""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+
+import pytest
+
+from dfer_cli.labels import CLASSES
+from dfer_cli.results import ClipPrediction, TrackSummary, VideoResult
+from dfer_cli.writers import FORMATS, make_writer, summary_line
+
+
+def probs(top: str, p: float) -> dict[str, float]:
+    rest = (1.0 - p) / (len(CLASSES) - 1)
+    return {c: (p if c == top else rest) for c in CLASSES}
+
+
+def two_track_result(video="clips/a.mp4") -> VideoResult:
+    clips = [
+        ClipPrediction(video, 0, 0.0, 2.0, [10, 20, 110, 140], probs("happy", 0.7), "happy", 0.7),
+        ClipPrediction(video, 0, 1.0, 3.0, [12, 22, 112, 142], probs("sad", 0.55), "sad", 0.55),
+        ClipPrediction(video, 1, 0.5, 2.5, [200, 30, 260, 100], None, None, None, "face missing in 12/16 frames"),
+    ]
+    mean = {c: (clips[0].probabilities[c] + clips[1].probabilities[c]) / 2 for c in CLASSES}
+    tracks = [TrackSummary(0, 0.0, 3.0, 2, max(mean, key=mean.get), mean),
+              TrackSummary(1, 0.5, 2.5, 0, None, None)]
+    return VideoResult(video, 3.04, "tiny.safetensors", list(CLASSES), clips, tracks)
+
+
+def no_face_result(video="b.mp4") -> VideoResult:
+    return VideoResult(video, 1.5, "tiny.safetensors", list(CLASSES), [], [])
+
+
+def run(fmt: str, results, errors=()) -> str:
+    out = io.StringIO()
+    w = make_writer(fmt, out, CLASSES)
+    for r in results:
+        for c in r.clips:
+            w.clip(c)
+        w.video(r)
+    for video, msg in errors:
+        w.error(video, msg)
+    w.close()
+    return out.getvalue()
+
+
+def test_jsonl_schema_and_order():
+    r = two_track_result()
+    lines = run("jsonl", [r, no_face_result()], [("bad.mp4", "invalid data")]).splitlines()
+    recs = [json.loads(line) for line in lines]
+    assert [x["type"] for x in recs] == ["clip", "clip", "clip", "video", "video", "error"]
+    clip = recs[0]
+    assert set(clip) == {"type", "video", "track", "start", "end", "box", "label", "confidence",
+                         "probabilities", "status"}
+    assert list(clip["probabilities"]) == list(CLASSES)  # canonical class order
+    assert math.isclose(sum(clip["probabilities"].values()), 1.0, abs_tol=1e-9)
+    assert clip["label"] == "happy" and clip["confidence"] == 0.7 and clip["status"] == "ok"
+    assert clip["box"] == [10.0, 20.0, 110.0, 140.0] and clip["start"] == 0.0 and clip["end"] == 2.0
+    unclassified = recs[2]
+    assert unclassified["probabilities"] is None and unclassified["label"] is None
+    assert unclassified["status"].startswith("face missing")
+    video = recs[3]
+    assert video["duration"] == 3.04 and video["status"] == "ok" and len(video["tracks"]) == 2
+    assert video["tracks"][0]["label"] == "happy" and video["tracks"][0]["clips"] == 2
+    assert recs[4]["tracks"] == [] and recs[4]["status"] == "no face"
+    assert recs[5] == {"type": "error", "video": "bad.mp4", "error": "invalid data"}
+
+
+def test_jsonl_flushes_each_clip_before_the_video_is_done():
+    class Spy(io.StringIO):
+        flushed: list[str] = []
+
+        def flush(self):
+            self.flushed.append(self.getvalue())
+
+    out = Spy()
+    w = make_writer("jsonl", out, CLASSES)
+    r = two_track_result()
+    w.clip(r.clips[0])
+    assert out.flushed and json.loads(out.flushed[-1].splitlines()[0])["type"] == "clip"
+
+
+def test_json_nests_clips_and_agrees_with_jsonl():
+    r = two_track_result()
+    doc = json.loads(run("json", [r, no_face_result()], [("bad.mp4", "no such file")]))
+    assert [d["type"] for d in doc] == ["video", "video", "error"]
+    jl = [json.loads(x) for x in run("jsonl", [r]).splitlines()]
+    assert doc[0]["clips"] == [x for x in jl if x["type"] == "clip"]
+    assert {k: v for k, v in doc[0].items() if k != "clips"} == jl[-1]
+    assert doc[1]["clips"] == [] and doc[1]["status"] == "no face"
+    assert doc[2]["error"] == "no such file"
+
+
+def test_csv_rows_agree_with_jsonl():
+    r = two_track_result()
+    rows = list(csv.DictReader(io.StringIO(run("csv", [r, no_face_result()], [("bad.mp4", "boom")]))))
+    assert [x["type"] for x in rows] == ["clip", "clip", "clip", "track", "track", "video", "error"]
+    jl = [json.loads(x) for x in run("jsonl", [r]).splitlines() if '"clip"' in x]
+    for row, rec in zip(rows[:3], jl):
+        assert float(row["start"]) == rec["start"] and int(row["track"]) == rec["track"]
+        assert [float(row[k]) for k in ("x1", "y1", "x2", "y2")] == rec["box"]
+        if rec["probabilities"] is None:
+            assert row["label"] == "" and all(row[f"p_{c}"] == "" for c in CLASSES)
+        else:
+            assert row["label"] == rec["label"]
+            assert [float(row[f"p_{c}"]) for c in CLASSES] == [rec["probabilities"][c] for c in CLASSES]
+    track0 = rows[3]
+    assert track0["label"] == r.tracks[0].label and track0["status"] == "2 clips"
+    assert math.isclose(float(track0["confidence"]), r.tracks[0].probabilities[r.tracks[0].label])
+    assert rows[5]["video"] == "b.mp4" and rows[5]["status"] == "no face"
+    assert rows[6]["video"] == "bad.mp4" and rows[6]["status"] == "boom"
+
+
+def test_table_shows_the_same_numbers_and_a_summary():
+    r = two_track_result()
+    text = run("table", [r, no_face_result()], [("bad.mp4", "boom")])
+    rows = [[c.strip() for c in line.split("│")[1:-1]] for line in text.splitlines() if line.count("│") > 5]
+    assert len(rows) == 3
+    header = [c.strip() for c in next(line for line in text.splitlines() if "happy" in line and "┃" in line)
+              .split("┃")[1:-1]]
+    assert header[3:] == list(CLASSES)
+    for row, clip in zip(rows, r.clips):
+        assert row[0] == f"{clip.start:.2f}–{clip.end:.2f}" and row[1] == str(clip.track)
+        if clip.probabilities:
+            assert row[2] == clip.label
+            assert [float(x) for x in row[3:]] == [round(clip.probabilities[c], 3) for c in CLASSES]
+        else:
+            assert row[2] == f"({clip.status})"
+    assert summary_line(r) in text and "b.mp4: 1.50 s, no face found" in text
+    assert "boom" not in text  # errors go to stderr, not into the table
+
+
+def test_summary_line_names_dominant_expression():
+    line = summary_line(two_track_result())
+    assert "2 face tracks" in line and "track 0 0.00–3.00 s: happy (0.39, 2 clips)" in line
+    assert "track 1 0.50–2.50 s: not classified" in line
+
+
+def test_unknown_format():
+    assert FORMATS == ("table", "json", "jsonl", "csv")
+    with pytest.raises(ValueError, match="unknown format 'xml'"):
+        make_writer("xml", io.StringIO(), CLASSES)
