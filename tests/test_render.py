@@ -1,0 +1,93 @@
+"""render.py: annotated video keeps every frame and draws the boxes; the timeline is a PNG."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from synth import make_video
+
+from dfer_cli.labels import CLASSES
+from dfer_cli.render import PALETTE, annotate_video, plot_timeline, track_timelines
+from dfer_cli.results import ClipPrediction, TrackSummary, VideoResult
+
+
+def probs(top: str, p: float = 0.8) -> dict[str, float]:
+    rest = (1.0 - p) / (len(CLASSES) - 1)
+    return {c: (p if c == top else rest) for c in CLASSES}
+
+
+def result_for(video, clips, duration=2.0):
+    tracks = sorted({c.track for c in clips})
+    summaries = [TrackSummary(k, 0.0, duration, sum(c.track == k for c in clips), "happy", probs("happy"))
+                 for k in tracks]
+    return VideoResult(str(video), duration, "tiny", list(CLASSES), clips, summaries)
+
+
+def decode(path):
+    import av
+
+    with av.open(str(path)) as c:
+        frames = [(float(f.time), f.to_ndarray(format="rgb24")) for f in c.decode(video=0)]
+    return [t for t, _ in frames], [a for _, a in frames]
+
+
+def test_timeline_interpolates_box_and_picks_nearest_clip():
+    clips = [
+        ClipPrediction("v", 0, 0.0, 1.0, [0, 0, 10, 10], probs("happy"), "happy", 0.8),
+        ClipPrediction("v", 0, 0.5, 1.5, [10, 20, 30, 40], probs("sad"), "sad", 0.8),
+        ClipPrediction("v", 1, 0.0, 1.5, [50, 50, 60, 60], None, None, None, "face missing in 9/16 frames"),
+    ]
+    (tl,) = track_timelines(result_for("v", clips))  # track 1 has nothing classified
+    box, clip = tl.at(0.75)                            # halfway between the centres 0.5 and 1.0
+    assert np.allclose(box, [5, 10, 20, 25]) and clip.label in ("happy", "sad")
+    assert tl.at(0.6)[1].label == "happy" and tl.at(0.9)[1].label == "sad"
+    assert np.allclose(tl.at(0.1)[0], [0, 0, 10, 10])  # before the first centre: held
+    assert tl.at(1.6) is None
+
+
+def test_annotate_keeps_frames_and_draws_the_box(tmp_path):
+    src = make_video(tmp_path / "in.mp4", frames=20, fps=10, size=(96, 64), background=(40, 40, 40))
+    clip = ClipPrediction(str(src), 0, 0.0, 1.0, [20, 16, 70, 56], probs("happy"), "happy", 0.8)
+    out = annotate_video(src, tmp_path / "out.mp4", result_for(src, [clip]))
+    t_in, _ = decode(src)
+    t_out, frames = decode(out)
+    assert len(t_out) == len(t_in) == 20
+    assert np.allclose(t_out, t_in, atol=1e-3)
+    assert frames[0].shape == (64, 96, 3)
+    assert PALETTE[0] == (255, 196, 0)
+    edge = frames[5][56, 30:60].astype(float).mean(axis=0)     # bottom edge of the box, t = 0.5 s
+    # A 1-pixel yellow line, blurred by 4:2:0 chroma: bright red and green, less blue.
+    assert edge[0] > 170 and edge[1] > 150 and edge[2] < edge[1] - 50, edge
+    later = frames[15][56, 30:60].astype(float).mean(axis=0)   # t = 1.5 s: no clip covers it
+    assert np.abs(later - 40).max() < 12, later
+    assert not list(tmp_path.glob(".*part*"))                  # no temporary file left behind
+
+
+def test_annotate_odd_size_and_rotation(tmp_path):
+    src = make_video(tmp_path / "odd.mp4", frames=6, fps=10, size=(65, 49), rotation=-90)
+    out = annotate_video(src, tmp_path / "odd_out.mkv", result_for(src, []))
+    _, frames = decode(out)
+    # Shown upright (rotated to 49x65 display size), odd side trimmed for yuv420p.
+    assert len(frames) == 6 and frames[0].shape == (64, 48, 3)
+
+
+def test_annotate_unreadable_input_leaves_no_output(tmp_path):
+    bad = tmp_path / "bad.mp4"
+    bad.write_bytes(b"not a video at all" * 10)
+    with pytest.raises(ValueError, match="bad.mp4"):
+        annotate_video(bad, tmp_path / "out.mp4", result_for(bad, []))
+    assert not (tmp_path / "out.mp4").exists() and not list(tmp_path.glob(".*part*"))
+
+
+def test_plot_timeline_png_one_panel_per_track(tmp_path):
+    from PIL import Image
+
+    clips = [ClipPrediction("v.mp4", k, s, s + 1.0, [0, 0, 5, 5], probs(top), top, 0.8)
+             for k in (0, 1) for s, top in ((0.0, "happy"), (0.5, "sad"), (1.0, "fear"))]
+    one = plot_timeline(result_for("v.mp4", clips[:3]), tmp_path / "one.png")
+    two = plot_timeline(result_for("v.mp4", clips), tmp_path / "sub" / "two.png")
+    none = plot_timeline(result_for("v.mp4", []), tmp_path / "none.png")
+    sizes = [Image.open(p).size for p in (one, two, none)]
+    assert all(w > 300 and h > 150 for w, h in sizes)
+    assert sizes[1][1] > sizes[0][1]  # a second track adds a panel
+    img = np.asarray(Image.open(one).convert("RGB"))
+    assert (img.std(axis=(0, 1)) > 5).all()  # something was drawn, not a blank canvas
