@@ -1,4 +1,113 @@
-"""`dfer` commands: train (registered on the app from dfer_cli.cli)."""
+"""`dfer` commands: train, eval, prepare (registered on the app from dfer_cli.cli).
+
+These functions only parse flags and format output; the work is in dfer_cli.train,
+dfer_cli.evaluate and dfer_cli.prepare.
+"""
 from __future__ import annotations
 
-from dfer_cli.cli import app, fail  # noqa: F401
+import json
+import os
+import sys
+from typing import List, Optional
+
+import typer
+
+from dfer_cli.cli import app, fail
+
+_DATASET_HELP = "Dataset layout: folder (<root>/<split>/<class>/<clip>), dfew, ferv39k, afew."
+
+
+def _parse_template(text: str) -> list:
+    vals = [float(v) for v in text.replace(";", ",").split(",") if v.strip()]
+    if len(vals) != 10:
+        raise ValueError("--template needs 10 numbers: x,y of left eye, right eye, nose, left and right "
+                         "mouth corner, in unit crop coordinates")
+    return [vals[i:i + 2] for i in range(0, 10, 2)]
+
+
+@app.command("train")
+def train_cmd(
+    dataset: str = typer.Option("folder", "--dataset", help=_DATASET_HELP),
+    data_root: Optional[str] = typer.Option(None, "--data-root", envvar="DFER_DATA_ROOT",
+                                            help="Dataset root folder (or env DFER_DATA_ROOT)."),
+    split: str = typer.Option("train", "--split", help="Training split (folder layout: sub-folder name)."),
+    val_split: str = typer.Option("val", "--val-split", help="Validation split; 'none' disables validation. "
+                                  "DFEW/FERV39K: test; AFEW: val."),
+    fold: Optional[int] = typer.Option(None, "--fold", min=1, max=5, help="DFEW fold 1..5."),
+    model: str = typer.Option("logo_former", "--model", help="A registered model (dfer models)."),
+    model_opt: List[str] = typer.Option([], "--model-opt", help="Model config override key=value "
+                                        "(repeatable), e.g. --model-opt dim=256 --model-opt window=2,3,3."),
+    input_size: int = typer.Option(112, "--input-size", help="Face crop side in pixels."),
+    frames: int = typer.Option(16, "--frames", help="Frames per clip."),
+    grayscale: bool = typer.Option(False, "--grayscale/--color", help="Train on gray faces (recorded in the checkpoint)."),
+    template: Optional[str] = typer.Option(None, "--template", help="Alignment template: 10 numbers x,y for "
+                                           "eyes, nose, mouth corners in unit crop coordinates (recorded)."),
+    template_scale: float = typer.Option(1.0, "--template-scale", help="Zoom the template about the centre "
+                                         "(<1 = more margin around the face; recorded)."),
+    init: Optional[str] = typer.Option(None, "--init", help="Start from this dfer checkpoint (matching tensors)."),
+    freeze_backbone: bool = typer.Option(False, "--freeze-backbone", help="Freeze the ResNet-18 trunk."),
+    backbone_weights: Optional[str] = typer.Option(None, "--backbone-weights", help="Face-pretrained ResNet-18 .pth."),
+    epochs: int = typer.Option(100, "--epochs"),
+    batch_size: int = typer.Option(32, "--batch-size", help="Clips per batch (per process under torchrun)."),
+    optimizer: str = typer.Option("sam", "--optimizer", help="sam (SGD inside SAM) | sgd | adamw."),
+    lr: float = typer.Option(1e-3, "--lr"),
+    min_lr: float = typer.Option(0.0, "--min-lr", help="Learning rate at the end of the cosine decay."),
+    momentum: float = typer.Option(0.9, "--momentum"),
+    weight_decay: float = typer.Option(1e-4, "--weight-decay"),
+    rho: float = typer.Option(0.05, "--rho", help="SAM neighbourhood radius."),
+    schedule: str = typer.Option("cosine", "--schedule", help="cosine | constant (after warmup)."),
+    warmup_epochs: float = typer.Option(0.0, "--warmup-epochs"),
+    loss: str = typer.Option("compact", "--loss", help="compact | ce."),
+    lam: Optional[float] = typer.Option(None, "--lambda", help="Compact loss weight (default: the model config's)."),
+    label_smoothing: float = typer.Option(0.0, "--label-smoothing", help="Label smoothing (--loss ce)."),
+    crop_scale: float = typer.Option(0.8, "--crop-scale", help="Random resized crop keeps [this, 1] of the area."),
+    flip: float = typer.Option(0.5, "--flip", help="Horizontal flip probability."),
+    motion: bool = typer.Option(True, "--motion/--no-motion", help="Synthetic motion on still images."),
+    limit: Optional[int] = typer.Option(None, "--limit", help="Use a random subset of N training samples."),
+    val_limit: Optional[int] = typer.Option(None, "--val-limit", help="Use a random subset of N validation samples."),
+    test_clips: int = typer.Option(1, "--test-clips", help="Validation clips per sample, averaged."),
+    seed: int = typer.Option(0, "--seed"),
+    workers: int = typer.Option(0, "--workers", help="DataLoader worker processes."),
+    threads: Optional[int] = typer.Option(None, "--threads", help="torch CPU threads."),
+    device: str = typer.Option("auto", "--device", help="auto | cpu | cuda[:N] | mps."),
+    amp: bool = typer.Option(True, "--amp/--no-amp", help="Mixed precision + channels-last on CUDA."),
+    output: str = typer.Option("runs/dfer", "--output", "-o", help="Run folder."),
+    resume: bool = typer.Option(False, "--resume", help="Continue the run in --output from its last epoch."),
+    log_every: int = typer.Option(50, "--log-every", help="Batches between log lines when not on a terminal."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress output."),
+) -> None:
+    """Train a model (the papers' recipe by default: SAM, lr 1e-3, batch 32, 100 epochs,
+    16 frames at 112 px, compact loss). Works the same under torchrun (DDP)."""
+    from dfer_cli.train import TrainConfig, parse_model_opts, train
+
+    try:
+        opts = parse_model_opts(model_opt, model)
+        if backbone_weights:
+            if not os.path.isfile(backbone_weights):
+                raise ValueError(f"--backbone-weights {backbone_weights} does not exist")
+            opts["backbone_weights"] = backbone_weights
+        if init and not os.path.isfile(init):
+            raise ValueError(f"--init {init} does not exist: give a dfer .safetensors checkpoint")
+        cfg = TrainConfig(
+            dataset=dataset, data_root=data_root or "", split=split,
+            val_split=None if val_split.lower() in ("", "none") else val_split, fold=fold,
+            limit=limit, val_limit=val_limit, model=model, model_opts=opts, input_size=input_size,
+            frames=frames, grayscale=grayscale, template=_parse_template(template) if template else None,
+            template_scale=template_scale, init=init, freeze_backbone=freeze_backbone,
+            crop_scale=crop_scale, flip=flip, motion=motion, epochs=epochs, batch_size=batch_size,
+            optimizer=optimizer, lr=lr, min_lr=min_lr, momentum=momentum, weight_decay=weight_decay,
+            rho=rho, schedule=schedule, warmup_epochs=warmup_epochs, loss=loss, lam=lam,
+            label_smoothing=label_smoothing, seed=seed, workers=workers, threads=threads, device=device,
+            amp=amp, test_clips=test_clips, output=output, log_every=log_every)
+        if not resume:
+            cfg.validate()
+    except (ValueError, TypeError) as exc:
+        fail(str(exc), 2)
+    try:
+        summary = train(cfg, resume=resume, progress=not quiet, argv=["dfer"] + sys.argv[1:])
+    except (ValueError, FileNotFoundError, FloatingPointError) as exc:
+        fail(str(exc), 1)
+    last = summary.get("last") or {}
+    typer.echo(json.dumps({"output": summary["output"], "epochs": summary["epochs"],
+                           "best_epoch": summary["best_epoch"], "best_uar": summary["best_uar"],
+                           "last_war": last.get("war"), "last_uar": last.get("uar")}))

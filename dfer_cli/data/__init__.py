@@ -1,0 +1,247 @@
+"""Datasets for training and evaluation: one sample list per dataset layout, one Dataset.
+
+Each adapter (``folder``, ``dfew``, ``ferv39k``, ``afew``) scans its dataset's official
+layout into a list of :class:`Sample` (a clip's path, kind and label index in dfer's class
+order) plus a :class:`DataReport` that lists every file it could not use (missing frames,
+unknown labels, empty clips, bad CSV rows) with counts and paths. :class:`ClipDataset`
+turns samples into model inputs with :class:`~dfer_cli.data.transforms.ClipTransform`.
+
+A sample is an already-aligned face: a frame folder's images, a still image and a video
+file are used as they are (resized to the input size), never re-detected. Raw videos
+(e.g. AFEW) go through ``dfer prepare`` first.
+"""
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from dfer_cli.labels import CLASSES
+from dfer_cli.preprocess import Preprocessing
+from dfer_cli.data.transforms import Augment, ClipTransform
+
+IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
+VIDEO_EXTS = {".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv", ".flv"}
+DATASETS = ("folder", "dfew", "ferv39k", "afew")
+
+
+@dataclass
+class Sample:
+    path: str     # a frame folder, an image file or a video file
+    label: int    # index into the dataset's class list (dfer's CLASSES order)
+    kind: str     # "frames" | "image" | "video"
+
+
+@dataclass
+class DataReport:
+    """What an adapter skipped, and why: (reason, path) pairs, counted by reason."""
+
+    root: str
+    problems: list[tuple[str, str]] = field(default_factory=list)
+
+    def add(self, reason: str, path: str | os.PathLike) -> None:
+        self.problems.append((reason, str(path)))
+
+    def counts(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for reason, _ in self.problems:
+            out[reason] = out.get(reason, 0) + 1
+        return out
+
+    def summary(self, max_paths: int = 3) -> str:
+        """Multi-line text: one line per reason with its count and a few example paths."""
+        lines = []
+        for reason, n in sorted(self.counts().items()):
+            paths = [p for r, p in self.problems if r == reason][:max_paths]
+            more = f" (+{n - len(paths)} more)" if n > len(paths) else ""
+            lines.append(f"{n} skipped: {reason}: {', '.join(paths)}{more}")
+        return "\n".join(lines)
+
+
+def natural_key(name: str):
+    """Sort key that orders 'frame2' before 'frame10'."""
+    return [int(s) if s.isdigit() else s.lower() for s in re.split(r"(\d+)", name)]
+
+
+def list_frames(folder: str | os.PathLike) -> list[str]:
+    """Image files of a frame folder in natural order."""
+    names = [n for n in os.listdir(folder) if os.path.splitext(n)[1].lower() in IMAGE_EXTS]
+    return [os.path.join(folder, n) for n in sorted(names, key=natural_key)]
+
+
+def clip_kind(path: str | os.PathLike) -> str | None:
+    """'frames' for a directory, 'image' / 'video' by extension, None otherwise."""
+    p = Path(path)
+    if p.is_dir():
+        return "frames"
+    ext = p.suffix.lower()
+    if ext in IMAGE_EXTS:
+        return "image"
+    if ext in VIDEO_EXTS:
+        return "video"
+    return None
+
+
+def segment_indices(num_available: int, num_frames: int, rng: np.random.Generator | None = None) -> np.ndarray:
+    """Indices of `num_frames` frames out of `num_available` (segment sampling of the
+    papers, from :func:`dfer_cli.clips.segment_indices`): a random frame per segment when
+    `rng` is given (training), the segment centres otherwise."""
+    from dfer_cli.clips import segment_indices as seg
+
+    return np.asarray(seg(num_available, num_frames, train=rng is not None, rng=rng), dtype=int)
+
+
+def read_image(path: str, grayscale: bool) -> np.ndarray:
+    """uint8 (H, W) when `grayscale`, else (H, W, 3) RGB. Raises ValueError on a bad file."""
+    img = cv2.imread(path, cv2.IMREAD_GRAYSCALE if grayscale else cv2.IMREAD_COLOR)
+    if img is None:
+        raise ValueError(f"cannot read image {path}: not an image file or unreadable")
+    return img if grayscale else cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+
+
+def read_video(path: str, grayscale: bool) -> list[np.ndarray]:
+    """All frames of a (short, already-aligned) video file as uint8 arrays."""
+    import av
+
+    try:
+        with av.open(path) as container:
+            fmt = "gray" if grayscale else "rgb24"
+            return [f.to_ndarray(format=fmt) for f in container.decode(video=0)]
+    except (av.error.FFmpegError, IndexError) as exc:
+        raise ValueError(f"cannot decode video {path}: {exc}") from None
+
+
+class ClipDataset:
+    """A map-style dataset of (clip tensor (T, 3, S, S), label) pairs.
+
+    Training randomness (segment choice, crop, flip, motion) comes from a generator seeded
+    with (seed, epoch, index), so a sample's augmentation does not depend on worker count
+    or process, and a resumed run sees the same data as an uninterrupted one. Call
+    :meth:`set_epoch` before each epoch. With ``test_clips > 1`` (evaluation only) an item
+    is (K, T, 3, S, S): K clips at evenly shifted segment positions, for averaging.
+    Still images are decoded once and kept in memory (``cache_images``).
+    """
+
+    def __init__(self, samples: list[Sample], pre: Preprocessing, *, train: bool,
+                 classes=CLASSES, augment: Augment | None = None, seed: int = 0,
+                 test_clips: int = 1, cache_images: bool = True):
+        if not samples:
+            raise ValueError("the dataset has no usable samples")
+        self.samples = samples
+        self.classes = list(classes)
+        self.pre = pre
+        self.train = train
+        self.transform = ClipTransform(pre, train, augment)
+        self.seed = seed
+        self.epoch = 0
+        self.test_clips = max(1, int(test_clips))
+        self._frames_cache: dict[int, list[str]] = {}
+        self._images: dict[int, np.ndarray] = {}
+        if cache_images:
+            for i, s in enumerate(samples):
+                if s.kind == "image":
+                    self._images[i] = read_image(s.path, pre.grayscale)
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    @property
+    def labels(self) -> np.ndarray:
+        return np.array([s.label for s in self.samples], dtype=np.int64)
+
+    def _frame_list(self, i: int) -> list[str]:
+        if i not in self._frames_cache:
+            frames = list_frames(self.samples[i].path)
+            if not frames:
+                raise ValueError(f"empty clip {self.samples[i].path}: no image files in the folder")
+            self._frames_cache[i] = frames
+        return self._frames_cache[i]
+
+    def load(self, i: int, rng: np.random.Generator | None, shift: float = 0.5) -> tuple[list[np.ndarray], bool]:
+        """The clip's sampled uint8 frames and whether it is a still image. `shift` in
+        [0, 1) places test-time samples within each segment (0.5 = centre)."""
+        s, t, gray = self.samples[i], self.pre.num_frames, self.pre.grayscale
+        if s.kind == "image":
+            img = self._images.get(i)
+            return [img if img is not None else read_image(s.path, gray)], True
+        if s.kind == "frames":
+            paths = self._frame_list(i)
+            idx = self._indices(len(paths), t, rng, shift)
+            cache: dict[int, np.ndarray] = {}
+            for j in idx:
+                if j not in cache:
+                    cache[j] = read_image(paths[j], gray)
+            return [cache[j] for j in idx], False
+        frames = read_video(s.path, gray)
+        if not frames:
+            raise ValueError(f"empty clip {s.path}: the video has no frames")
+        return [frames[j] for j in self._indices(len(frames), t, rng, shift)], False
+
+    @staticmethod
+    def _indices(n: int, t: int, rng, shift: float) -> np.ndarray:
+        if rng is not None:
+            return segment_indices(n, t, rng)
+        edges = np.linspace(0.0, n, t + 1)
+        pos = edges[:-1] + shift * (edges[1:] - edges[:-1])
+        return np.clip(np.floor(pos).astype(int), 0, n - 1)
+
+    def __getitem__(self, i: int):
+        import torch
+
+        if self.train:
+            rng = np.random.default_rng([self.seed, self.epoch, i])
+            frames, still = self.load(i, rng)
+            return self.transform(frames, rng, still), self.samples[i].label
+        clips = []
+        for k in range(self.test_clips):
+            frames, still = self.load(i, None, shift=(k + 0.5) / self.test_clips)
+            clips.append(self.transform(frames, None, still))
+            if still:  # every test clip of a still image is the same
+                clips = clips * self.test_clips
+                break
+        x = clips[0] if self.test_clips == 1 else torch.stack(clips)
+        return x, self.samples[i].label
+
+
+def scan(name: str, root: str | os.PathLike, split: str, *, fold: int | None = None,
+         limit: int | None = None, seed: int = 0) -> tuple[list[Sample], DataReport]:
+    """Samples of dataset `name` ('folder', 'dfew', 'ferv39k', 'afew') under `root` for
+    `split` (train/test/val..., DFEW also needs `fold` 1..5). `limit` keeps a seeded random
+    subset of that many samples. Raises ValueError with a one-line message on a missing or
+    malformed root."""
+    root = str(root)
+    if not os.path.isdir(root):
+        raise ValueError(f"data root {root} does not exist: pass --data-root DIR")
+    if name == "folder":
+        from dfer_cli.data.folder import scan_folder
+        samples, report = scan_folder(root, split)
+    elif name == "dfew":
+        from dfer_cli.data.dfew import scan_dfew
+        samples, report = scan_dfew(root, split, fold)
+    elif name == "ferv39k":
+        from dfer_cli.data.ferv39k import scan_ferv39k
+        samples, report = scan_ferv39k(root, split)
+    elif name == "afew":
+        from dfer_cli.data.afew import scan_afew
+        samples, report = scan_afew(root, split)
+    else:
+        raise ValueError(f"unknown dataset {name!r}: choose one of {', '.join(DATASETS)}")
+    if limit is not None and 0 < limit < len(samples):
+        keep = np.sort(np.random.default_rng(seed).choice(len(samples), size=limit, replace=False))
+        samples = [samples[i] for i in keep]
+    return samples, report
+
+
+def class_counts(samples: list[Sample], num_classes: int = len(CLASSES)) -> list[int]:
+    """Number of samples per class index."""
+    counts = [0] * num_classes
+    for s in samples:
+        counts[s.label] += 1
+    return counts

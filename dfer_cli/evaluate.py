@@ -1,0 +1,114 @@
+"""Evaluation: a model over a dataset split -> WAR, UAR, per-class recall, confusion matrix.
+
+Test-time sampling follows the papers: each clip is cut into `num_frames` segments and the
+frame at each segment centre is used. With ``test_clips = K > 1`` the K clips at evenly
+shifted positions inside the segments are classified and their probabilities averaged.
+``evaluate_folds`` runs the DFEW 5-fold protocol: each fold's checkpoint on its own test
+fold, reported per fold and as mean ± std.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from dfer_cli.metrics import Scores, confusion_matrix
+
+
+def predict_dataset(model, dataset, *, batch_size: int = 16, device="cpu", indices=None,
+                    workers: int = 0, on_batch=None) -> tuple[np.ndarray, np.ndarray]:
+    """Class probabilities (N, C) and true labels (N,) for `dataset` (or its `indices`).
+
+    Items may be (T, 3, S, S) clips or (K, T, 3, S, S) stacks of test clips, whose softmax
+    outputs are averaged. ``on_batch(done, total)`` reports progress.
+    """
+    import torch
+    from torch.utils.data import DataLoader, Subset
+
+    ds = dataset if indices is None else Subset(dataset, list(indices))
+    loader = DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=workers)
+    was_training = model.training
+    model.eval()
+    probs, labels, done = [], [], 0
+    try:
+        with torch.inference_mode():
+            for x, y in loader:
+                x = x.to(device)
+                if x.dim() == 6:  # (B, K, T, C, H, W): average over the K test clips
+                    b, k = x.shape[:2]
+                    p = model(x.flatten(0, 1)).float().softmax(-1).view(b, k, -1).mean(1)
+                else:
+                    p = model(x).float().softmax(-1)
+                probs.append(p.cpu().numpy())
+                labels.append(y.numpy())
+                done += len(y)
+                if on_batch is not None:
+                    on_batch(done, len(ds))
+    finally:
+        model.train(was_training)
+    if not probs:
+        return np.zeros((0, 0), np.float32), np.zeros((0,), np.int64)
+    return np.concatenate(probs), np.concatenate(labels).astype(np.int64)
+
+
+def score(probs: np.ndarray, labels: np.ndarray, classes) -> Scores:
+    """Scores from probabilities (argmax) and labels."""
+    pred = probs.argmax(1) if len(probs) else np.zeros(0, np.int64)
+    return Scores(list(classes), confusion_matrix(labels, pred, len(classes)))
+
+
+@dataclass
+class FoldResult:
+    fold: int
+    weights: str
+    scores: Scores
+
+
+@dataclass
+class FoldSummary:
+    """Per-fold scores and their mean ± (population) std, as the DFEW papers report."""
+
+    folds: list[FoldResult] = field(default_factory=list)
+
+    def stat(self, key: str) -> tuple[float, float]:
+        vals = np.array([getattr(f.scores, key) for f in self.folds], dtype=np.float64)
+        return float(vals.mean()), float(vals.std())
+
+    def to_dict(self) -> dict:
+        (uar_m, uar_s), (war_m, war_s) = self.stat("uar"), self.stat("war")
+        return {
+            "folds": [{"fold": f.fold, "weights": f.weights, **f.scores.to_dict()} for f in self.folds],
+            "mean": {"uar": uar_m, "war": war_m},
+            "std": {"uar": uar_s, "war": war_s},
+        }
+
+
+def evaluate(model, dataset, *, batch_size: int = 16, device="cpu", workers: int = 0, on_batch=None) -> Scores:
+    """Scores of `model` on `dataset`, in the model's class order."""
+    probs, labels = predict_dataset(model, dataset, batch_size=batch_size, device=device,
+                                    workers=workers, on_batch=on_batch)
+    classes = getattr(model, "classes", None) or dataset.classes
+    return score(probs, labels, classes)
+
+
+def fold_checkpoints(run_dir: str, which: str = "best") -> dict[int, str]:
+    """The five fold checkpoints of a DFEW 5-fold run directory: ``fold1/best.safetensors``
+    ... ``fold5/...`` (or ``last``). Raises ValueError naming what is missing."""
+    import os
+
+    found, missing = {}, []
+    for k in range(1, 6):
+        path = os.path.join(run_dir, f"fold{k}", f"{which}.safetensors")
+        (found.__setitem__(k, path) if os.path.isfile(path) else missing.append(path))
+    if missing:
+        raise ValueError(f"5-fold evaluation needs {run_dir}/fold1..fold5/{which}.safetensors; missing: "
+                         + ", ".join(missing) + " (train each fold with --fold K --output RUN/foldK)")
+    return found
+
+
+def format_pm(mean: float, std: float) -> str:
+    """'54.21 ± 1.03' in percent."""
+    if math.isnan(mean):
+        return "n/a"
+    return f"{100 * mean:.2f} ± {100 * std:.2f}"

@@ -1,0 +1,558 @@
+"""Training loop: single process, or DistributedDataParallel under ``torchrun``.
+
+The defaults are the DFER papers' recipe (LOGO-Former / Former-DFER): 16 frames at
+112x112, random resized crop + horizontal flip, SGD (momentum 0.9) wrapped in SAM
+(rho 0.05), lr 1e-3, batch 32, 100 epochs, compact loss. The learning rate follows a linear
+warmup then a cosine decay to ``min_lr`` computed per step from the global step count
+(``schedule="constant"`` keeps it flat). Every field of :class:`TrainConfig` is written
+into the checkpoint's provenance and ``config.json``.
+
+Run folder (``output``):
+  last.safetensors   model after the latest finished epoch (dfer checkpoint)
+  best.safetensors   model of the epoch with the best validation UAR
+  state.pt           resume state: model, optimizer, RNG, epoch, step, best (plain tensors
+                     and dicts, read back with ``torch.load(weights_only=True)``)
+  config.json        the TrainConfig
+  metrics.jsonl / metrics.csv   one row per epoch
+Every file is written to a temporary name and renamed, so a run killed at any moment
+resumes (``resume=True``) from its last finished epoch, and resumes exactly: data order and
+augmentation are functions of (seed, epoch, index), and the torch RNG is restored.
+"""
+from __future__ import annotations
+
+import csv
+import dataclasses
+import io
+import json
+import math
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from dfer_cli.labels import CLASSES
+from dfer_cli.preprocess import DEFAULT_TEMPLATE, Preprocessing, zoom_template
+
+OPTIMIZERS = ("sam", "sgd", "adamw")
+LOSSES = ("compact", "ce")
+
+
+@dataclass
+class TrainConfig:
+    # data
+    dataset: str = "folder"            # folder | dfew | ferv39k | afew
+    data_root: str = ""
+    split: str = "train"               # training split (folder layouts: a sub-folder name)
+    val_split: str | None = "val"      # validation split; None or "" disables validation
+    fold: int | None = None            # DFEW fold 1..5
+    limit: int | None = None           # keep a seeded random subset of the training samples
+    val_limit: int | None = None       # same for validation
+    # model and preprocessing
+    model: str = "logo_former"
+    model_opts: dict = field(default_factory=dict)  # overrides of the model config
+    input_size: int = 112
+    frames: int = 16
+    grayscale: bool = False
+    template: list | None = None       # 5 (x, y) unit landmark targets; default DEFAULT_TEMPLATE
+    template_scale: float = 1.0        # zoom_template applied to the template (<1: more margin)
+    init: str | None = None            # a dfer checkpoint to start from (partial load)
+    freeze_backbone: bool = False      # trunk frozen (no grad, BN in eval mode)
+    # augmentation
+    crop_scale: float = 0.8            # random resized crop keeps [crop_scale, 1] of the area
+    flip: float = 0.5
+    motion: bool = True                # synthetic motion for still images
+    # optimisation
+    epochs: int = 100
+    batch_size: int = 32
+    optimizer: str = "sam"             # sam (SGD inside SAM) | sgd | adamw
+    lr: float = 1e-3
+    min_lr: float = 0.0                # end of the cosine decay
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    rho: float = 0.05                  # SAM neighbourhood radius
+    schedule: str = "cosine"           # cosine | constant
+    warmup_epochs: float = 0.0
+    loss: str = "compact"              # compact | ce
+    lam: float | None = None           # compact loss weight (None: dfer_cli.losses default)
+    label_smoothing: float = 0.0       # for loss="ce"
+    # run
+    seed: int = 0
+    workers: int = 0                   # DataLoader worker processes
+    threads: int | None = None         # torch CPU threads
+    device: str = "auto"
+    amp: bool = True                   # bf16/fp16 autocast + channels-last, CUDA only
+    test_clips: int = 1                # validation clips per sample (averaged)
+    output: str = "runs/dfer"
+    log_every: int = 50                # batches between plain log lines (non-terminal)
+
+    def preprocessing(self) -> Preprocessing:
+        tpl = tuple(tuple(p) for p in self.template) if self.template else DEFAULT_TEMPLATE
+        if self.template_scale != 1.0:
+            tpl = zoom_template(tpl, self.template_scale)
+        return Preprocessing(input_size=self.input_size, num_frames=self.frames,
+                             grayscale=self.grayscale, template=tpl)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TrainConfig":
+        return cls(**{k: v for k, v in d.items() if k in cls.__dataclass_fields__})
+
+    def validate(self) -> None:
+        """Raise ValueError (one line, naming the flag) on an impossible setting."""
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"--optimizer {self.optimizer!r}: choose one of {', '.join(OPTIMIZERS)}")
+        if self.loss not in LOSSES:
+            raise ValueError(f"--loss {self.loss!r}: choose one of {', '.join(LOSSES)}")
+        if self.schedule not in ("cosine", "constant"):
+            raise ValueError(f"--schedule {self.schedule!r}: choose cosine or constant")
+        for name in ("epochs", "batch_size", "frames", "input_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
+        if not 0 < self.crop_scale <= 1:
+            raise ValueError(f"--crop-scale must be in (0, 1], got {self.crop_scale}")
+        if not self.data_root:
+            raise ValueError("no data: pass --data-root DIR")
+
+
+def parse_model_opts(pairs, model: str) -> dict:
+    """``["dim=256", "depth=2"]`` -> ``{"dim": 256, "depth": 2}``, each value converted to
+    the type of that field in the model's default config. Raises ValueError on an unknown
+    key or a value of the wrong type."""
+    from dfer_cli.models import get_config
+
+    defaults = get_config(model).to_dict()
+    out = {}
+    for pair in pairs or ():
+        if "=" not in pair:
+            raise ValueError(f"--model-opt {pair!r}: expected key=value, e.g. dim=256")
+        key, raw = (s.strip() for s in pair.split("=", 1))
+        if key not in defaults:
+            raise ValueError(f"--model-opt {key}: not a field of {model}'s config "
+                             f"(fields: {', '.join(sorted(defaults))})")
+        out[key] = _convert(raw, defaults[key], key)
+    return out
+
+
+def _convert(raw: str, default, key: str):
+    if raw.lower() in ("none", "null"):
+        return None
+    try:
+        if isinstance(default, bool):
+            if raw.lower() in ("1", "true", "yes", "on"):
+                return True
+            if raw.lower() in ("0", "false", "no", "off"):
+                return False
+            raise ValueError
+        if isinstance(default, int):
+            return int(raw)
+        if isinstance(default, float):
+            return float(raw)
+        if isinstance(default, (list, tuple)):
+            return type(default)(json.loads(raw) if raw.startswith("[") else [type(default[0])(v) for v in raw.split(",")])
+        if default is None:
+            try:
+                return json.loads(raw)
+            except json.JSONDecodeError:
+                return raw
+    except (ValueError, IndexError):
+        raise ValueError(f"--model-opt {key}={raw}: expected a {type(default).__name__}") from None
+    return raw
+
+
+def lr_at(step: int, total_steps: int, warmup_steps: int, cfg: TrainConfig) -> float:
+    """Learning rate at optimizer step `step` (0-based): linear warmup, then cosine or flat."""
+    if warmup_steps and step < warmup_steps:
+        return cfg.lr * (step + 1) / warmup_steps
+    if cfg.schedule == "constant":
+        return cfg.lr
+    t = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+    return cfg.min_lr + 0.5 * (cfg.lr - cfg.min_lr) * (1 + math.cos(math.pi * min(1.0, t)))
+
+
+def _atomic_bytes(path: str, data: bytes) -> None:
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _atomic_text(path: str, text: str) -> None:
+    _atomic_bytes(path, text.encode())
+
+
+class EpochSampler:
+    """Single-process shuffling that depends only on (seed, epoch), like
+    DistributedSampler, so a resumed run draws the same order."""
+
+    def __init__(self, n: int, seed: int):
+        self.n, self.seed, self.epoch = n, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self):
+        return iter(np.random.default_rng([self.seed, self.epoch, 7]).permutation(self.n).tolist())
+
+    def __len__(self) -> int:
+        return self.n
+
+
+class _Reporter:
+    """Progress on stderr: a rich bar on a terminal, plain log lines otherwise."""
+
+    def __init__(self, enabled: bool, log_every: int, rich_bar: bool | None = None):
+        self.enabled = enabled
+        self.log_every = max(1, log_every)
+        self.rich = enabled and (sys.stderr.isatty() if rich_bar is None else rich_bar)
+        self._progress = None
+
+    def log(self, msg: str) -> None:
+        if self.enabled:
+            if self._progress is not None:
+                self._progress.console.print(msg)
+            else:
+                print(msg, file=sys.stderr, flush=True)
+
+    def start_epoch(self, epoch: int, epochs: int, batches: int) -> None:
+        if not self.rich:
+            return
+        from rich.console import Console
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        self._progress = Progress(TextColumn("epoch {task.fields[epoch]}"), BarColumn(), MofNCompleteColumn(),
+                                  TextColumn("{task.fields[info]}"), TimeRemainingColumn(),
+                                  console=Console(stderr=True), transient=True)
+        self._progress.start()
+        self._task = self._progress.add_task("train", total=batches, epoch=f"{epoch}/{epochs}", info="")
+
+    def batch(self, epoch: int, epochs: int, i: int, batches: int, loss: float, lr: float, rate: float) -> None:
+        info = f"loss {loss:.4f}  lr {lr:.2e}  {rate:.1f} clips/s"
+        if self._progress is not None:
+            self._progress.update(self._task, completed=i, info=info)
+        elif self.enabled and (i % self.log_every == 0 or i == batches):
+            print(f"epoch {epoch}/{epochs} batch {i}/{batches}  {info}", file=sys.stderr, flush=True)
+
+    def end_epoch(self) -> None:
+        if self._progress is not None:
+            self._progress.stop()
+            self._progress = None
+
+
+def _dist_info() -> tuple[int, int, int]:
+    """(rank, world_size, local_rank) from torchrun's environment, (0, 1, 0) otherwise."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    return int(os.environ.get("RANK", "0")), world, int(os.environ.get("LOCAL_RANK", "0"))
+
+
+def _build_optimizer(params, cfg: TrainConfig):
+    import torch
+
+    from dfer_cli.optim import SAM
+
+    if cfg.optimizer == "sam":
+        return SAM(params, torch.optim.SGD, rho=cfg.rho, lr=cfg.lr, momentum=cfg.momentum,
+                   weight_decay=cfg.weight_decay)
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
+def _build_loss(cfg: TrainConfig, model):
+    import torch
+
+    if cfg.loss == "ce":
+        return torch.nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
+    from dfer_cli.losses import CompactLoss
+
+    lam = cfg.lam if cfg.lam is not None else getattr(model.config, "compact_lambda", None)
+    return CompactLoss() if lam is None else CompactLoss(lam=lam)
+
+
+def load_datasets(cfg: TrainConfig, log=None):
+    """(train ClipDataset, val ClipDataset or None, data provenance dict) for `cfg`."""
+    from dfer_cli.data import ClipDataset, class_counts, scan
+    from dfer_cli.data.transforms import Augment
+
+    pre = cfg.preprocessing()
+    aug = Augment(crop_scale=(cfg.crop_scale, 1.0), flip=cfg.flip, motion=cfg.motion)
+    samples, report = scan(cfg.dataset, cfg.data_root, cfg.split, fold=cfg.fold, limit=cfg.limit, seed=cfg.seed)
+    if report.problems and log:
+        log(f"{cfg.split}: " + report.summary().replace("\n", f"\n{cfg.split}: "))
+    if not samples:
+        raise ValueError(f"no training samples found in {cfg.data_root} (split {cfg.split!r})")
+    train_ds = ClipDataset(samples, pre, train=True, augment=aug, seed=cfg.seed)
+    prov = {"dataset": cfg.dataset, "root": os.path.abspath(cfg.data_root), "split": cfg.split,
+            "fold": cfg.fold, "train_samples": len(samples),
+            "train_class_counts": dict(zip(CLASSES, class_counts(samples))),
+            "train_skipped": report.counts()}
+    val_ds = None
+    if cfg.val_split:
+        vs, vreport = scan(cfg.dataset, cfg.data_root, cfg.val_split, fold=cfg.fold, limit=cfg.val_limit,
+                           seed=cfg.seed)
+        if vreport.problems and log:
+            log(f"{cfg.val_split}: " + vreport.summary().replace("\n", f"\n{cfg.val_split}: "))
+        if vs:
+            val_ds = ClipDataset(vs, pre, train=False, test_clips=cfg.test_clips)
+        prov.update(val_split=cfg.val_split, val_samples=len(vs), val_skipped=vreport.counts())
+    return train_ds, val_ds, prov
+
+
+def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True, rich_bar: bool | None = None,
+          argv: list[str] | None = None) -> dict:
+    """Train a model as `cfg` says and write the run folder; returns a summary dict
+    (epochs done, best epoch, best and last validation scores, output paths).
+
+    Under ``torchrun`` (WORLD_SIZE > 1) the batch is per process, gradients are averaged
+    with DistributedDataParallel (gloo on CPU, nccl on CUDA) and only rank 0 writes.
+    """
+    import torch
+    import torch.distributed as dist
+    from torch.utils.data import DataLoader, DistributedSampler
+
+    from dfer_cli import checkpoint as ckpt
+    from dfer_cli.device import resolve_device
+    from dfer_cli.evaluate import predict_dataset, score
+    from dfer_cli.models import create_model
+
+    out = cfg.output
+    state_path = os.path.join(out, "state.pt")
+    if resume:
+        if not os.path.isfile(state_path):
+            raise ValueError(f"cannot resume: {state_path} does not exist (start without --resume)")
+        saved = TrainConfig.from_dict(json.load(open(os.path.join(out, "config.json"))))
+        # a resumed run keeps its recipe; only the length and the machine settings may change
+        for k in ("epochs", "workers", "threads", "device", "log_every"):
+            setattr(saved, k, getattr(cfg, k))
+        cfg = saved
+    cfg.validate()
+
+    rank, world, local_rank = _dist_info()
+    distributed = world > 1
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    device = resolve_device(cfg.device)
+    if distributed:
+        if device.type == "cuda":
+            device = torch.device("cuda", local_rank)
+            torch.cuda.set_device(device)
+        if not dist.is_initialized():
+            dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    is_main = rank == 0
+    rep = _Reporter(progress and is_main, cfg.log_every, rich_bar)
+
+    torch.manual_seed(cfg.seed)
+    pre = cfg.preprocessing()
+    train_ds, val_ds, data_prov = load_datasets(cfg, rep.log)
+    opts = dict(cfg.model_opts)
+    init_state = None
+    if cfg.init and not resume:
+        # the model's sizes follow the --init checkpoint unless overridden by --model-opt;
+        # frames and input size always come from this run's flags
+        init_state, init_meta = ckpt.read_checkpoint(cfg.init)
+        inherited = {k: v for k, v in init_meta.get("config", {}).items()
+                     if k not in ("num_frames", "input_size", "num_classes", "backbone_weights")}
+        opts = {**inherited, **opts}
+        cfg.model_opts = opts
+    model = create_model(cfg.model, num_frames=cfg.frames, input_size=cfg.input_size,
+                         num_classes=len(CLASSES), **opts)
+    if init_state is not None:
+        loaded, skipped = ckpt.load_state_partial(model, init_state)
+        rep.log(f"init from {cfg.init}: {len(loaded)} tensors loaded, {len(skipped)} skipped"
+                + (f" ({'; '.join(skipped[:5])}{' ...' if len(skipped) > 5 else ''})" if skipped else ""))
+    if cfg.freeze_backbone:
+        # parameters without grad and inputs without grad: autograd records nothing in the
+        # trunk, so it runs as under no_grad (no activations kept for backward)
+        model.backbone.requires_grad_(False)
+    use_amp = cfg.amp and device.type == "cuda"
+    if use_amp:
+        model = model.to(memory_format=torch.channels_last)
+    model.to(device)
+
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = _build_optimizer(params, cfg)
+    criterion = _build_loss(cfg, model)
+
+    start_epoch, step, best_uar, best_epoch = 0, 0, -1.0, None
+    if resume:
+        state = torch.load(state_path, map_location="cpu", weights_only=True)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        start_epoch, step = int(state["epoch"]), int(state["step"])
+        best_uar, best_epoch = float(state["best_uar"]), state["best_epoch"]
+        torch.set_rng_state(state["torch_rng"])
+        if device.type == "cuda" and "cuda_rng" in state:
+            torch.cuda.set_rng_state(state["cuda_rng"], device)
+        rep.log(f"resuming {out} after epoch {start_epoch}")
+
+    net = model
+    if distributed:
+        net = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None)
+
+    sampler = (DistributedSampler(train_ds, num_replicas=world, rank=rank, seed=cfg.seed, drop_last=True)
+               if distributed else EpochSampler(len(train_ds), cfg.seed))
+    per_rank = len(sampler) if distributed else len(train_ds)
+    drop_last = per_rank > cfg.batch_size
+    loader = DataLoader(train_ds, batch_size=cfg.batch_size, sampler=sampler, num_workers=cfg.workers,
+                        drop_last=drop_last, pin_memory=device.type == "cuda")
+    steps_per_epoch = len(loader)
+    total_steps = steps_per_epoch * cfg.epochs
+    warmup_steps = int(round(cfg.warmup_epochs * steps_per_epoch))
+
+    tb = None
+    if is_main:
+        os.makedirs(out, exist_ok=True)
+        _atomic_text(os.path.join(out, "config.json"), json.dumps(cfg.to_dict(), indent=2) + "\n")
+        _truncate_metrics(out, start_epoch)
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+            tb = SummaryWriter(os.path.join(out, "tensorboard"))
+        except Exception:  # tensorboard not installed: scalars go to metrics.jsonl only
+            tb = None
+    rep.log(f"training {cfg.model} on {len(train_ds)} clips ({steps_per_epoch} batches of {cfg.batch_size}"
+            f"{f' x {world} processes' if distributed else ''}), validating on "
+            f"{len(val_ds) if val_ds else 0}; device {device}; output {out}")
+
+    autocast_dtype = torch.bfloat16 if use_amp and torch.cuda.is_bf16_supported() else torch.float16
+    last_scores = None
+    for epoch in range(start_epoch, cfg.epochs):
+        train_ds.set_epoch(epoch)
+        sampler.set_epoch(epoch)
+        net.train()
+        if cfg.freeze_backbone:
+            model.backbone.eval()  # frozen BN statistics
+        t0 = time.time()
+        loss_sum, correct, seen = 0.0, 0, 0
+        rep.start_epoch(epoch + 1, cfg.epochs, steps_per_epoch)
+        for i, (x, y) in enumerate(loader, 1):
+            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            lr = lr_at(step, total_steps, warmup_steps, cfg)
+            for g in optimizer.param_groups:
+                g["lr"] = lr
+
+            def forward_loss():
+                with torch.autocast(device.type, dtype=autocast_dtype, enabled=use_amp):
+                    logits = net(x)
+                    return criterion(logits.float(), y), logits
+
+            loss, logits = forward_loss()
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if cfg.optimizer == "sam":
+                optimizer.first_step(zero_grad=True)
+                forward_loss()[0].backward()
+                optimizer.second_step(zero_grad=True)
+            else:
+                optimizer.step()
+            step += 1
+            if not math.isfinite(loss.item()):
+                raise FloatingPointError(f"loss is {loss.item()} at epoch {epoch + 1} batch {i}: "
+                                         "lower --lr or check the data")
+            loss_sum += loss.item() * len(y)
+            correct += int((logits.argmax(-1) == y).sum())
+            seen += len(y)
+            rep.batch(epoch + 1, cfg.epochs, i, steps_per_epoch, loss_sum / seen, lr,
+                      seen * world / max(1e-9, time.time() - t0))
+        rep.end_epoch()
+        train_time = time.time() - t0
+        stats = torch.tensor([loss_sum, correct, seen], dtype=torch.float64)
+        if distributed:
+            dist.all_reduce(stats)
+        row = {"epoch": epoch + 1, "step": step, "lr": lr, "train_loss": float(stats[0] / max(1, stats[2])),
+               "train_acc": float(stats[1] / max(1, stats[2])), "train_time": round(train_time, 2),
+               "clips_per_s": round(float(stats[2]) / max(1e-9, train_time), 2)}
+
+        if val_ds is not None:
+            t1 = time.time()
+            idx = range(rank, len(val_ds), world)
+            probs, labels = predict_dataset(model, val_ds, batch_size=cfg.batch_size, device=device,
+                                            indices=idx, workers=cfg.workers)
+            cm = torch.from_numpy(score(probs, labels, CLASSES).confusion)
+            if distributed:
+                dist.all_reduce(cm)
+            from dfer_cli.metrics import Scores
+            last_scores = Scores(list(CLASSES), cm.numpy())
+            row.update(val_war=last_scores.war, val_uar=last_scores.uar,
+                       val_recall=last_scores.recall, val_time=round(time.time() - t1, 2))
+            rep.log(f"epoch {epoch + 1}/{cfg.epochs}  train loss {row['train_loss']:.4f} acc {row['train_acc']:.4f}  "
+                    f"val WAR {last_scores.war:.4f} UAR {last_scores.uar:.4f}  ({train_time:.0f}s)")
+        else:
+            rep.log(f"epoch {epoch + 1}/{cfg.epochs}  train loss {row['train_loss']:.4f} "
+                    f"acc {row['train_acc']:.4f}  ({train_time:.0f}s)")
+
+        if is_main:
+            uar_now = row.get("val_uar", -1.0)
+            improved = val_ds is not None and uar_now > best_uar
+            if improved:
+                best_uar, best_epoch = uar_now, epoch + 1
+            prov = {"recipe": cfg.to_dict(), "data": data_prov, "epoch": epoch + 1,
+                    "metrics": {k: v for k, v in row.items()}, "best_epoch": best_epoch,
+                    "world_size": world, "command": argv or []}
+            _append_metrics(out, row)
+            if tb is not None:
+                for k, v in row.items():
+                    if isinstance(v, (int, float)) and k != "epoch":
+                        tb.add_scalar(k, v, epoch + 1)
+                tb.flush()
+            if improved:
+                ckpt.save_checkpoint(os.path.join(out, "best.safetensors"), model, classes=list(CLASSES),
+                                     preprocessing=pre, provenance=prov)
+            ckpt.save_checkpoint(os.path.join(out, "last.safetensors"), model, classes=list(CLASSES),
+                                 preprocessing=pre, provenance=prov)
+            state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch + 1,
+                     "step": step, "best_uar": best_uar, "best_epoch": best_epoch,
+                     "torch_rng": torch.get_rng_state()}
+            if device.type == "cuda":
+                state["cuda_rng"] = torch.cuda.get_rng_state(device)
+            buf = io.BytesIO()
+            torch.save(state, buf)
+            _atomic_bytes(state_path, buf.getvalue())  # the commit point of the epoch
+        if distributed:
+            dist.barrier()
+
+    if tb is not None:
+        tb.close()
+    if distributed and dist.is_initialized():
+        dist.destroy_process_group()
+    return {"output": out, "epochs": cfg.epochs, "best_epoch": best_epoch,
+            "best_uar": best_uar if best_epoch else None,
+            "last": last_scores.to_dict() if last_scores is not None else None}
+
+
+def _append_metrics(out: str, row: dict) -> None:
+    with open(os.path.join(out, "metrics.jsonl"), "a") as f:
+        f.write(json.dumps(row) + "\n")
+    flat = {k: v for k, v in row.items() if not isinstance(v, dict)}
+    flat.update({f"val_recall_{c}": r for c, r in row.get("val_recall", {}).items()})
+    path = os.path.join(out, "metrics.csv")
+    new = not os.path.exists(path)
+    with open(path, "a", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(flat))
+        if new:
+            w.writeheader()
+        w.writerow(flat)
+
+
+def _truncate_metrics(out: str, done_epochs: int) -> None:
+    """Drop metric rows of epochs after the last committed one (a run killed between
+    logging an epoch and committing its state re-runs that epoch)."""
+    for name in ("metrics.jsonl", "metrics.csv"):
+        path = os.path.join(out, name)
+        if not os.path.exists(path):
+            continue
+        if done_epochs == 0:
+            os.remove(path)
+            continue
+        with open(path) as f:
+            lines = f.readlines()
+        if name.endswith(".jsonl"):
+            keep = [ln for ln in lines if ln.strip() and json.loads(ln)["epoch"] <= done_epochs]
+        else:
+            keep = lines[:1] + [ln for ln in lines[1:] if ln.strip() and int(ln.split(",", 1)[0]) <= done_epochs]
+        _atomic_text(path, "".join(keep))
