@@ -11,9 +11,12 @@ Nothing here downloads anything: downloads happen only on ``dfer weights downloa
 """
 from __future__ import annotations
 
+import hashlib
 import os
+import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 DEFAULT_WEIGHTS = "logo_former_fer2013"
 SUFFIX = ".safetensors"
@@ -77,8 +80,9 @@ def find_weights(spec: str | os.PathLike | None = None) -> Path:
         if p.is_file():
             return p
     where = ", ".join(str(d) for d in search_dirs())
-    hint = (f"run `dfer weights download {spec}`" if spec in KNOWN and KNOWN[spec].url
-            else "train one with `dfer train`, or pass --weights PATH")
+    hint = ((f"run `dfer weights download {spec}`, " if spec in KNOWN and KNOWN[spec].url else "")
+            + "train one with `dfer train`, or pass --weights PATH to a .safetensors checkpoint "
+            "(`dfer weights list` shows what is installed)")
     raise FileNotFoundError(f"no checkpoint named {spec!r} in {where}: {hint}")
 
 
@@ -90,3 +94,84 @@ def list_weights() -> list[tuple[str, Path]]:
             for p in sorted(d.glob("*" + SUFFIX)):
                 seen.setdefault(p.name[: -len(SUFFIX)], p)
     return sorted(seen.items())
+
+
+class DownloadError(RuntimeError):
+    """A download that could not be done or did not verify; the message is one line."""
+
+
+def file_sha256(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+    """Hex sha256 of a file, read in chunks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def download_weights(
+    name: str,
+    dest_dir: str | os.PathLike | None = None,
+    *,
+    force: bool = False,
+    progress: Callable[[int, int | None], None] | None = None,
+    timeout: float = 60.0,
+) -> Path:
+    """Fetch the published checkpoint `name` into `dest_dir` (default: the user cache) and
+    return its path. Called only by `dfer weights download NAME`, never implicitly.
+
+    The file is streamed to a temporary name, its sha256 is checked against the registry,
+    and only then renamed to ``NAME.safetensors``; a mismatch deletes it and raises
+    DownloadError. An existing file with the right sha256 is kept unless `force`.
+    `progress(done_bytes, total_bytes_or_None)` is called as data arrives.
+    """
+    if name not in KNOWN:
+        raise DownloadError(f"unknown weights name {name!r}: known names are {', '.join(sorted(KNOWN))}")
+    entry = KNOWN[name]
+    if not entry.url or not entry.sha256:
+        raise DownloadError(f"{name!r} is not published for download (it ships in {bundled_dir()}); "
+                            "see `dfer weights list`")
+    dest_dir = Path(dest_dir) if dest_dir is not None else user_cache_dir()
+    dest = dest_dir / (name + SUFFIX)
+    if dest.is_file() and not force and file_sha256(dest) == entry.sha256.lower():
+        return dest
+    dest_dir.mkdir(parents=True, exist_ok=True)
+    tmp = dest_dir / f".{name}{SUFFIX}.part"
+    h = hashlib.sha256()
+    try:
+        with urllib.request.urlopen(entry.url, timeout=timeout) as resp, open(tmp, "wb") as out:
+            total = resp.headers.get("Content-Length") if hasattr(resp, "headers") else None
+            total = int(total) if total else None
+            done = 0
+            while block := resp.read(1 << 20):
+                out.write(block)
+                h.update(block)
+                done += len(block)
+                if progress is not None:
+                    progress(done, total)
+        digest = h.hexdigest()
+        if digest != entry.sha256.lower():
+            raise DownloadError(f"{entry.url}: sha256 {digest} does not match the expected "
+                                f"{entry.sha256.lower()}; nothing was installed, try again later")
+        os.replace(tmp, dest)
+    except OSError as e:  # URLError is an OSError
+        raise DownloadError(f"{entry.url}: download failed ({getattr(e, 'reason', e)}); "
+                            "check the network or copy the file into "
+                            f"{dest_dir} yourself") from None
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return dest
+
+
+def weights_source(path: Path) -> str:
+    """Which search folder a found checkpoint came from: 'env', 'cache' or 'bundled'."""
+    parent = path.resolve().parent
+    env = os.environ.get("DFER_WEIGHTS_DIR")
+    if env and parent == Path(env).expanduser().resolve():
+        return "env"
+    if parent == user_cache_dir().resolve():
+        return "cache"
+    if parent == bundled_dir().resolve():
+        return "bundled"
+    return "path"

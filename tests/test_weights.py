@@ -1,0 +1,113 @@
+"""weights.py: lookup order, explicit download with sha256 check, and `dfer weights`."""
+from __future__ import annotations
+
+import hashlib
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from dfer_cli import weights as W
+from dfer_cli.cli import app
+
+
+@pytest.fixture
+def dirs(tmp_path, monkeypatch):
+    env, cache = tmp_path / "env", tmp_path / "xdg"
+    env.mkdir()
+    monkeypatch.setenv("DFER_WEIGHTS_DIR", str(env))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(cache))
+    return env, cache / "dfer" / "weights"
+
+
+@pytest.fixture
+def published(tmp_path, monkeypatch):
+    """A checkpoint 'published' at a file:// URL, registered under the name 'demo'."""
+    blob = b"pretend safetensors bytes" * 100
+    src = tmp_path / "server" / "demo.safetensors"
+    src.parent.mkdir()
+    src.write_bytes(blob)
+    entry = W.KnownWeights("demo", "a test checkpoint", src.as_uri(), hashlib.sha256(blob).hexdigest())
+    monkeypatch.setitem(W.KNOWN, "demo", entry)
+    return blob, entry
+
+
+def test_search_order_env_then_cache_then_bundled(dirs):
+    env, cache = dirs
+    assert W.search_dirs() == [env, cache, W.bundled_dir()]
+    cache.mkdir(parents=True)
+    (cache / "m.safetensors").write_bytes(b"cache")
+    assert W.find_weights("m") == cache / "m.safetensors"
+    (env / "m.safetensors").write_bytes(b"env")
+    assert W.find_weights("m") == env / "m.safetensors"
+    assert dict(W.list_weights())["m"] == env / "m.safetensors"
+    assert W.weights_source(env / "m.safetensors") == "env"
+    assert W.weights_source(cache / "m.safetensors") == "cache"
+
+
+def test_missing_name_says_how_to_get_one(dirs, published):
+    with pytest.raises(FileNotFoundError) as e:
+        W.find_weights("demo")
+    msg = str(e.value)
+    assert "dfer weights download demo" in msg and "dfer train" in msg and "--weights PATH" in msg
+    with pytest.raises(FileNotFoundError, match="no such checkpoint file"):
+        W.find_weights("nowhere/x.safetensors")
+
+
+def test_download_verifies_and_installs_into_cache(dirs, published):
+    _, cache = dirs
+    blob, _ = published
+    seen = []
+    path = W.download_weights("demo", progress=lambda done, total: seen.append(done))
+    assert path == cache / "demo.safetensors" and path.read_bytes() == blob
+    assert seen[-1] == len(blob)
+    assert W.find_weights("demo") == path
+    assert [p.name for p in cache.iterdir()] == ["demo.safetensors"]  # no temp file left
+
+
+def test_download_rejects_wrong_sha256(dirs, published, monkeypatch):
+    _, cache = dirs
+    _, entry = published
+    monkeypatch.setitem(W.KNOWN, "demo", W.KnownWeights("demo", "", entry.url, "0" * 64))
+    with pytest.raises(W.DownloadError, match="does not match"):
+        W.download_weights("demo")
+    assert not cache.exists() or not any(cache.iterdir())
+
+
+def test_download_refuses_unpublished_and_unknown(dirs):
+    with pytest.raises(W.DownloadError, match="not published"):
+        W.download_weights(W.DEFAULT_WEIGHTS)
+    with pytest.raises(W.DownloadError, match="unknown weights name 'nope'"):
+        W.download_weights("nope")
+
+
+def test_download_network_failure_is_one_line(dirs, published, monkeypatch, tmp_path):
+    _, entry = published
+    gone = (tmp_path / "server" / "gone.safetensors").as_uri()
+    monkeypatch.setitem(W.KNOWN, "demo", W.KnownWeights("demo", "", gone, entry.sha256))
+    with pytest.raises(W.DownloadError, match="download failed") as e:
+        W.download_weights("demo")
+    assert "\n" not in str(e.value)
+
+
+def test_cli_weights_download_and_list(dirs, published):
+    _, cache = dirs
+    runner = CliRunner()
+    before = json.loads(runner.invoke(app, ["weights", "list", "--json"]).stdout)
+    assert "demo" in [w["name"] for w in before["not_installed"]]
+    assert next(w for w in before["not_installed"] if w["name"] == "demo")["downloadable"] is True
+
+    r = runner.invoke(app, ["weights", "download", "demo"])
+    assert r.exit_code == 0, r.output
+    assert r.stdout.strip() == str(cache / "demo.safetensors")
+
+    after = json.loads(runner.invoke(app, ["weights", "list", "--json"]).stdout)
+    demo = next(w for w in after["installed"] if w["name"] == "demo")
+    assert demo["source"] == "cache" and demo["path"] == str(cache / "demo.safetensors")
+    table = runner.invoke(app, ["weights", "list"])
+    assert table.exit_code == 0 and "demo" in table.stdout and "cache" in table.stdout
+
+    r = runner.invoke(app, ["weights", "download", "nope"])
+    assert r.exit_code == 2 and "unknown weights name 'nope'" in r.stderr
+    r = runner.invoke(app, ["weights", "download", W.DEFAULT_WEIGHTS])
+    assert r.exit_code == 1 and "not published" in r.stderr
