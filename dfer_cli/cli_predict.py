@@ -1,4 +1,390 @@
-"""`dfer` commands: predict (registered on the app from dfer_cli.cli)."""
+"""`dfer` commands: predict, weights list, weights download (registered on the app from
+dfer_cli.cli).
+
+This module only parses flags, finds inputs and routes results to a writer; the work is
+done by `dfer_cli.predict.predict_video`. torch, PyAV and matplotlib are imported inside
+the commands so that `dfer --help` stays instant.
+"""
 from __future__ import annotations
 
-from dfer_cli.cli import app, fail  # noqa: F401
+import json
+import os
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from dfer_cli.cli import app, fail
+
+# Suffixes taken as videos when a directory is searched (files named on the command
+# line are tried whatever their suffix).
+VIDEO_SUFFIXES = frozenset({
+    ".mp4", ".m4v", ".mov", ".avi", ".mkv", ".webm", ".mpg", ".mpeg", ".wmv", ".flv",
+    ".3gp", ".ts", ".mts", ".m2ts", ".ogv",
+})
+
+FORMAT_BY_SUFFIX = {".json": "json", ".jsonl": "jsonl", ".ndjson": "jsonl", ".csv": "csv", ".txt": "table"}
+
+
+# --------------------------------------------------------------------------- inputs
+
+def collect_inputs(specs: list[str], recursive: bool = False, stdin=None) -> list[tuple[str, Optional[str]]]:
+    """Expand the INPUT arguments into (path, error) pairs, in order, without duplicates.
+
+    A file is taken as is; a directory contributes its videos (by suffix, sorted; all
+    subfolders too with `recursive`); ``-`` reads one path per line from `stdin` (blank
+    lines and lines starting with ``#`` are ignored). `error` is None for a usable path, else
+    the reason it cannot be processed (missing, empty directory, ...).
+    """
+    out: list[tuple[str, Optional[str]]] = []
+    seen: set[str] = set()
+
+    def add(path: str, error: Optional[str] = None) -> None:
+        key = os.path.normpath(path)
+        if key not in seen:
+            seen.add(key)
+            out.append((path, error))
+
+    def expand(spec: str) -> None:
+        p = Path(spec).expanduser()
+        if p.is_dir():
+            pattern = p.rglob("*") if recursive else p.iterdir()
+            videos = sorted(q for q in pattern if q.is_file() and q.suffix.lower() in VIDEO_SUFFIXES
+                            and not q.name.startswith("."))
+            if not videos:
+                hint = "" if recursive else " (add --recursive to search subfolders)"
+                add(spec, f"no video files in this directory{hint}")
+            for q in videos:
+                add(str(q))
+        elif p.is_file():
+            add(str(p) if spec.startswith("~") else spec)
+        elif p.exists():
+            add(spec, "not a regular file")
+        else:
+            add(spec, "no such file or directory")
+
+    for spec in specs:
+        if spec == "-":
+            stream = stdin if stdin is not None else sys.stdin
+            for line in stream.read().splitlines():
+                line = line.strip()
+                if line and not line.startswith("#"):
+                    expand(line)
+        else:
+            expand(spec)
+    return out
+
+
+def output_paths(spec: Optional[str], videos: list[str], suffix: str, option: str) -> dict[str, Path]:
+    """Where `--annotate` / `--plot` write for each video.
+
+    - A value containing ``{stem}`` (the input's file name without suffix) or ``{index}``
+      (its 1-based position among the videos) is a pattern, filled in per video.
+    - Otherwise, with one video and a value that is not an existing directory (and does not
+      end in ``/``), it is the output file.
+    - Otherwise it is a directory (created if needed) receiving ``<stem><suffix>`` per video.
+
+    Two videos mapping to the same file, or an output equal to its input, is a usage error
+    (exit 2), raised before any work starts.
+    """
+    if not spec:
+        return {}
+    paths: dict[str, Path] = {}
+    is_dir = spec.endswith(("/", os.sep)) or Path(spec).expanduser().is_dir()
+    for i, video in enumerate(videos, 1):
+        stem = Path(video).stem
+        if "{stem}" in spec or "{index}" in spec:
+            p = Path(spec.replace("{stem}", stem).replace("{index}", str(i)))
+        elif len(videos) == 1 and not is_dir:
+            p = Path(spec)
+        else:
+            p = Path(spec) / f"{stem}{suffix}"
+        paths[video] = p.expanduser()
+    by_target: dict[Path, str] = {}
+    for video, p in paths.items():
+        target = p.resolve()
+        if target == Path(video).resolve():
+            fail(f"{option} {spec}: would overwrite the input {video}; choose another name", 2)
+        if target in by_target:
+            fail(f"{option} {spec}: {by_target[target]} and {video} would both write {p}; "
+                 "use a pattern with {index}, e.g. out/{index}-{stem}" + suffix, 2)
+        by_target[target] = video
+    return paths
+
+
+def default_format(output: Optional[Path]) -> str:
+    """table on a terminal, else jsonl; with --output, the format its suffix names."""
+    if output is not None:
+        return FORMAT_BY_SUFFIX.get(output.suffix.lower(), "jsonl")
+    return "table" if sys.stdout.isatty() else "jsonl"
+
+
+def _one_line(exc: BaseException) -> str:
+    msg = str(exc).strip().splitlines()
+    text = msg[0] if msg else type(exc).__name__
+    return text if len(text) < 300 else text[:297] + "..."
+
+
+class _Progress:
+    """A rich progress bar on stderr (only when stderr is a terminal and not --quiet)."""
+
+    def __init__(self, enabled: bool):
+        self.bar = None
+        self.task = None
+        if enabled:
+            from rich.console import Console
+            from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+            self.bar = Progress(TextColumn("{task.description}"), BarColumn(),
+                                TextColumn("{task.percentage:>3.0f}%"), TimeElapsedColumn(),
+                                console=Console(stderr=True), transient=True)
+
+    def __enter__(self):
+        if self.bar is not None:
+            self.bar.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        if self.bar is not None:
+            self.bar.__exit__(*exc)
+
+    def start(self, label: str) -> None:
+        if self.bar is not None:
+            if self.task is not None:
+                self.bar.remove_task(self.task)
+            self.task = self.bar.add_task(label, total=None)
+
+    def update(self, done: float, total: Optional[float] = None) -> None:
+        """The `progress` callback handed to predict_video: `done` out of `total` seconds."""
+        if self.bar is not None and self.task is not None:
+            self.bar.update(self.task, completed=done, total=total)
+
+    def log(self, message: str) -> None:
+        if self.bar is not None:
+            self.bar.console.print(message, markup=False, highlight=False)
+        else:
+            typer.echo(message, err=True)
+
+    @property
+    def callback(self):
+        return self.update if self.bar is not None else None
+
+
+# --------------------------------------------------------------------------- predict
+
+@app.command("predict")
+def predict_cmd(
+    inputs: List[str] = typer.Argument(..., metavar="INPUT...",
+                                       help="Video files, directories of videos, or - to read paths from stdin."),
+    weights: Optional[str] = typer.Option(None, "--weights", "-w", metavar="NAME|PATH",
+                                          help="Checkpoint name (see `dfer weights list`) or .safetensors path. "
+                                               "(default: the bundled default weights)"),
+    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N or mps."),
+    batch_size: int = typer.Option(8, "--batch-size", min=1, help="Clips per model forward pass."),
+    window: float = typer.Option(2.0, "--window", min=0.01, help="Clip length in seconds."),
+    stride: float = typer.Option(1.0, "--stride", min=0.01, help="Seconds between clip starts."),
+    all_faces: bool = typer.Option(False, "--all-faces", help="Classify every face track, not only the main face."),
+    min_face: Optional[int] = typer.Option(None, "--min-face", min=1,
+                                           help="Smallest face to detect, in source pixels."),
+    detect_size: Optional[int] = typer.Option(None, "--detect-size", min=32,
+                                              help="Longer side (pixels) frames are scaled to for face detection."),
+    fmt: Optional[str] = typer.Option(None, "--format", "-f", metavar="table|json|jsonl|csv",
+                                      help="Output format (default: table on a terminal, else jsonl; "
+                                           "with --output, from its suffix)."),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Write results to FILE instead of stdout."),
+    recursive: bool = typer.Option(False, "--recursive", "-r", help="Search directories recursively."),
+    annotate: Optional[str] = typer.Option(None, "--annotate", metavar="OUT",
+                                           help="Write an annotated video. Several inputs: a directory or a "
+                                                "pattern with {stem} / {index}."),
+    plot: Optional[str] = typer.Option(None, "--plot", metavar="PNG",
+                                       help="Write a timeline plot. Several inputs: a directory or a "
+                                            "pattern with {stem} / {index}."),
+    threads: Optional[int] = typer.Option(None, "--threads", min=1, help="CPU threads for torch."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar or summary on stderr (errors still)."),
+) -> None:
+    """Classify the facial expressions in videos, clip by clip and face by face.
+
+    Exit status: 0 every input done, 1 some input failed (the rest are still done), 2 usage error.
+    """
+    from dfer_cli.weights import DEFAULT_WEIGHTS, find_weights
+    from dfer_cli.writers import FORMATS
+
+    fmt = fmt.lower() if fmt else default_format(output)
+    if fmt not in FORMATS:
+        fail(f"--format {fmt}: expected one of {', '.join(FORMATS)}", 2)
+
+    items = collect_inputs(inputs, recursive=recursive)
+    if not items:
+        fail("no inputs: give video files, directories, or - with paths on stdin", 2)
+    videos = [p for p, err in items if err is None]
+    annotate_to = output_paths(annotate, videos, ".annotated.mp4", "--annotate")
+    plot_to = output_paths(plot, videos, ".timeline.png", "--plot")
+
+    try:
+        ckpt = find_weights(weights or DEFAULT_WEIGHTS)
+    except FileNotFoundError as e:
+        fail(f"no usable checkpoint: {e}", 1)
+
+    import torch
+
+    from dfer_cli.checkpoint import load_model
+    from dfer_cli.device import resolve_device
+    from dfer_cli.predict import predict_video
+
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        dev = resolve_device(device)
+    except ValueError as e:
+        fail(f"--device: {e}", 2)
+    try:
+        model = load_model(str(ckpt), device=dev)
+    except (ValueError, OSError) as e:
+        fail(f"cannot use checkpoint {ckpt}: {_one_line(e)}", 1)
+
+    detector = {}
+    if min_face is not None:
+        detector["min_face"] = min_face
+    if detect_size is not None:
+        detector["detect_size"] = detect_size
+
+    stream = open(output, "w", encoding="utf-8", newline="") if output is not None else sys.stdout
+    from dfer_cli.writers import make_writer
+
+    writer = make_writer(fmt, stream, list(model.classes))
+    failed = done = 0
+    show = not quiet and sys.stderr.isatty()
+    try:
+        with _Progress(show) as progress:
+            for path, error in items:
+                if error is None:
+                    progress.start(Path(path).name)
+                    try:
+                        result = predict_video(model, path, window=window, stride=stride, all_faces=all_faces,
+                                               batch_size=batch_size, device=dev, on_clip=writer.clip,
+                                               progress=progress.callback, **detector)
+                    except (KeyboardInterrupt, SystemExit):
+                        raise
+                    except Exception as e:  # one bad file must not stop the batch
+                        error = _one_line(e)
+                if error is not None:
+                    failed += 1
+                    progress.log(f"dfer: skipping {path}: {error}")
+                    writer.error(path, error)
+                    continue
+                writer.video(result)
+                done += 1
+                for what, targets, render in (("annotated video", annotate_to, _annotate),
+                                              ("timeline plot", plot_to, _plot)):
+                    if path in targets:
+                        try:
+                            render(path, targets[path], result)
+                        except Exception as e:
+                            failed += 1
+                            progress.log(f"dfer: {path}: could not write the {what} {targets[path]}: {_one_line(e)}")
+    finally:
+        writer.close()
+        if output is not None:
+            stream.close()
+    if not quiet and len(items) > 1:
+        typer.echo(f"dfer: {done} of {len(items)} inputs done" + (f", {failed} failed" if failed else ""), err=True)
+    if failed:
+        raise typer.Exit(1)
+
+
+def _annotate(path: str, dst: Path, result) -> None:
+    from dfer_cli.render import annotate_video
+
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    annotate_video(path, dst, result)
+
+
+def _plot(path: str, dst: Path, result) -> None:
+    from dfer_cli.render import plot_timeline
+
+    plot_timeline(result, dst)
+
+
+# --------------------------------------------------------------------------- weights
+
+weights_app = typer.Typer(help="Checkpoints: what is installed where, and explicit downloads.",
+                          no_args_is_help=True)
+app.add_typer(weights_app, name="weights")
+
+
+def weights_inventory() -> dict:
+    """Found checkpoints, known names not installed, and the search folders (for `weights list`)."""
+    from dfer_cli.weights import DEFAULT_WEIGHTS, KNOWN, list_weights, search_dirs, weights_source
+
+    found = []
+    for name, path in list_weights():
+        known = KNOWN.get(name)
+        found.append({"name": name, "path": str(path), "source": weights_source(path),
+                      "size_mb": round(path.stat().st_size / 1e6, 2), "default": name == DEFAULT_WEIGHTS,
+                      "description": known.description if known else ""})
+    names = {w["name"] for w in found}
+    missing = [{"name": k.name, "description": k.description, "downloadable": bool(k.url and k.sha256),
+                "default": k.name == DEFAULT_WEIGHTS}
+               for k in KNOWN.values() if k.name not in names]
+    return {"search_dirs": [{"path": str(d), "exists": d.is_dir()} for d in search_dirs()],
+            "installed": found, "not_installed": missing}
+
+
+@weights_app.command("list")
+def weights_list(as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table.")) -> None:
+    """Checkpoints found (in $DFER_WEIGHTS_DIR, the user cache, the bundled weights/ folder)
+    and known names that are not installed."""
+    inv = weights_inventory()
+    if as_json:
+        typer.echo(json.dumps(inv, indent=2))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console(width=None if sys.stdout.isatty() else 160)
+    table = Table(title="dfer weights", title_justify="left")
+    for col in ("name", "where", "path", "MB", "about"):
+        table.add_column(col)
+    for w in inv["installed"]:
+        table.add_row(w["name"] + (" (default)" if w["default"] else ""), w["source"], w["path"],
+                      f"{w['size_mb']:.1f}", w["description"])
+    for w in inv["not_installed"]:
+        how = f"`dfer weights download {w['name']}`" if w["downloadable"] else "train it (`dfer train`)"
+        table.add_row(w["name"] + (" (default)" if w["default"] else ""), "not installed", how, "",
+                      w["description"])
+    console.print(table)
+    dirs = ", ".join(d["path"] + ("" if d["exists"] else " (absent)") for d in inv["search_dirs"])
+    console.print(f"searched, in order: {dirs}", markup=False, highlight=False)
+
+
+@weights_app.command("download")
+def weights_download(
+    name: str = typer.Argument(..., help="A name from `dfer weights list`."),
+    dest: Optional[Path] = typer.Option(None, "--dir", help="Folder to write to (default: the user cache)."),
+    force: bool = typer.Option(False, "--force", help="Download again even if a verified copy is present."),
+) -> None:
+    """Download a published checkpoint, verify its sha256, and put it where `--weights NAME`
+    finds it. This is the only command that uses the network."""
+    from dfer_cli.weights import KNOWN, DownloadError, download_weights
+
+    if name not in KNOWN:
+        fail(f"unknown weights name {name!r}: known names are {', '.join(sorted(KNOWN))}", 2)
+    bar = None
+    if sys.stderr.isatty():
+        from rich.console import Console
+        from rich.progress import DownloadColumn, Progress, TransferSpeedColumn
+
+        bar = Progress(*Progress.get_default_columns(), DownloadColumn(), TransferSpeedColumn(),
+                       console=Console(stderr=True), transient=True)
+    try:
+        if bar is None:
+            path = download_weights(name, dest, force=force)
+        else:
+            with bar:
+                task = bar.add_task(name, total=None)
+                path = download_weights(name, dest, force=force,
+                                        progress=lambda d, t: bar.update(task, completed=d, total=t))
+    except DownloadError as e:
+        fail(str(e), 1)
+    typer.echo(str(path))
