@@ -185,10 +185,12 @@ def predict_cmd(
     window: float = typer.Option(2.0, "--window", min=0.01, help="Clip length in seconds."),
     stride: float = typer.Option(1.0, "--stride", min=0.01, help="Seconds between clip starts."),
     all_faces: bool = typer.Option(False, "--all-faces", help="Classify every face track, not only the main face."),
-    min_face: Optional[int] = typer.Option(None, "--min-face", min=1,
-                                           help="Smallest face to detect, in source pixels."),
+    min_face: Optional[float] = typer.Option(None, "--min-face",
+                                             help="Smallest face to detect: a fraction of the frame's "
+                                                  "shorter side (<= 1) or pixels (> 1). (default: 0.1)"),
     detect_size: Optional[int] = typer.Option(None, "--detect-size", min=32,
-                                              help="Longer side (pixels) frames are scaled to for face detection."),
+                                              help="Detect faces on a copy scaled to at most this many pixels on the "
+                                                   "longer side. (default: 640)"),
     fmt: Optional[str] = typer.Option(None, "--format", "-f", metavar="table|json|jsonl|csv",
                                       help="Output format (default: table on a terminal, else jsonl; "
                                            "with --output, from its suffix)."),
@@ -214,6 +216,8 @@ def predict_cmd(
     if fmt not in FORMATS:
         fail(f"--format {fmt}: expected one of {', '.join(FORMATS)}", 2)
 
+    if min_face is not None and min_face <= 0:
+        fail(f"--min-face {min_face}: must be > 0 (a fraction <= 1 or pixels > 1)", 2)
     items = collect_inputs(inputs, recursive=recursive)
     if not items:
         fail("no inputs: give video files, directories, or - with paths on stdin", 2)
