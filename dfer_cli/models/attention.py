@@ -178,7 +178,7 @@ class LocalWindowAttention(nn.Module):
         nW, L = win.shape[1], win.shape[2]
         key_ok = window_partition(valid[None, ..., None], self.window)     # (1, nW, L, 1)
         key_ok = key_ok.reshape(nW, 1, L).repeat(B, 1, 1)                  # (B*nW, 1, L)
-        mask = None if bool(valid.all()) else key_ok
+        mask = None if padded_grid(grid, self.window) == tuple(grid) else key_ok
         y = self.attn(win.reshape(B * nW, L, D), mask=mask)                # (B*nW, L, D)
         y = window_merge(y.reshape(B, nW, L, D), xp.shape[1:4], self.window)
         y = y[:, :T, :H, :W].reshape(B, N, D)                              # drop padding
