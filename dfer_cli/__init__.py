@@ -6,6 +6,7 @@ __version__ = "0.1.0"
 _LAZY = {
     "create_model": "dfer_cli.models",
     "load_model": "dfer_cli.checkpoint",
+    "predict_video": "dfer_cli.predict",
 }
 
 

@@ -1,0 +1,130 @@
+"""Which frames make a clip.
+
+Training/evaluation (frame folders): `segment_indices` picks `num_frames` frames from
+equal segments, a random offset per segment when training and the segment centre when
+testing, repeating frames when fewer are available (as in the DFEW/FERV39K papers).
+
+Prediction (videos): `WindowPlan` lays sliding windows over time (seconds). Every window
+takes `num_frames` sample times uniformly spaced inside it, and all sample times lie on one
+grid of step `window / num_frames`, so overlapping windows share frames: a video is decoded
+once, in order, and only grid frames are converted, detected and aligned.
+`sample_on_grid` maps the grid onto a stream of timestamped frames (nearest frame by PTS).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Iterable, Iterator, Sequence
+
+import numpy as np
+
+
+def segment_indices(num_available: int, num_frames: int = 16, train: bool = False,
+                    rng: np.random.Generator | None = None) -> list[int]:
+    """Indices (into 0..num_available-1, non-decreasing) of `num_frames` frames of a clip.
+
+    The clip is cut into `num_frames` equal segments; one frame is taken from each: a random
+    one when `train` (with `rng`, default a fresh generator), the middle one otherwise. With
+    fewer frames than `num_frames`, frames repeat (each segment is shorter than a frame).
+    """
+    if num_available < 1:
+        raise ValueError("segment_indices: a clip needs at least one frame")
+    if num_frames < 1:
+        raise ValueError("segment_indices: num_frames must be >= 1")
+    seg = num_available / num_frames  # segment length in frames (may be < 1)
+    starts = np.arange(num_frames) * seg
+    if train:
+        rng = rng if rng is not None else np.random.default_rng()
+        pos = starts + rng.random(num_frames) * seg
+    else:
+        pos = starts + seg / 2.0
+    idx = np.minimum(np.floor(pos).astype(int), num_available - 1)
+    return [int(i) for i in idx]
+
+
+@dataclass(frozen=True)
+class Window:
+    index: int       # window number, in time order
+    start: float     # seconds
+    end: float       # seconds
+    first: int       # first grid index; the window uses grid indices first .. first + num_frames - 1
+
+
+class WindowPlan:
+    """Sliding windows over a video of `duration` seconds.
+
+    window: window length in seconds (default 2.0); stride: seconds between window starts
+    (default 1.0); num_frames: samples per window (the model's clip length). Sample times
+    are the grid `(k + 0.5) * step` with `step = window / num_frames`; window starts are
+    snapped to the grid. A video shorter than one window gets one window covering all of it.
+    When the last full window ends more than half a stride before the video does, one more
+    window is added that ends at the end, so the tail is covered.
+    """
+
+    def __init__(self, duration: float, window: float = 2.0, stride: float = 1.0, num_frames: int = 16):
+        if window <= 0 or stride <= 0:
+            raise ValueError("window and stride must be positive seconds")
+        if num_frames < 1:
+            raise ValueError("num_frames must be >= 1")
+        duration = max(float(duration or 0.0), 0.0)
+        self.duration, self.num_frames = duration, num_frames
+        self.window = min(window, duration) if duration > 0 else window
+        self.step = self.window / num_frames
+        eps = 1e-6 * max(1.0, duration)
+        stride_k = max(1, int(round(stride / self.step)))
+        n_grid_total = max(num_frames, int(math.floor(duration / self.step + eps)))
+        firsts = list(range(0, n_grid_total - num_frames + 1, stride_k))
+        last = n_grid_total - num_frames
+        if last - firsts[-1] >= stride_k / 2:
+            firsts.append(last)
+        self.windows = [Window(i, f * self.step, min((f + num_frames) * self.step, max(duration, self.window)), f)
+                        for i, f in enumerate(firsts)]
+        used = np.zeros(n_grid_total, dtype=bool)
+        for w in self.windows:
+            used[w.first:w.first + num_frames] = True
+        self._used = used
+
+    @property
+    def num_grid(self) -> int:
+        return len(self._used)
+
+    def time(self, k: int) -> float:
+        """Sample time (seconds) of grid index k."""
+        return (k + 0.5) * self.step
+
+    def grid_times(self) -> np.ndarray:
+        return (np.arange(self.num_grid) + 0.5) * self.step
+
+    def needed(self, k: int) -> bool:
+        """Whether any window samples grid index k (frames between spaced-out windows are skipped)."""
+        return 0 <= k < len(self._used) and bool(self._used[k])
+
+    def slots(self, w: Window) -> range:
+        return range(w.first, w.first + self.num_frames)
+
+
+def sample_on_grid(frames: Iterable, times: Sequence[float],
+                   max_distance: float | None = None) -> Iterator[tuple[int, object]]:
+    """Pair each grid time with the frame nearest to it, streaming.
+
+    frames: objects with a `.time` attribute (seconds), in increasing time order (e.g.
+    `video.iter_frames`). times: increasing grid times. Yields `(k, frame)` in order of k;
+    a frame can serve several grid times (video slower than the grid). Grid times after the
+    last frame by more than `max_distance` seconds (e.g. past the end of a truncated video)
+    are not yielded. Only the previous frame is held, so memory does not grow.
+    """
+    n = len(times)
+    k, prev = 0, None
+    for f in frames:
+        while k < n and times[k] <= f.time:
+            g = times[k]
+            yield k, (prev if (prev is not None and g - prev.time < f.time - g) else f)
+            k += 1
+        if k >= n:
+            return
+        prev = f
+    while k < n and prev is not None:
+        if max_distance is not None and times[k] - prev.time > max_distance:
+            return
+        yield k, prev
+        k += 1

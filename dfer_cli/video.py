@@ -1,0 +1,252 @@
+"""Video decoding with PyAV: open with clear errors, probe, and stream frames with true times.
+
+Frames are decoded one at a time and dropped as they go (memory does not grow with video
+length). Each frame carries its presentation time in seconds, taken from its PTS (not from
+index / fps), so variable frame rate and odd time bases give true timestamps. Times are
+relative to the stream's start time, so the first frame is at (about) 0. Rotation side data
+(phone videos) is honoured: `Frame.rgb` is the image as a player would show it.
+"""
+from __future__ import annotations
+
+import math
+import os
+import struct
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+
+
+class VideoError(ValueError):
+    """A video that cannot be opened or decoded; the message names the file and the fix."""
+
+
+@dataclass
+class VideoInfo:
+    path: str
+    duration: float        # seconds (container or stream duration; 0.0 when unknown)
+    fps: float             # average frame rate (0.0 when unknown)
+    width: int             # display width, after rotation
+    height: int            # display height, after rotation
+    rotation: int          # counter-clockwise degrees the stored frames are turned for display
+    frame_count: int       # from the header when present, else duration * fps (an estimate)
+    codec: str
+
+
+class Frame:
+    """One decoded frame: `index` (decode order), `time` (seconds from PTS) and `rgb`, an
+    (H, W, 3) uint8 array converted lazily (only frames that are used pay for conversion)."""
+
+    __slots__ = ("index", "time", "_av", "_rgb", "_rotation")
+
+    def __init__(self, index: int, time: float, av_frame, rotation: int):
+        self.index, self.time = index, time
+        self._av, self._rgb, self._rotation = av_frame, None, rotation
+
+    @property
+    def rgb(self) -> np.ndarray:
+        if self._rgb is None:
+            img = self._av.to_ndarray(format="rgb24")
+            k = (self._rotation // 90) % 4
+            if k:
+                img = np.ascontiguousarray(np.rot90(img, k))  # rot90 turns counter-clockwise
+            self._rgb, self._av = img, None
+        return self._rgb
+
+    def __repr__(self) -> str:
+        return f"Frame(index={self.index}, time={self.time:.3f})"
+
+
+def _check_path(path) -> Path:
+    p = Path(path)
+    if not p.exists():
+        raise VideoError(f"{path}: no such file; check the path")
+    if p.is_dir():
+        raise VideoError(f"{path}: is a directory, not a video; pass a video file")
+    if not os.access(p, os.R_OK):
+        raise VideoError(f"{path}: permission denied; make the file readable")
+    if p.stat().st_size == 0:
+        raise VideoError(f"{path}: file is empty (0 bytes); re-export or re-copy the video")
+    return p
+
+
+def _open(path):
+    """Open a container and its first video stream, mapping every failure to a VideoError."""
+    import av
+
+    p = _check_path(path)
+    try:
+        container = av.open(str(p), metadata_errors="ignore")
+    except av.error.FFmpegError as e:
+        raise VideoError(f"{path}: cannot be read as a video ({_reason(e)}); it is not a video "
+                         "or it is truncated/corrupt: re-export or re-copy it") from None
+    if not container.streams.video:
+        container.close()
+        raise VideoError(f"{path}: has no video stream (audio or data only); pass a file with video")
+    return container, container.streams.video[0]
+
+
+def _reason(e: Exception) -> str:
+    msg = getattr(e, "strerror", None) or str(e)
+    return msg.split(":")[-1].strip() if msg else type(e).__name__
+
+
+def _display_rotation(frame) -> int:
+    """Counter-clockwise display rotation of a decoded frame, snapped to a multiple of 90."""
+    rot = getattr(frame, "rotation", None)  # PyAV >= 14
+    if rot is None:
+        rot = 0.0
+        try:  # older PyAV: parse the 3x3 16.16 fixed-point display matrix ourselves
+            for sd in frame.side_data:
+                if "DISPLAYMATRIX" in str(getattr(sd, "type", "")).upper():
+                    m = struct.unpack("<9i", bytes(sd)[:36])
+                    sx, sy = math.hypot(m[0], m[3]), math.hypot(m[1], m[4])
+                    if sx and sy:
+                        rot = -math.degrees(math.atan2(m[1] / sy, m[0] / sx))
+        except Exception:
+            rot = 0.0
+    return int(round(float(rot) / 90.0)) * 90 % 360
+
+
+def probe(path) -> VideoInfo:
+    """Read a video's header (and its first frame, for rotation) without decoding the rest.
+
+    Raises VideoError naming the file and the reason when it cannot be opened."""
+    import av
+
+    container, stream = _open(path)
+    try:
+        fps = float(stream.average_rate or stream.guessed_rate or 0.0)
+        duration = 0.0
+        if stream.duration is not None and stream.time_base is not None:
+            duration = float(stream.duration * stream.time_base)
+        elif container.duration is not None:
+            duration = container.duration / 1_000_000  # AV_TIME_BASE
+        rotation = 0
+        w, h = stream.codec_context.width, stream.codec_context.height
+        try:
+            for frame in container.decode(stream):
+                rotation = _display_rotation(frame)
+                w, h = frame.width, frame.height
+                break
+        except av.error.FFmpegError:
+            pass
+        if rotation in (90, 270):
+            w, h = h, w
+        count = int(stream.frames or 0) or int(round(duration * fps))
+        return VideoInfo(str(path), duration, fps, int(w), int(h), rotation, count,
+                         stream.codec_context.name)
+    finally:
+        container.close()
+
+
+info = probe  # alias
+
+
+def iter_frames(path) -> Iterator[Frame]:
+    """Decode a video in order, yielding `Frame`s with PTS times in seconds.
+
+    Raises VideoError before yielding anything when the file cannot be opened or no frame
+    can be decoded. If decoding fails part-way (corrupt or truncated data), the frames
+    decoded so far are kept: one warning names the file and the time where it stopped.
+    """
+    container, stream = _open(path)
+    return _decode(path, container, stream)
+
+
+def _decode(path, container, stream) -> Iterator[Frame]:
+    import av
+
+    tb = stream.time_base
+    start_pts = stream.start_time or 0
+    fps = float(stream.average_rate or stream.guessed_rate or 0.0) or 25.0
+    n, last_time, warned = 0, None, False
+    header_duration = (float(stream.duration * tb) if (stream.duration and tb)
+                       else (container.duration or 0) / 1_000_000)
+
+    def warn(err):
+        nonlocal warned
+        if not warned:
+            warned = True
+            at = f"{last_time:.2f} s" if last_time is not None else "the start"
+            warnings.warn(f"{path}: corrupt or truncated video data after {at} ({_reason(err)}); "
+                          f"using the {n} frame(s) decoded so far", RuntimeWarning, stacklevel=3)
+
+    def frames_of(packet):
+        try:
+            return stream.decode(packet) if packet is not None else stream.decode()
+        except av.error.EOFError:
+            return []  # decoder already flushed
+        except av.error.FFmpegError as e:
+            if n == 0:
+                raise
+            warn(e)
+            return []
+
+    try:
+        packets = container.demux(stream)
+        while True:
+            try:
+                packet = next(packets)
+            except StopIteration:
+                packet = None
+            except av.error.FFmpegError as e:  # demuxer hit damaged/truncated data
+                if n == 0:
+                    raise
+                warn(e)
+                packet = None
+            for af in frames_of(packet):
+                if af.pts is not None and tb is not None:
+                    t = float((af.pts - start_pts) * tb)
+                else:  # no timestamp from the container: step from the previous frame
+                    t = 0.0 if last_time is None else last_time + 1.0 / fps
+                if last_time is not None and t <= last_time:
+                    continue  # duplicate or out-of-order timestamp: keep times strictly increasing
+                frame = Frame(n, t, af, _display_rotation(af))
+                n, last_time = n + 1, t
+                yield frame
+            if packet is None:
+                break
+    except av.error.FFmpegError as e:
+        raise VideoError(f"{path}: video data cannot be decoded ({_reason(e)}); "
+                         "the file is corrupt or uses an unsupported codec") from None
+    finally:
+        container.close()
+    if n == 0:
+        raise VideoError(f"{path}: no frame could be decoded; the file is corrupt, truncated "
+                         "or uses an unsupported codec")
+    if not warned and header_duration > 0 and last_time is not None \
+            and last_time + 3.0 / fps < header_duration - 0.5:
+        warnings.warn(f"{path}: frames end at {last_time:.2f} s but the header says "
+                      f"{header_duration:.2f} s; the file is probably truncated", RuntimeWarning, stacklevel=2)
+
+
+def read_frames(path) -> tuple[np.ndarray, np.ndarray]:
+    """Decode a whole (short) video into memory: (times (N,), frames (N, H, W, 3) uint8).
+    For long videos use `iter_frames`, which streams."""
+    times, frames = [], []
+    for f in iter_frames(path):
+        times.append(f.time)
+        frames.append(f.rgb)
+    return np.asarray(times, dtype=np.float64), np.stack(frames)
+
+
+def scan_duration(path) -> float:
+    """Duration in seconds from the packets' timestamps (demux only, no decoding), for
+    files whose header does not state it. 0.0 when nothing can be read."""
+    import av
+
+    container, stream = _open(path)
+    tb, start = stream.time_base, stream.start_time or 0
+    end = 0.0
+    try:
+        for packet in container.demux(stream):
+            if packet.pts is not None and tb is not None:
+                end = max(end, float((packet.pts + (packet.duration or 0) - start) * tb))
+    except av.error.FFmpegError:
+        pass
+    finally:
+        container.close()
+    return end
