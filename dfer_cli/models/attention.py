@@ -87,9 +87,11 @@ class SpaceAttention(nn.Module):
 
 
 class TimeAttention(nn.Module):
-    """Attention along time at each spatial position. [CLS] does not take part (it is
-    returned as zeros, i.e. no residual update): it already mixed every frame in the
-    space step."""
+    """Attention along time at each spatial position. [CLS] joins every position's
+    attention (one extra token, copied per position) and its H*W outputs are averaged --
+    the same rule as in SpaceAttention. [CLS] must read the time step: in STT's
+    space -> time order it is the last token mixing of the network, and without [CLS]
+    the final block's time attention would reach no output."""
 
     def __init__(self, dim: int, heads: int, **kw) -> None:
         super().__init__()
@@ -99,9 +101,11 @@ class TimeAttention(nn.Module):
         B, N, D = x.shape
         T, H, W = grid
         tubes = x.reshape(B, T, H * W, D).transpose(1, 2).reshape(B * H * W, T, D)  # (B*HW, T, D)
-        y = self.attn(tubes)
-        y = y.reshape(B, H * W, T, D).transpose(1, 2).reshape(B, N, D)              # (B, N, D)
-        return y, torch.zeros_like(cls)
+        cls_p = cls.repeat_interleave(H * W, dim=0)                                 # (B*HW, 1, D)
+        y = self.attn(torch.cat([cls_p, tubes], dim=1))                             # (B*HW, 1+T, D)
+        cls = y[:, :1].reshape(B, H * W, 1, D).mean(dim=1)                          # (B, 1, D)
+        y = y[:, 1:].reshape(B, H * W, T, D).transpose(1, 2).reshape(B, N, D)       # (B, N, D)
+        return y, cls
 
 
 # ----------------------------------------------------------------------------- windows

@@ -1,0 +1,177 @@
+"""Model registry, shapes, gradients, trunk loading, lazy import, cost counting."""
+import json
+import subprocess
+import sys
+import warnings
+
+import pytest
+import torch
+
+from dfer_cli.models import available_models, create_model, get_config
+from dfer_cli.models.backbone import ResNetTrunk, grid_size, load_backbone_weights
+from dfer_cli.models.cost import model_cost
+
+MODELS = ["logo_former", "stt", "joint", "space_only"]
+TINY = dict(dim=16, heads=2, depth=2, dropout=0.0, drop_path=0.0)
+
+
+def test_registry_and_paper_defaults():
+    assert available_models() == MODELS
+    for name in MODELS:
+        c = get_config(name)
+        assert (c.num_frames, c.input_size, c.dim, c.depth, c.heads, c.num_classes) == (16, 112, 512, 4, 8, 7)
+        assert c.dim * c.mlp_ratio == 2048
+    assert [get_config(n).block for n in MODELS] == ["logo", "divided", "joint", "space"]
+    with pytest.raises(ValueError, match="unknown model 'nope'"):
+        create_model("nope")
+    with pytest.raises(TypeError, match="unknown config field"):
+        create_model("stt", dimm=3)
+    c = get_config("logo_former", window=[1, 2, 3])
+    assert c.window == (1, 2, 3)
+    assert type(c).from_dict(json.loads(json.dumps(c.to_dict()))) == c
+
+
+@pytest.mark.parametrize("size,grid", [(112, 7), (64, 4), (48, 3), (32, 2)])
+def test_trunk_grid(size, grid):
+    trunk = ResNetTrunk().eval()
+    with torch.no_grad():
+        out = trunk(torch.randn(2, 3, size, size))
+    assert out.shape == (2, 256, grid, grid)
+    assert grid_size(size) == grid
+
+
+@pytest.mark.parametrize("name", MODELS)
+@pytest.mark.parametrize("size,frames,T", [(48, 8, 8), (48, 8, 5), (64, 4, 1), (32, 16, 16)])
+def test_shapes(name, size, frames, T):
+    torch.manual_seed(0)
+    model = create_model(name, input_size=size, num_frames=frames, num_classes=5, **TINY).eval()
+    x = torch.randn(3, T, 3, size, size)
+    with torch.no_grad():
+        feats = model.forward_features(x)
+        logits = model(x)
+    assert feats.shape == (3, 16)
+    assert logits.shape == (3, 5)
+    torch.testing.assert_close(model.forward_head(feats), logits)
+    assert torch.isfinite(logits).all()
+    assert model.model_name == name and model.config.input_size == size
+    assert isinstance(model.backbone, ResNetTrunk)
+    assert model.pos_space.shape[2] == grid_size(size) ** 2 and model.pos_time.shape[1] == frames
+
+
+def test_paper_config_shapes_and_window():
+    model = create_model("logo_former").eval()
+    assert model.window == (2, 7, 7) and model.grid_hw == (7, 7)
+    with torch.no_grad():
+        assert model(torch.randn(1, 16, 3, 112, 112)).shape == (1, 7)
+    # 48 px: the 7x7 window is clamped to the 3x3 grid
+    assert create_model("logo_former", input_size=48, **TINY).window == (2, 3, 3)
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_every_parameter_gets_a_gradient(name):
+    torch.manual_seed(0)
+    model = create_model(name, input_size=32, num_frames=4, num_classes=3, window=(2, 1, 2), **TINY)
+    model.train()
+    x = torch.randn(2, 4, 3, 32, 32)
+    loss = model(x).logsumexp(1).sum() + model(x)[:, 0].sum()
+    loss.backward()
+    missing = [n for n, p in model.named_parameters() if p.grad is None or not torch.any(p.grad != 0)]
+    assert missing == []
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters())
+
+
+def test_bad_inputs_are_refused():
+    model = create_model("stt", input_size=32, num_frames=4, **TINY)
+    with pytest.raises(ValueError, match="at most 4"):
+        model(torch.randn(1, 5, 3, 32, 32))
+    with pytest.raises(ValueError, match="takes 32x32"):
+        model(torch.randn(1, 4, 3, 48, 48))
+    with pytest.raises(ValueError, match=r"\(B, T, 3, H, W\)"):
+        model(torch.randn(4, 3, 32, 32))
+
+
+def test_temporal_order_matters():
+    # the temporal position embedding makes every model sensitive to frame order
+    torch.manual_seed(0)
+    x = torch.randn(1, 4, 3, 32, 32)
+    for name in MODELS:
+        model = create_model(name, input_size=32, num_frames=4, **TINY).eval()
+        with torch.no_grad():
+            a, b = model(x), model(x.flip(1))
+        assert not torch.allclose(a, b, atol=1e-6), name
+
+
+def _resnet18_file(tmp_path, wrap=True):
+    from torchvision.models import resnet18
+
+    torch.manual_seed(1)
+    full = resnet18(weights=None, num_classes=8631).state_dict()
+    state = {"module." + k: v for k, v in full.items()}
+    path = tmp_path / "resnet18_msceleb.pth.tar"
+    torch.save({"epoch": 3, "state_dict": state} if wrap else state, path)
+    return path, full
+
+
+def test_backbone_weights_load_strip_module_and_ignore_fc(tmp_path, caplog):
+    path, full = _resnet18_file(tmp_path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # nothing missing -> no warning
+        model = create_model("logo_former", backbone_weights=str(path), input_size=32, **TINY)
+    own = model.backbone.state_dict()
+    for k in ("conv1.weight", "layer3.1.bn2.running_mean", "layer2.0.downsample.0.weight"):
+        assert torch.equal(own[k], full[k])
+
+
+def test_backbone_weights_report_missing_and_unexpected_in_one_line(tmp_path):
+    path, full = _resnet18_file(tmp_path, wrap=False)
+    state = torch.load(path, weights_only=True)
+    del state["module.layer1.0.conv1.weight"]
+    state["module.extra.weight"] = torch.zeros(3)
+    torch.save(state, path)
+    with pytest.warns(UserWarning) as rec:
+        report = load_backbone_weights(ResNetTrunk(), path)
+    msg = str(rec[0].message)
+    assert "\n" not in msg and "missing 1 (layer1.0.conv1.weight)" in msg and "unexpected 1 (extra.weight)" in msg
+    assert report["missing"] == ["layer1.0.conv1.weight"] and report["unexpected"] == ["extra.weight"]
+
+
+def test_backbone_weights_unreadable_file(tmp_path):
+    bad = tmp_path / "broken.pth"
+    bad.write_bytes(b"not a torch file at all")
+    with pytest.raises(ValueError, match=r"broken\.pth: cannot read backbone weights") as e:
+        load_backbone_weights(ResNetTrunk(), bad)
+    assert "\n" not in str(e.value)
+    with pytest.raises(ValueError, match="not found"):
+        load_backbone_weights(ResNetTrunk(), tmp_path / "absent.pth")
+
+
+def test_import_dfer_cli_does_not_import_torch():
+    code = ("import sys, dfer_cli; assert 'torch' not in sys.modules; "
+            "f = dfer_cli.create_model; assert 'torch' in sys.modules; "
+            "from dfer_cli.checkpoint import load_model; assert dfer_cli.load_model is load_model")
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_cost_growth_joint_quadratic_logo_near_linear():
+    small = dict(input_size=112, dim=64, heads=2, depth=1)
+    mix = {n: [model_cost(n, t, **small)["mixing_gflops"] for t in (8, 32)] for n in ("joint", "logo_former")}
+    assert mix["joint"][1] / mix["joint"][0] == pytest.approx(16, rel=0.05)   # 4x frames -> 16x
+    assert mix["logo_former"][1] / mix["logo_former"][0] < 6                  # 4x frames -> < 6x
+    cost = model_cost("logo_former", 16)
+    assert cost["params"] == sum(p.numel() for p in create_model("logo_former").parameters())
+    assert cost["backbone_gflops"] < cost["gflops"]
+    assert cost["attention_gflops"] > cost["mixing_gflops"] > 0
+
+
+def test_models_command_json():
+    from typer.testing import CliRunner
+
+    from dfer_cli.cli import app
+
+    result = CliRunner().invoke(app, ["models", "--json"])
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.output)
+    assert [m["model"] for m in data["models"]] == MODELS
+    for m in data["models"]:
+        assert [g["num_frames"] for g in m["growth"]] == [8, 16, 32, 64]
+        assert m["params"] > 1e7 and m["gflops"] > m["attention_gflops"] > 0
