@@ -1,0 +1,75 @@
+import cv2
+import numpy as np
+import pytest
+from synth import face_image
+
+from dfer_cli.faces import FaceDetector, align_face, alignment_matrix, template_points
+from dfer_cli.preprocess import DEFAULT_TEMPLATE, zoom_template
+
+
+@pytest.fixture(scope="module")
+def detector():
+    return FaceDetector()
+
+
+@pytest.fixture(scope="module")
+def face_and_detection(detector):
+    img = face_image()  # (360, 640, 3), credited frame, see tests/data/README.md
+    faceless = np.full_like(img, 90)
+    dets = detector.detect([img, faceless])  # a batch with a faceless frame must not crash
+    assert dets[1] == []
+    assert len(dets[0]) == 1
+    return img, dets[0][0]
+
+
+def test_detects_the_real_face(face_and_detection):
+    img, d = face_and_detection
+    x1, y1, x2, y2 = d.box
+    # the man's face in this frame spans about x 215-365, y 80-290 (checked by eye)
+    assert 195 < x1 < 235 and 345 < x2 < 385 and 60 < y1 < 110 and 270 < y2 < 310
+    assert d.score > 0.95
+    le, re, nose, lm, rm = d.landmarks
+    assert le[0] < nose[0] < re[0] and le[1] < nose[1] < lm[1] and lm[0] < rm[0]
+    assert x1 < le[0] < x2 and y1 < le[1] < y2
+
+
+def test_boxes_map_back_to_full_resolution(detector, face_and_detection):
+    img, d = face_and_detection
+    big = cv2.resize(img, (1280, 720), interpolation=cv2.INTER_LINEAR)  # detected on a 640 copy
+    (d2,) = detector.detect([big])[0]
+    assert np.abs(d2.box - 2 * d.box).max() < 8
+    assert np.abs(d2.landmarks - 2 * d.landmarks).max() < 6
+
+
+def test_alignment_puts_the_eyes_on_the_template(detector, face_and_detection):
+    img, d = face_and_detection
+    size = 112
+    target = template_points(DEFAULT_TEMPLATE, size)
+    m = alignment_matrix(d.landmarks, size, DEFAULT_TEMPLATE)
+    mapped = np.c_[d.landmarks, np.ones(5)] @ m.T  # (5, 2) landmarks in crop pixels
+    assert np.linalg.norm(mapped[:2] - target[:2], axis=1).max() < 2.0
+    crop = align_face(img, d.landmarks, size, DEFAULT_TEMPLATE)
+    assert crop.shape == (size, size, 3) and crop.dtype == np.uint8
+    # independent check on the pixels: align with a margin (the whole face in view, as MTCNN
+    # needs) and detect again on the aligned crop: the eyes are found on the template points
+    wide = zoom_template(DEFAULT_TEMPLATE, 0.6)
+    crop_wide = align_face(img, d.landmarks, size, wide)
+    (again,) = FaceDetector(min_face=20).detect([crop_wide])[0]
+    assert np.linalg.norm(again.landmarks[:2] - template_points(wide, size)[:2], axis=1).max() < 2.0
+
+
+def test_align_face_exact_on_synthetic_landmarks():
+    # paint 5 dots at a known similarity transform of the template; alignment must undo it
+    size = 64
+    template = zoom_template(DEFAULT_TEMPLATE, 0.8)
+    angle, scale, t = np.deg2rad(20), 2.5, np.array([90.0, 40.0])
+    rot = scale * np.array([[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]])
+    lms = template_points(template, size) @ rot.T + t
+    img = np.zeros((300, 300, 3), np.uint8)
+    for x, y in lms:
+        cv2.circle(img, (int(round(x)), int(round(y))), 3, (255, 255, 255), -1)
+    crop = align_face(img, lms, size, template)
+    for x, y in template_points(template, size):
+        xi, yi = int(round(x)), int(round(y))
+        assert crop[yi, xi].min() > 100  # every dot lands on its template point
+    assert crop.mean() < 60  # and nothing else is bright
