@@ -1,0 +1,83 @@
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+from synth import DATA_DIR, face_image, make_video, moving_blobs, paste
+
+import dfer_cli
+from dfer_cli.labels import CLASSES
+from dfer_cli.models import create_model
+from dfer_cli.preprocess import Preprocessing
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.manual_seed(0)
+    m = create_model("logo_former", dim=32, depth=1, heads=2, input_size=32, num_frames=16)
+    m.preprocessing = Preprocessing(input_size=32, num_frames=16)
+    m.classes = list(CLASSES)
+    return m.eval()
+
+
+@pytest.fixture(scope="module")
+def face_crop():
+    face = face_image()[60:310, 170:410]  # the real face with some margin
+    return cv2.resize(face, (96, 100), interpolation=cv2.INTER_AREA)
+
+
+def test_two_faces_moving_apart_keep_two_tracks(tmp_path, model, face_crop):
+    def draw(img, i, t):  # two real faces drifting apart, 1 px per frame each
+        paste(img, face_crop, 70 - i, 30)
+        paste(img, face_crop, 170 + i, 40)
+    path = make_video(tmp_path / "two.mp4", frames=30, fps=10, size=(336, 180), draw=draw)
+    streamed = []
+    res = dfer_cli.predict_video(model, path, all_faces=True, on_clip=streamed.append)
+    assert streamed == res.clips
+    assert [(c.start, c.end) for c in res.clips] == [(0.0, 2.0), (0.0, 2.0), (1.0, 3.0), (1.0, 3.0)]
+    assert sorted({c.track for c in res.clips}) == [0, 1]
+    for c in res.clips:
+        left = c.track == res.clips[0].track
+        assert (c.box[2] < 168) if left else (c.box[0] > 168)  # a track never jumps sides
+        assert c.status == "ok" and c.label in CLASSES
+        assert sum(c.probabilities.values()) == pytest.approx(1.0, abs=1e-3)
+        assert c.confidence == max(c.probabilities.values())
+    assert [t.track for t in res.tracks] == [0, 1] and all(t.clips == 2 for t in res.tracks)
+    mean0 = np.mean([[c.probabilities[k] for k in CLASSES] for c in res.clips if c.track == 0], axis=0)
+    assert [res.tracks[0].probabilities[k] for k in CLASSES] == pytest.approx(mean0, abs=1e-3)
+    # default: one face per window, the same (most persistent / largest) one throughout
+    single = dfer_cli.predict_video(model, path)
+    assert len(single.clips) == 2 and len({c.track for c in single.clips}) == 1
+
+
+def test_cut_to_no_face_gives_no_clips_there(model):
+    path = DATA_DIR / "face_then_no_face_hevc.mov"  # real HEVC: a face, a cut at ~2.4 s, a title card
+    res = dfer_cli.predict_video(model, path, all_faces=True)
+    assert res.duration == pytest.approx(6.42, abs=0.05)
+    ok = [c for c in res.clips if c.status == "ok"]
+    assert ok and all(c.start < 2.4 for c in ok)
+    assert all(c.start < 2.4 for c in res.clips)  # windows after the cut: no clip at all
+    # the window straddling the cut sees the face in too few frames: reported, not classified
+    straddle = [c for c in res.clips if c.start < 2.4 < c.end and c.status != "ok"]
+    assert straddle and straddle[0].label is None and "face missing in" in straddle[0].status
+    assert len(res.tracks) == 1 and res.tracks[0].clips == len(ok)
+
+
+def test_video_without_faces_is_not_an_error(tmp_path, model):
+    path = make_video(tmp_path / "blobs.mp4", frames=25, fps=10, size=(160, 120), draw=moving_blobs())
+    progress = []
+    res = dfer_cli.predict_video(model, path, progress=lambda t, d: progress.append((t, d)))
+    assert res.clips == [] and res.tracks == []
+    assert res.duration == pytest.approx(2.5, abs=0.01)
+    assert res.to_record()["tracks"] == []
+    assert progress and progress[-1][1] == pytest.approx(2.5, abs=0.01)
+
+
+def test_bad_file_raises_video_error(tmp_path, model):
+    from dfer_cli.video import VideoError
+
+    bad = Path(tmp_path / "x.mp4")
+    bad.write_text("not a video")
+    with pytest.raises(VideoError, match="x.mp4"):
+        dfer_cli.predict_video(model, bad)
