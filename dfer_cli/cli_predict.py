@@ -126,6 +126,20 @@ def _one_line(exc: BaseException) -> str:
     return text if len(text) < 300 else text[:297] + "..."
 
 
+class _Stdout:
+    """sys.stdout looked up at each write: while a progress bar is live, rich swaps
+    sys.stdout for a proxy that prints above the bar, and results must go through it."""
+
+    def write(self, text: str) -> int:
+        return sys.stdout.write(text)
+
+    def flush(self) -> None:
+        sys.stdout.flush()
+
+    def isatty(self) -> bool:
+        return sys.stdout.isatty()
+
+
 class _Progress:
     """A rich progress bar on stderr (only when stderr is a terminal and not --quiet)."""
 
@@ -159,6 +173,11 @@ class _Progress:
         """The `progress` callback handed to predict_video: `done` out of `total` seconds."""
         if self.bar is not None and self.task is not None:
             self.bar.update(self.task, completed=done, total=total)
+
+    def finish(self) -> None:
+        if self.bar is not None and self.task is not None:
+            task = self.bar.tasks[-1]
+            self.bar.update(self.task, completed=task.total or 1, total=task.total or 1)
 
     def log(self, message: str) -> None:
         if self.bar is not None:
@@ -253,7 +272,7 @@ def predict_cmd(
     if detect_size is not None:
         detector["detect_size"] = detect_size
 
-    stream = open(output, "w", encoding="utf-8", newline="") if output is not None else sys.stdout
+    stream = open(output, "w", encoding="utf-8", newline="") if output is not None else _Stdout()
     from dfer_cli.writers import make_writer
 
     writer = make_writer(fmt, stream, list(model.classes))
@@ -272,11 +291,14 @@ def predict_cmd(
                         raise
                     except Exception as e:  # one bad file must not stop the batch
                         error = _one_line(e)
+                        if error.startswith(f"{path}: "):  # the path is printed once already
+                            error = error[len(path) + 2:]
                 if error is not None:
                     failed += 1
                     progress.log(f"dfer: skipping {path}: {error}")
                     writer.error(path, error)
                     continue
+                progress.finish()
                 writer.video(result)
                 done += 1
                 for what, targets, render in (("annotated video", annotate_to, _annotate),

@@ -144,15 +144,19 @@ class TableWriter(Writer):
         from rich.table import Table
 
         if result.clips:
+            # Full headers and 3 decimals need ~100 columns; a narrower terminal gets
+            # 3-letter class names and 2 decimals rather than truncated numbers.
+            compact = self.console.width < 100
+            digits = 2 if compact else 3
             table = Table(title=result.video, title_justify="left")
-            table.add_column("start–end (s)", no_wrap=True)
-            table.add_column("track", justify="right")
-            table.add_column("label")
+            table.add_column("start–end" if compact else "start–end (s)", no_wrap=True)
+            table.add_column("trk" if compact else "track", justify="right", no_wrap=True)
+            table.add_column("label", no_wrap=True)
             for c in self.classes:
-                table.add_column(c, justify="right")
+                table.add_column(c[:3] if compact else c, justify="right", no_wrap=True)
             for clip in result.clips:
                 probs = clip.probabilities or {}
-                cells = [f"{p:.3f}" if (p := probs.get(c)) is not None else "" for c in self.classes]
+                cells = [f"{p:.{digits}f}" if (p := probs.get(c)) is not None else "" for c in self.classes]
                 if clip.label in self.classes:
                     i = self.classes.index(clip.label)
                     cells[i] = f"[bold]{cells[i]}[/bold]"
@@ -178,7 +182,7 @@ def summary_line(result: VideoResult) -> str:
             parts.append(f"track {t.track} {t.start:.2f}–{t.end:.2f} s: not classified")
         else:
             parts.append(f"track {t.track} {t.start:.2f}–{t.end:.2f} s: {t.label} "
-                         f"({t.probabilities[t.label]:.2f}, {t.clips} clips)")
+                         f"({t.probabilities[t.label]:.2f}, {t.clips} clip{'s' if t.clips != 1 else ''})")
     n = len(result.tracks)
     return f"{head}, {n} face track{'s' if n != 1 else ''}; " + "; ".join(parts)
 
