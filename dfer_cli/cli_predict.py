@@ -120,9 +120,13 @@ def default_format(output: Optional[Path]) -> str:
     return "table" if sys.stdout.isatty() else "jsonl"
 
 
-def _one_line(exc: BaseException) -> str:
+def _one_line(exc: BaseException, path=None) -> str:
+    """The first line of an exception's message, without a leading "<path>: " (the caller
+    prints the path already)."""
     msg = str(exc).strip().splitlines()
     text = msg[0] if msg else type(exc).__name__
+    if path is not None and text.startswith(f"{path}: "):
+        text = text[len(str(path)) + 2:]
     return text if len(text) < 300 else text[:297] + "..."
 
 
@@ -264,7 +268,7 @@ def predict_cmd(
     try:
         model = load_model(str(ckpt), device=dev)
     except (ValueError, OSError) as e:
-        fail(f"cannot use checkpoint {ckpt}: {_one_line(e)}", 1)
+        fail(f"cannot use checkpoint {ckpt}: {_one_line(e, ckpt)}", 1)
 
     detector = {}
     if min_face is not None:
@@ -290,9 +294,7 @@ def predict_cmd(
                     except (KeyboardInterrupt, SystemExit):
                         raise
                     except Exception as e:  # one bad file must not stop the batch
-                        error = _one_line(e)
-                        if error.startswith(f"{path}: "):  # the path is printed once already
-                            error = error[len(path) + 2:]
+                        error = _one_line(e, path)
                 if error is not None:
                     failed += 1
                     progress.log(f"dfer: skipping {path}: {error}")
@@ -308,7 +310,8 @@ def predict_cmd(
                             render(path, targets[path], result)
                         except Exception as e:
                             failed += 1
-                            progress.log(f"dfer: {path}: could not write the {what} {targets[path]}: {_one_line(e)}")
+                            progress.log(f"dfer: {path}: could not write the {what} {targets[path]}: "
+                                         f"{_one_line(e, targets[path])}")
     finally:
         writer.close()
         if output is not None:

@@ -268,3 +268,26 @@ def test_annotate_name_clash_is_usage_error_before_work(ckpt, media, tmp_path):
     shutil.copy(media["blank"], other / "blank.mp4")
     r = invoke([str(media["blank"]), str(other / "blank.mp4"), "-w", str(ckpt), "--annotate", str(tmp_path / "ann")])
     assert r.exit_code == 2 and "would both write" in r.stderr and r.stdout == ""
+
+
+def test_several_inputs_annotate_into_directory_and_plot_pattern(ckpt, media, tmp_path):
+    import av
+
+    two = tmp_path / "two.mp4"
+    make_video(two, frames=5, fps=8, size=(64, 48))
+    r = invoke([str(media["blank"]), str(two), "-w", str(ckpt), *OPTS, "-q",
+                "--annotate", str(tmp_path / "ann"), "--plot", str(tmp_path / "plots" / "{index}-{stem}.png")])
+    assert r.exit_code == 0, r.output
+    for stem, n in (("blank", 16), ("two", 5)):
+        with av.open(str(tmp_path / "ann" / f"{stem}.annotated.mp4")) as c:
+            assert sum(1 for _ in c.decode(video=0)) == n
+    assert sorted(p.name for p in (tmp_path / "plots").iterdir()) == ["1-blank.png", "2-two.png"]
+
+
+def test_unwritable_plot_is_reported_and_counts_as_failure(ckpt, media, tmp_path):
+    blocker = tmp_path / "file.txt"
+    blocker.write_text("a file where a folder should be")
+    r = invoke([str(media["blank"]), "-w", str(ckpt), *OPTS, "--plot", str(blocker / "t.png")])
+    assert r.exit_code == 1
+    assert jsonl(r.stdout)[0]["type"] == "video"  # the result itself was still written
+    assert f"could not write the timeline plot {blocker / 't.png'}" in r.stderr
