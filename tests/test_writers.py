@@ -143,3 +143,29 @@ def test_unknown_format():
     assert FORMATS == ("table", "json", "jsonl", "csv")
     with pytest.raises(ValueError, match="unknown format 'xml'"):
         make_writer("xml", io.StringIO(), CLASSES)
+
+
+def _doc_fields(text: str, heading: str) -> set[str]:
+    """Field names in the first column of the table that follows `heading` in docs/predict.md."""
+    import re
+
+    block = text.split(heading, 1)[1].lstrip("\n")
+    fields = set()
+    for line in block.splitlines():
+        if not line.startswith("|"):
+            break
+        fields |= set(re.findall(r"`(\w+)`", line.split("|")[1]))
+    return fields
+
+
+def test_docs_schema_tables_match_the_records():
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parent.parent / "docs" / "predict.md").read_text()
+    r = two_track_result()
+    assert _doc_fields(text, "`clip` record:") == set(r.clips[0].to_record())
+    assert _doc_fields(text, "`video` record (one per video, after its clips):") == set(r.to_record())
+    assert _doc_fields(text, "Track summary, inside `tracks`:") == set(r.tracks[0].to_record())
+    assert ", ".join(CLASSES) in text  # the documented class order is the real one
+    header = run("csv", []).splitlines()[0]
+    assert f"Columns: `{header.replace(',', ', ')}`" in " ".join(text.split())
