@@ -111,3 +111,110 @@ def train_cmd(
     typer.echo(json.dumps({"output": summary["output"], "epochs": summary["epochs"],
                            "best_epoch": summary["best_epoch"], "best_uar": summary["best_uar"],
                            "last_war": last.get("war"), "last_uar": last.get("uar")}))
+
+
+def _print_report(report) -> None:
+    if report is not None and report.problems:
+        for line in report.summary().splitlines():
+            typer.echo(f"dfer: {line}", err=True)
+
+
+@app.command("eval")
+def eval_cmd(
+    weights: Optional[str] = typer.Option(None, "--weights", "-w", help="Checkpoint path or name (default: the "
+                                          "bundled default weights); with --split 5-fold, a run folder holding fold1..fold5/."),
+    dataset: str = typer.Option("folder", "--dataset", help=_DATASET_HELP),
+    data_root: Optional[str] = typer.Option(None, "--data-root", envvar="DFER_DATA_ROOT", help="Dataset root folder."),
+    split: str = typer.Option("val", "--split", help="Split to score (folder: sub-folder name; DFEW/FERV39K: "
+                              "test; AFEW: val), or 5-fold for a DFEW run's five fold checkpoints."),
+    fold: Optional[int] = typer.Option(None, "--fold", min=1, max=5, help="DFEW fold 1..5."),
+    which: str = typer.Option("best", "--which", help="With --split 5-fold: best or last checkpoint of each fold."),
+    batch_size: int = typer.Option(16, "--batch-size"),
+    test_clips: int = typer.Option(1, "--test-clips", help="Clips per sample at shifted segment positions, averaged."),
+    limit: Optional[int] = typer.Option(None, "--limit", help="Score a random subset of N samples."),
+    workers: int = typer.Option(0, "--workers"),
+    threads: Optional[int] = typer.Option(None, "--threads"),
+    device: str = typer.Option("auto", "--device"),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of tables."),
+    plot: Optional[str] = typer.Option(None, "--plot", help="Write a confusion-matrix PNG here "
+                                       "(5-fold: the sum of the folds' matrices)."),
+) -> None:
+    """Score a checkpoint: WAR (accuracy), UAR (mean per-class recall), per-class recall and
+    the confusion matrix; --split 5-fold gives the DFEW per-fold table with mean ± std."""
+    if not data_root:
+        fail("no data: pass --data-root DIR (or set DFER_DATA_ROOT)", 2)
+    if which not in ("best", "last"):
+        fail(f"--which {which!r}: choose best or last", 2)
+    import torch
+
+    from dfer_cli.checkpoint import CheckpointError
+    from dfer_cli.device import resolve_device
+    from dfer_cli.evaluate import evaluate_checkpoint, evaluate_folds, format_pm, plot_confusion
+    from dfer_cli.metrics import Scores
+    from dfer_cli.weights import DEFAULT_WEIGHTS
+
+    if threads:
+        torch.set_num_threads(threads)
+    dev = resolve_device(device)
+    kw = dict(batch_size=batch_size, test_clips=test_clips, limit=limit, device=dev, workers=workers)
+    try:
+        if split == "5-fold":
+            if dataset != "dfew":
+                fail("--split 5-fold is the DFEW protocol: pass --dataset dfew", 2)
+            if not weights or not os.path.isdir(weights):
+                fail("--split 5-fold needs --weights RUN_DIR, the folder holding fold1/ .. fold5/", 2)
+            summary = evaluate_folds(weights, data_root, which=which, **kw)
+            if plot:
+                total = sum(f.scores.confusion for f in summary.folds)
+                plot_confusion(Scores(summary.folds[0].scores.classes, total), plot,
+                               title=f"DFEW 5-fold  UAR {format_pm(*summary.stat('uar'))}  "
+                                     f"WAR {format_pm(*summary.stat('war'))}")
+            if as_json:
+                typer.echo(json.dumps(summary.to_dict(), indent=2))
+                return
+            _fold_table(summary, format_pm)
+            return
+        scores, report = evaluate_checkpoint(weights or DEFAULT_WEIGHTS, dataset, data_root, split, fold=fold, **kw)
+    except CheckpointError as exc:
+        fail(str(exc), 1)
+    except (ValueError, FileNotFoundError) as exc:
+        fail(str(exc), 1)
+    _print_report(report)
+    if plot:
+        plot_confusion(scores, plot)
+    if as_json:
+        typer.echo(json.dumps({"weights": weights or DEFAULT_WEIGHTS, "dataset": dataset, "split": split,
+                               "fold": fold, "skipped": report.counts(), **scores.to_dict()}, indent=2))
+        return
+    _scores_table(scores, f"{weights or DEFAULT_WEIGHTS} on {dataset} {split}" + (f" fold {fold}" if fold else ""))
+
+
+def _scores_table(scores, title: str) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=title)
+    table.add_column("class")
+    table.add_column("samples", justify="right")
+    table.add_column("recall %", justify="right")
+    for i, c in enumerate(scores.classes):
+        r = scores.recall[c]
+        table.add_row(c, str(int(scores.confusion[i].sum())), "n/a" if r != r else f"{100 * r:.2f}")
+    table.add_section()
+    table.add_row("UAR", "", f"{100 * scores.uar:.2f}")
+    table.add_row("WAR (accuracy)", str(scores.count), f"{100 * scores.war:.2f}")
+    Console().print(table)
+
+
+def _fold_table(summary, format_pm) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title="DFEW 5-fold")
+    for col in ("fold", "samples", "UAR %", "WAR %"):
+        table.add_column(col, justify="right")
+    for f in summary.folds:
+        table.add_row(str(f.fold), str(f.scores.count), f"{100 * f.scores.uar:.2f}", f"{100 * f.scores.war:.2f}")
+    table.add_section()
+    table.add_row("mean ± std", "", format_pm(*summary.stat("uar")), format_pm(*summary.stat("war")))
+    Console().print(table)

@@ -112,3 +112,75 @@ def format_pm(mean: float, std: float) -> str:
     if math.isnan(mean):
         return "n/a"
     return f"{100 * mean:.2f} ± {100 * std:.2f}"
+
+
+def remap_to_classes(samples, classes) -> tuple[list, list]:
+    """Samples relabelled from dfer's class order to a checkpoint's `classes`; samples
+    whose class the checkpoint lacks are returned apart (to be reported)."""
+    from dataclasses import replace
+
+    from dfer_cli.labels import CLASSES
+
+    index = {c: i for i, c in enumerate(classes)}
+    kept, dropped = [], []
+    for s in samples:
+        name = CLASSES[s.label]
+        (kept.append(replace(s, label=index[name])) if name in index else dropped.append(s))
+    return kept, dropped
+
+
+def evaluate_checkpoint(weights, dataset: str, data_root: str, split: str, *, fold: int | None = None,
+                        batch_size: int = 16, test_clips: int = 1, limit: int | None = None,
+                        device="cpu", workers: int = 0, on_batch=None, seed: int = 0):
+    """Load `weights` (path or name) and score it on a dataset split with the checkpoint's
+    own preprocessing and class order. Returns (Scores, DataReport)."""
+    from dfer_cli.checkpoint import load_model
+    from dfer_cli.data import ClipDataset, scan
+
+    model = load_model(weights, device=device)
+    samples, report = scan(dataset, data_root, split, fold=fold, limit=limit, seed=seed)
+    samples, dropped = remap_to_classes(samples, model.classes)
+    for s in dropped:
+        report.add("class not in the checkpoint", s.path)
+    if not samples:
+        raise ValueError(f"no usable samples in {data_root} split {split!r}" + (f" fold {fold}" if fold else ""))
+    ds = ClipDataset(samples, model.preprocessing, train=False, classes=model.classes, test_clips=test_clips)
+    return evaluate(model, ds, batch_size=batch_size, device=device, workers=workers, on_batch=on_batch), report
+
+
+def evaluate_folds(run_dir: str, data_root: str, *, which: str = "best", **kw) -> FoldSummary:
+    """The DFEW 5-fold protocol: ``run_dir/fold{k}/{which}.safetensors`` on test fold k."""
+    summary = FoldSummary()
+    for k, path in fold_checkpoints(run_dir, which).items():
+        scores, _ = evaluate_checkpoint(path, "dfew", data_root, "test", fold=k, **kw)
+        summary.folds.append(FoldResult(k, path, scores))
+    return summary
+
+
+def plot_confusion(scores: Scores, path: str, title: str | None = None) -> str:
+    """Write a confusion-matrix PNG: cells coloured by row-normalised recall, annotated
+    with percent and count."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cm = np.asarray(scores.confusion, dtype=np.float64)
+    rows = cm.sum(1, keepdims=True)
+    norm = np.divide(cm, rows, out=np.zeros_like(cm), where=rows > 0)
+    n = len(scores.classes)
+    fig, ax = plt.subplots(figsize=(1.0 + 0.9 * n, 0.8 + 0.8 * n), dpi=120)
+    ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
+    for i in range(n):
+        for j in range(n):
+            ax.text(j, i, f"{100 * norm[i, j]:.0f}%\n{int(cm[i, j])}", ha="center", va="center", fontsize=7,
+                    color="white" if norm[i, j] > 0.5 else "black")
+    ax.set_xticks(range(n), scores.classes, rotation=45, ha="right")
+    ax.set_yticks(range(n), scores.classes)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(title or f"WAR {100 * scores.war:.2f}%  UAR {100 * scores.uar:.2f}%  (n={scores.count})", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
