@@ -1,6 +1,8 @@
 """Dataset adapters and clip transforms, on fixture datasets built inside the tests."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import cv2
 import numpy as np
 import pytest
@@ -153,3 +155,84 @@ def test_transform_gray_input_color_model():
     assert x.shape == (2, 3, 8, 8)
     expect = frames_to_tensor(np.full((2, 8, 8, 3), 100, np.uint8), pre)
     assert torch.allclose(x, expect)
+
+
+# ---- official layouts -------------------------------------------------------------------
+
+def make_dfew(root, n_clips: int = 10, short_ids=(3,), missing_ids=(9,)):
+    """DFEW: Clip/clip_224x224/<5-digit id>/ frames, the 16-frame variant for `short_ids`
+    (whose full folder has only 5 frames), 5 folds of CSVs (video_name,label)."""
+    for vid in range(1, n_clips + 1):
+        name = f"{vid:05d}"
+        if vid in missing_ids:
+            continue
+        _frames(root / "Clip" / "clip_224x224" / name, 5 if vid in short_ids else 20, size=8)
+        _frames(root / "Clip" / "clip_224x224_16f" / name, 16, size=8)
+    for fold in range(1, 6):
+        test = [v for v in range(1, n_clips + 1) if v % 5 == fold % 5]
+        train = [v for v in range(1, n_clips + 1) if v not in test]
+        for split, ids in (("train", train), ("test", test)):
+            d = root / "EmoLabel_DataSplit" / f"{split}(single-labeled)"
+            d.mkdir(parents=True, exist_ok=True)
+            rows = ["video_name,label"] + [f"{v},{(v - 1) % 7 + 1}" for v in ids]
+            if split == "train" and fold == 1:
+                rows += ["11,9", "broken-row"]
+            (d / f"set_{fold}.csv").write_text("\n".join(rows) + "\n")
+    return root
+
+
+def test_dfew_folds_labels_and_report(tmp_path):
+    root = make_dfew(tmp_path / "DFEW")
+    test1, rep = scan("dfew", root, "test", fold=1)
+    assert [Path(s.path).name for s in test1] == ["00001", "00006"]
+    assert [CLASSES[s.label] for s in test1] == ["happy", "disgust"]  # ids 1 -> happy, 6 -> disgust
+    train1, rep = scan("dfew", root, "train", fold=1)
+    assert len(train1) == 7  # 8 listed, clip 9 missing
+    assert rep.counts() == {"missing clip frames": 1, "unknown label '9'": 1, "malformed CSV row": 1}
+    # clip 3 has 5 frames in clip_224x224, so the 16-frame variant is used
+    s3 = next(s for s in train1 if Path(s.path).name == "00003")
+    assert "clip_224x224_16f" in s3.path
+    all_test = sorted(Path(s.path).name for k in range(1, 6) for s in scan("dfew", root, "test", fold=k)[0])
+    assert all_test == [f"{v:05d}" for v in range(1, 11) if v != 9]  # every clip tested once
+    with pytest.raises(ValueError, match="--fold 1..5"):
+        scan("dfew", root, "test")
+
+
+def make_ferv39k(root):
+    lines = []
+    for scene, emo, clip in (("Action", "Happy", "0001"), ("Action", "Sad", "0002"),
+                             ("Interview", "Fear", "0003"), ("Interview", "Angry", "0004")):
+        _frames(root / "2_ClipsforFaceCrop" / scene / emo / clip, 6, size=8)
+        lines.append(f"{scene}/{emo}/{clip} {emo}")
+    (root / "2_ClipsforFaceCrop" / "Talkshow" / "Neutral" / "0005").mkdir(parents=True)  # empty
+    setups = root / "4_setups" / "All_scenes"
+    setups.mkdir(parents=True)
+    (setups / "train_All.csv").write_text("\n".join(lines[:3] + ["Talkshow/Neutral/0005 Neutral",
+                                                                 "War/Happy/0099 Happy", "bad"]) + "\n")
+    (setups / "test_All.csv").write_text(lines[3] + "\n")
+    return root
+
+
+def test_ferv39k_lists(tmp_path):
+    root = make_ferv39k(tmp_path / "FERV39K")
+    train, rep = scan("ferv39k", root, "train")
+    assert [CLASSES[s.label] for s in train] == ["happy", "sad", "fear"]
+    assert rep.counts() == {"empty clip": 1, "missing clip frames": 1, "malformed list row": 1}
+    test, _ = scan("ferv39k", root, "val")  # no val split: val means test
+    assert len(test) == 1 and CLASSES[test[0].label] == "angry"
+
+
+def test_afew_prepared_tree_and_raw_videos(tmp_path):
+    raw = tmp_path / "AFEW"
+    (raw / "Train" / "Happy").mkdir(parents=True)
+    make_video(raw / "Train" / "Happy" / "001.avi", frames=4, codec="mpeg4", size=(32, 32))
+    with pytest.raises(ValueError, match="dfer prepare"):
+        scan("afew", raw, "train")
+    prepared = tmp_path / "AFEW_prepared"
+    _frames(prepared / "Train" / "Happy" / "001", 4, size=8)
+    _frames(prepared / "Val" / "Surprise" / "002", 4, size=8)
+    (prepared / "Val" / "Surprise" / "003").mkdir()
+    train, _ = scan("afew", prepared, "train")
+    assert [(Path(s.path).name, CLASSES[s.label]) for s in train] == [("001", "happy")]
+    val, rep = scan("afew", prepared, "val")
+    assert len(val) == 1 and list(rep.counts().values()) == [1]

@@ -1,0 +1,58 @@
+"""`dfer train` / `dfer eval` from the command line: files written, JSON output, errors."""
+from __future__ import annotations
+
+import json
+
+from typer.testing import CliRunner
+
+from dfer_cli.cli import app
+from test_train import make_dataset
+
+runner = CliRunner()
+TINY = ["--model-opt", "dim=32", "--model-opt", "depth=1", "--model-opt", "heads=2", "--input-size", "32",
+        "--frames", "2", "--grayscale", "--threads", "1", "--quiet"]
+
+
+def test_train_then_eval(tmp_path):
+    data = make_dataset(tmp_path / "data", per_class=4, val_per_class=2)
+    out = tmp_path / "run"
+    r = runner.invoke(app, ["train", "--data-root", str(data), "--epochs", "1", "--batch-size", "4",
+                            "--optimizer", "sgd", "--template-scale", "0.8", "--output", str(out), *TINY])
+    assert r.exit_code == 0, r.output
+    summary = json.loads(r.stdout.strip().splitlines()[-1])
+    assert summary["epochs"] == 1 and summary["best_epoch"] == 1
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["optimizer"] == "sgd" and cfg["model_opts"] == {"dim": 32, "depth": 1, "heads": 2}
+    from dfer_cli.checkpoint import read_metadata
+    from dfer_cli.preprocess import DEFAULT_TEMPLATE, zoom_template
+
+    meta = read_metadata(out / "last.safetensors")
+    assert meta["preprocessing"]["template"] == [list(p) for p in zoom_template(DEFAULT_TEMPLATE, 0.8)]
+    assert meta["provenance"]["command"][:2] == ["dfer", "train"] or meta["provenance"]["command"][0] == "dfer"
+
+    png = tmp_path / "cm.png"
+    r = runner.invoke(app, ["eval", "-w", str(out / "best.safetensors"), "--data-root", str(data), "--json",
+                            "--plot", str(png), "--threads", "1"])
+    assert r.exit_code == 0, r.output
+    res = json.loads(r.stdout)
+    assert res["samples"] == 6 and set(res["recall"]) == {"happy", "sad", "neutral", "angry", "surprise",
+                                                          "disgust", "fear"}
+    assert png.stat().st_size > 1000
+
+
+def test_train_usage_errors(tmp_path):
+    r = runner.invoke(app, ["train", "--data-root", str(tmp_path), "--model-opt", "dimm=3"])
+    assert r.exit_code == 2 and "not a field" in r.output
+    r = runner.invoke(app, ["train", "--data-root", str(tmp_path), "--optimizer", "adam"])
+    assert r.exit_code == 2 and "--optimizer" in r.output
+    r = runner.invoke(app, ["train"])
+    assert r.exit_code == 2 and "--data-root" in r.output
+    r = runner.invoke(app, ["train", "--data-root", str(tmp_path / "missing"), "--quiet"])
+    assert r.exit_code == 1 and "missing" in r.output and "does not exist" in r.output
+
+
+def test_eval_errors(tmp_path):
+    r = runner.invoke(app, ["eval", "-w", str(tmp_path / "nope.safetensors"), "--data-root", str(tmp_path)])
+    assert r.exit_code == 1 and "nope.safetensors" in r.output
+    r = runner.invoke(app, ["eval", "--split", "5-fold", "--data-root", str(tmp_path)])
+    assert r.exit_code == 2 and "dfew" in r.output
