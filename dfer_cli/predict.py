@@ -9,7 +9,7 @@
 How it runs (one decode, in order, memory bounded by one window):
 1. `clips.WindowPlan` lays windows (default 2 s, stride 1 s) with `num_frames` sample times
    each on a shared time grid; only grid frames are converted to RGB.
-2. Grid frames are batched through `faces.FaceDetector` (every `detect_every`-th grid frame;
+2. Grid frames are batched through `faces.FaceDetector` (every `detect_every`-th frame;
    landmarks in between are interpolated along each track), linked into tracks
    (`tracking.IoUTracker`, scene cuts end tracks) and aligned to the model's input size.
 3. When a window's frames are in, each face track seen in it becomes a clip; clips are
@@ -225,6 +225,7 @@ def predict_video(
     pending: list[_Pending] = []
     anchor: list[_Pending] = []   # the last detected entry of the previous batch (left neighbour)
     prev_sig = [None]
+    run = [0]   # distinct frames since the last one sent to the detector
 
     def process(final: bool):
         """Detect the pending frames marked for detection, track, interpolate, align."""
@@ -256,6 +257,9 @@ def predict_video(
             if p.detect:
                 align_into(p.k, p.frame, [(tid, d.landmarks, d.box) for tid, d in p.dets])
                 left = p
+                continue
+            if left is not None and p.frame is left.frame:  # a repeated frame: same faces
+                align_into(p.k, p.frame, [(tid, d.landmarks, d.box) for tid, d in left.dets])
                 continue
             right = next(q for q in todo if q.detect and q.k > p.k)
             if left is None or right.cut:
@@ -294,7 +298,11 @@ def predict_video(
         sig = _tracking.frame_signature(rgb)
         cut = _tracking.is_cut(prev_sig[0], sig, cut_threshold) if cut_threshold is not None else False
         prev_sig[0] = sig
-        p = _Pending(k, frame, detect=(k % detect_every == 0) or cut, cut=cut)
+        # detect every n-th distinct frame (counting frames, not grid slots, so slow videos
+        # whose frames repeat on the grid are still detected at the same rate)
+        detect = cut or run[0] == 0
+        run[0] = (run[0] + 1) % detect_every if not cut else 1 % detect_every
+        p = _Pending(k, frame, detect=detect, cut=cut)
         if cut and pending:
             pending[-1].detect = True  # never interpolate across a cut
         pending.append(p)

@@ -27,11 +27,12 @@ def face_crop():
     return cv2.resize(face, (96, 100), interpolation=cv2.INTER_AREA)
 
 
-def test_two_faces_moving_apart_keep_two_tracks(tmp_path, model, face_crop):
-    def draw(img, i, t):  # two real faces drifting apart, 1 px per frame each
-        paste(img, face_crop, 70 - i, 30)
-        paste(img, face_crop, 170 + i, 40)
-    path = make_video(tmp_path / "two.mp4", frames=30, fps=10, size=(336, 180), draw=draw)
+@pytest.mark.parametrize("fps", [10, 4])  # 4 fps: slower than the 8 Hz sampling grid, frames repeat
+def test_two_faces_moving_apart_keep_two_tracks(tmp_path, model, face_crop, fps):
+    def draw(img, i, t):  # two real faces drifting apart, 10 px per second each
+        paste(img, face_crop, int(70 - 10 * t), 30)
+        paste(img, face_crop, int(170 + 10 * t), 40)
+    path = make_video(tmp_path / "two.mp4", frames=3 * fps, fps=fps, size=(336, 180), draw=draw)
     streamed = []
     res = dfer_cli.predict_video(model, path, all_faces=True, on_clip=streamed.append)
     assert streamed == res.clips
