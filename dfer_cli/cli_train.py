@@ -218,3 +218,46 @@ def _fold_table(summary, format_pm) -> None:
     table.add_section()
     table.add_row("mean ± std", "", format_pm(*summary.stat("uar")), format_pm(*summary.stat("war")))
     Console().print(table)
+
+
+@app.command("prepare")
+def prepare_cmd(
+    src: str = typer.Argument(..., help="Folder of raw videos (any depth), e.g. the AFEW root."),
+    dst: str = typer.Argument(..., help="Output folder: one aligned frame folder per video, same tree."),
+    size: int = typer.Option(112, "--size", help="Side of the aligned face crops in pixels."),
+    template_scale: float = typer.Option(1.0, "--template-scale", help="Zoom the alignment template "
+                                         "(<1 = more margin); use the value you will train with."),
+    fps: Optional[float] = typer.Option(None, "--fps", help="Sample this many frames per second (default: all)."),
+    detect_size: int = typer.Option(640, "--detect-size", help="Detect on a copy at most this many pixels wide."),
+    min_face: float = typer.Option(0.1, "--min-face", help="Smallest face: fraction of the shorter side, or pixels."),
+    threads: Optional[int] = typer.Option(None, "--threads"),
+    quiet: bool = typer.Option(False, "--quiet", "-q"),
+) -> None:
+    """Detect, track and align the main face of every video under SRC once, writing frame
+    folders to DST for training (resumable; DST/manifest.jsonl records each video)."""
+    from dfer_cli.preprocess import DEFAULT_TEMPLATE, zoom_template
+    from dfer_cli.prepare import prepare
+
+    if threads:
+        import torch
+        torch.set_num_threads(threads)
+
+    def report(res, k, total):
+        if not quiet:
+            extra = f": {res.error}" if res.error else f" ({res.faces}/{res.frames} frames)"
+            typer.echo(f"[{k}/{total}] {res.status} {res.video}{extra}", err=True)
+
+    try:
+        results = prepare(src, dst, size=size, template=zoom_template(DEFAULT_TEMPLATE, template_scale), fps=fps,
+                          detector_options={"detect_size": detect_size, "min_face": min_face}, on_video=report)
+    except ValueError as exc:
+        fail(str(exc), 1)
+    counts: dict[str, int] = {}
+    for r in results:
+        counts[r.status] = counts.get(r.status, 0) + 1
+    typer.echo(json.dumps({"output": dst, **counts}))
+    failed = [r for r in results if r.status == "failed"]
+    for r in failed:
+        typer.echo(f"dfer: failed {r.video}: {r.error}", err=True)
+    if failed:
+        raise typer.Exit(1)
