@@ -18,9 +18,13 @@ _DATASET_HELP = "Dataset layout: folder (<root>/<split>/<class>/<clip>), dfew, f
 
 
 def _parse_template(text: str) -> list:
+    from dfer_cli.preprocess import TEMPLATES
+
+    if text.strip().lower() in TEMPLATES:
+        return [list(p) for p in TEMPLATES[text.strip().lower()]]
     vals = [float(v) for v in text.replace(";", ",").split(",") if v.strip()]
     if len(vals) != 10:
-        raise ValueError("--template needs 10 numbers: x,y of left eye, right eye, nose, left and right "
+        raise ValueError("--template needs a name (default, fer2013) or 10 numbers: x,y of left eye, right eye, nose, left and right "
                          "mouth corner, in unit crop coordinates")
     return [vals[i:i + 2] for i in range(0, 10, 2)]
 
@@ -40,8 +44,9 @@ def train_cmd(
     input_size: int = typer.Option(112, "--input-size", help="Face crop side in pixels."),
     frames: int = typer.Option(16, "--frames", help="Frames per clip."),
     grayscale: bool = typer.Option(False, "--grayscale/--color", help="Train on gray faces (recorded in the checkpoint)."),
-    template: Optional[str] = typer.Option(None, "--template", help="Alignment template: 10 numbers x,y for "
-                                           "eyes, nose, mouth corners in unit crop coordinates (recorded)."),
+    template: Optional[str] = typer.Option(None, "--template", help="Alignment template: a name (default, "
+                                           "fer2013) or 10 numbers x,y for eyes, nose, mouth corners in unit crop "
+                                           "coordinates (recorded)."),
     template_scale: float = typer.Option(1.0, "--template-scale", help="Zoom the template about the centre "
                                          "(<1 = more margin around the face; recorded)."),
     init: Optional[str] = typer.Option(None, "--init", help="Start from this dfer checkpoint (matching tensors)."),
