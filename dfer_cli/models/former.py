@@ -133,8 +133,11 @@ class Former(nn.Module):
                 nn.init.trunc_normal_(m.weight, std=0.02)
                 nn.init.zeros_(m.bias)
 
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        """Clips (B, T, 3, S, S), T <= num_frames -> [CLS] features (B, dim)."""
+    def trunk_features(self, x: torch.Tensor) -> torch.Tensor:
+        """Clips (B, T, 3, S, S), T <= num_frames -> trunk maps (B, T, 256, g, g).
+
+        With a frozen trunk these can be computed once and fed to ``forward_tokens``.
+        """
         c = self.config
         if x.ndim != 5 or x.shape[2] != 3:
             raise ValueError(f"expected clips shaped (B, T, 3, H, W), got {tuple(x.shape)}")
@@ -144,7 +147,13 @@ class Former(nn.Module):
         if x.shape[3] != c.input_size or x.shape[4] != c.input_size:
             raise ValueError(f"frames are {x.shape[3]}x{x.shape[4]}; this model takes "
                              f"{c.input_size}x{c.input_size}")
-        f = self.proj(self.backbone(x.flatten(0, 1)))                 # (B*T, D, g, g)
+        f = self.backbone(x.flatten(0, 1))                            # (B*T, 256, g, g)
+        return f.reshape(B, T, *f.shape[1:])                          # (B, T, 256, g, g)
+
+    def forward_tokens(self, f: torch.Tensor) -> torch.Tensor:
+        """Trunk maps (B, T, 256, g, g) -> [CLS] features (B, dim)."""
+        B, T = f.shape[:2]
+        f = self.proj(f.flatten(0, 1))                                # (B*T, D, g, g)
         D, gh, gw = f.shape[1:]
         f = f.flatten(2).transpose(1, 2).reshape(B, T, gh * gw, D)    # (B, T, g*g, D)
         f = f + self.pos_space + self.pos_time[:, :T]                 # (B, T, g*g, D)
@@ -153,6 +162,10 @@ class Former(nn.Module):
         for block in self.blocks:
             z = block(z, (T, gh, gw))
         return self.norm(z[:, 0])                                     # (B, D)
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """Clips (B, T, 3, S, S), T <= num_frames -> [CLS] features (B, dim)."""
+        return self.forward_tokens(self.trunk_features(x))
 
     def forward_head(self, feats: torch.Tensor) -> torch.Tensor:
         """[CLS] features (B, dim) -> logits (B, num_classes)."""
