@@ -9,9 +9,11 @@
 How it runs (one decode, in order, memory bounded by one window):
 1. `clips.WindowPlan` lays windows (default 2 s, stride 1 s) with `num_frames` sample times
    each on a shared time grid; only grid frames are converted to RGB.
-2. Grid frames are batched through `faces.FaceDetector` (every `detect_every`-th frame;
-   landmarks in between are interpolated along each track), linked into tracks
-   (`tracking.IoUTracker`, scene cuts end tracks) and aligned to the model's input size.
+2. Each distinct grid frame is handled once: batched through `faces.FaceDetector` (every
+   `detect_every`-th frame; landmarks in between are interpolated along each track), linked
+   into tracks (`tracking.IoUTracker`, scene cuts end tracks) and aligned to the model's
+   input size. A video slower than the grid puts one frame in several grid slots; they
+   share its faces.
 3. When a window's frames are in, each face track seen in it becomes a clip; clips are
    classified in batches and handed to `on_clip` as soon as they are done.
 """
@@ -51,11 +53,12 @@ class _Face:
 
 @dataclass
 class _Pending:
-    k: int                    # grid index
-    frame: object             # video.Frame
+    frame: object             # video.Frame, one distinct decoded frame
+    ks: list[int]             # grid indices it serves (several when the video is slower than the grid)
     detect: bool
     cut: bool = False         # a scene cut happens just before this frame
     dets: list = field(default_factory=list)   # [(track id, Detection)] once detected
+    faces: dict | None = None  # {track id: _Face} once processed, shared by every slot in ks
 
 
 def predict_video(
@@ -94,7 +97,8 @@ def predict_video(
 
     Detector options: detect_size (longest side of the copy MTCNN runs on, pixels; None = full
     size), min_face (smallest face, fraction of the shorter side, or pixels if > 1),
-    min_score (MTCNN probability), detect_every (detect on every n-th grid frame), detect_batch
+    min_score (MTCNN probability), detect_every (detect on every n-th distinct frame, and at
+    least every max_gap seconds so tracks hold), detect_batch
     (frames per MTCNN call). Tracking: iou_threshold, max_gap (seconds a face may be missed
     and keep its id), cut_threshold (colour-histogram distance counted as a scene cut; None
     disables). min_coverage: share of a clip's frames that must show the face for it to be
@@ -216,16 +220,8 @@ def predict_video(
         for k in [k for k in slots if k < keep_from]:
             del slots[k]
 
-    def align_into(k: int, frame, faces_: list[tuple[int, np.ndarray, np.ndarray]]):
-        t0 = time.perf_counter()
-        slots[k] = {tid: _Face(_faces.align_face(frame.rgb, lm, S, pre.template), box)
-                    for tid, lm, box in faces_}
-        tm["align"] += time.perf_counter() - t0
-
-    pending: list[_Pending] = []
-    anchor: list[_Pending] = []   # the last detected entry of the previous batch (left neighbour)
-    prev_sig = [None]
-    run = [0]   # distinct frames since the last one sent to the detector
+    pending: list[_Pending] = []   # distinct frames waiting for detection, in time order
+    anchor: _Pending | None = None  # the last detected entry of the previous batch (left neighbour)
 
     def process(final: bool):
         """Detect the pending frames marked for detection, track, interpolate, align."""
@@ -247,66 +243,77 @@ def predict_video(
             for p, dets in zip(group, detector.detect([p.frame.rgb for p in group])):
                 p.dets = dets
         tm["detect"] += time.perf_counter() - t0
-        for p in det_entries:
+        for p in det_entries:  # each distinct frame once, in time order
             if p.cut:
                 tracker.cut()
             ids = tracker.update(p.frame.time, [d.box for d in p.dets])
             p.dets = list(zip(ids, p.dets))
-        left = anchor[0] if anchor else None
-        for p in todo:
+        left = anchor
+        for i, p in enumerate(todo):
             if p.detect:
-                align_into(p.k, p.frame, [(tid, d.landmarks, d.box) for tid, d in p.dets])
+                faces_ = [(tid, d.landmarks, d.box) for tid, d in p.dets]
                 left = p
-                continue
-            if left is not None and p.frame is left.frame:  # a repeated frame: same faces
-                align_into(p.k, p.frame, [(tid, d.landmarks, d.box) for tid, d in left.dets])
-                continue
-            right = next(q for q in todo if q.detect and q.k > p.k)
-            if left is None or right.cut:
-                continue  # no face known on both sides: counts as a missed frame
-            lmap = {tid: d for tid, d in left.dets}
-            faces_ = []
-            for tid, d in right.dets:
-                if tid in lmap:  # interpolate along the track between the two detections
+            else:
+                right = next(q for q in todo[i + 1:] if q.detect)
+                faces_ = []
+                if left is not None and not right.cut:  # else: no face known on both sides
+                    lmap = {tid: d for tid, d in left.dets}
                     a = (p.frame.time - left.frame.time) / max(right.frame.time - left.frame.time, 1e-9)
-                    l0 = lmap[tid]
-                    faces_.append((tid, (1 - a) * l0.landmarks + a * d.landmarks, (1 - a) * l0.box + a * d.box))
-            align_into(p.k, p.frame, faces_)
-        anchor = [det_entries[-1]]
-        state["done_k"] = todo[-1].k
+                    for tid, d in right.dets:
+                        if tid in lmap:  # interpolate along the track between the two detections
+                            l0 = lmap[tid]
+                            faces_.append((tid, (1 - a) * l0.landmarks + a * d.landmarks,
+                                           (1 - a) * l0.box + a * d.box))
+            t0 = time.perf_counter()
+            p.faces = {tid: _Face(_faces.align_face(p.frame.rgb, lm, S, pre.template), box)
+                       for tid, lm, box in faces_}
+            tm["align"] += time.perf_counter() - t0
+            for k in p.ks:
+                slots[k] = p.faces
+        anchor = det_entries[-1]
+        state["done_k"] = todo[-1].ks[-1]
         if progress is not None:
             progress(todo[-1].frame.time, duration)
         close_windows(final=False)
 
-    last_frame, last_k = None, -1
+    last: _Pending | None = None   # the entry of the latest distinct frame
+    last_det_time, since_det = None, 0   # time of the latest frame marked for detection; distinct frames since
+    prev_sig = None
     t0 = time.perf_counter()
     frames = sample_on_grid(_video.iter_frames(path), plan.grid_times(), max_distance=max_tail)
     for k, frame in frames:
         last_time = frame.time
         if not plan.needed(k):
             continue
-        if frame is last_frame:  # a slow video: this grid time repeats the previous frame
-            seen.add(k)
-            if last_k in slots:
-                slots[k] = dict(slots[last_k])
-            else:  # not processed yet: an undetected entry interpolates to the same landmarks
-                pending.append(_Pending(k, frame, detect=False))
-            last_k = k
-            continue
         seen.add(k)
+        if last is not None and frame is last.frame:
+            # a video slower than the grid: this slot repeats the latest frame and shares its
+            # faces (the frame is detected, tracked and aligned once)
+            last.ks.append(k)
+            if last.faces is not None:
+                slots[k] = last.faces
+                state["done_k"] = k
+                close_windows(final=False)
+            continue
         rgb = frame.rgb
         sig = _tracking.frame_signature(rgb)
-        cut = _tracking.is_cut(prev_sig[0], sig, cut_threshold) if cut_threshold is not None else False
-        prev_sig[0] = sig
-        # detect every n-th distinct frame (counting frames, not grid slots, so slow videos
-        # whose frames repeat on the grid are still detected at the same rate)
-        detect = cut or run[0] == 0
-        run[0] = (run[0] + 1) % detect_every if not cut else 1 % detect_every
-        p = _Pending(k, frame, detect=detect, cut=cut)
-        if cut and pending:
-            pending[-1].detect = True  # never interpolate across a cut
-        pending.append(p)
-        last_frame, last_k = frame, k
+        cut = _tracking.is_cut(prev_sig, sig, cut_threshold) if cut_threshold is not None else False
+        prev_sig = sig
+        # Detect every n-th distinct frame. Landmarks are never interpolated across a cut, and
+        # detections stay within max_gap of each other so the tracker keeps a face's id: when
+        # this frame is a cut or too far from the last detection, the frame before it (still
+        # pending, since a batch always ends on a detected frame) is detected too.
+        far = last_det_time is not None and frame.time - last_det_time > max_gap
+        if (cut or far) and pending and not pending[-1].detect:
+            pending[-1].detect = True
+            last_det_time, since_det = pending[-1].frame.time, 0
+        since_det += 1
+        detect = (cut or last_det_time is None or since_det >= detect_every
+                  or frame.time - last_det_time > max_gap)
+        if detect:
+            last_det_time, since_det = frame.time, 0
+        last = _Pending(frame, [k], detect=detect, cut=cut)
+        pending.append(last)
         tm["decode"] += time.perf_counter() - t0
         if sum(q.detect for q in pending) >= detect_batch and pending[-1].detect:
             process(final=False)

@@ -1,3 +1,4 @@
+import hashlib
 from pathlib import Path
 
 import cv2
@@ -7,6 +8,7 @@ import torch
 from synth import DATA_DIR, face_image, make_video, moving_blobs, paste
 
 import dfer_cli
+from dfer_cli.clips import WindowPlan
 from dfer_cli.labels import CLASSES
 from dfer_cli.models import create_model
 from dfer_cli.preprocess import Preprocessing
@@ -51,6 +53,55 @@ def test_two_faces_moving_apart_keep_two_tracks(tmp_path, model, face_crop, fps)
     # default: one face per window, the same (most persistent / largest) one throughout
     single = dfer_cli.predict_video(model, path)
     assert len(single.clips) == 2 and len({c.track for c in single.clips}) == 1
+
+
+def rolling_face(n):
+    """n frames of the real face (240x136), shifted 1 px right per frame."""
+    small = cv2.resize(face_image(), (240, 136), interpolation=cv2.INTER_AREA)
+    return [np.roll(small, i, axis=1) for i in range(n)]
+
+
+class RecordingDetector:
+    """The real detector, noting a fingerprint of every frame it is asked about."""
+
+    def __init__(self):
+        from dfer_cli.predict import get_detector
+
+        self.detector, self.frames = get_detector(), []
+
+    def detect(self, frames):
+        self.frames += [hashlib.sha1(f.tobytes()).hexdigest() for f in frames]
+        return self.detector.detect(frames)
+
+
+# A 16-frame model samples every window / 16 s: 1/16 s for a 1 s window, 1/8 s for 2 s. A video
+# slower than that fills several grid slots with one frame (2 or 4 here; none at 8 fps, 2 s).
+# 2 s of video, and one frame more (its last frame is then a scheduled detection that repeats).
+@pytest.mark.parametrize("extra", [0, 1])
+@pytest.mark.parametrize("fps, window", [(8, 1.0), (8, 2.0), (4, 1.0), (4, 2.0)])
+def test_slow_video_frames_repeating_on_the_grid_are_classified(tmp_path, model, fps, window, extra):
+    n = 2 * fps + extra
+    path = make_video(tmp_path / "slow.mp4", rolling_face(n), fps=fps)
+    det = RecordingDetector()
+    res = dfer_cli.predict_video(model, path, window=window, stride=window / 2, detector=det)
+    plan = WindowPlan(n / fps, window, window / 2, 16)
+    assert [(c.start, c.end) for c in res.clips] == [(w.start, w.end) for w in plan.windows]
+    assert all(c.status == "ok" and c.label in CLASSES for c in res.clips)
+    assert {c.track for c in res.clips} == {0} and [t.track for t in res.tracks] == [0]
+    # each distinct frame is detected once at most (the tracker never gets the same time twice):
+    # every second frame, plus the last one when the schedule misses it
+    assert len(det.frames) == len(set(det.frames))
+    assert (n + 1) // 2 <= len(det.frames) <= (n + 1) // 2 + 1
+
+
+def test_sparse_detection_keeps_a_slow_face_in_one_track(tmp_path, model):
+    # 2 fps and detecting every 3rd frame would put detections 1.5 s apart, more than the
+    # tracker's max_gap (1 s), splitting the face in two tracks; the frame before is detected too
+    path = make_video(tmp_path / "slow.mp4", rolling_face(6), fps=2)
+    res = dfer_cli.predict_video(model, path, window=1.0, stride=0.5, detect_every=3)
+    plan = WindowPlan(3.0, 1.0, 0.5, 16)
+    assert [(c.start, c.end) for c in res.clips] == [(w.start, w.end) for w in plan.windows]
+    assert all(c.status == "ok" for c in res.clips) and {c.track for c in res.clips} == {0}
 
 
 def test_cut_to_no_face_gives_no_clips_there(model):
