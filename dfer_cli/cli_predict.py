@@ -16,6 +16,7 @@ from typing import List, Optional
 import typer
 
 from dfer_cli.cli import app, fail
+from dfer_cli.weights import DEFAULT_WEIGHTS
 
 # Suffixes taken as videos when a directory is searched (files named on the command
 # line are tried whatever their suffix).
@@ -202,7 +203,7 @@ def predict_cmd(
                                        help="Video files, directories of videos, or - to read paths from stdin."),
     weights: Optional[str] = typer.Option(None, "--weights", "-w", metavar="NAME|PATH",
                                           help="Checkpoint name (see `dfer weights list`) or .safetensors path. "
-                                               "(default: the bundled default weights)"),
+                                               f"(default: {DEFAULT_WEIGHTS})"),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N or mps."),
     batch_size: int = typer.Option(8, "--batch-size", min=1, help="Clips per model forward pass."),
     window: float = typer.Option(2.0, "--window", min=0.01, help="Clip length in seconds."),
@@ -232,7 +233,7 @@ def predict_cmd(
 
     Exit status: 0 every input done, 1 some input failed (the rest are still done), 2 usage error.
     """
-    from dfer_cli.weights import DEFAULT_WEIGHTS, find_weights
+    from dfer_cli.weights import find_weights
     from dfer_cli.writers import FORMATS
 
     fmt = fmt.lower() if fmt else default_format(output)
@@ -247,6 +248,11 @@ def predict_cmd(
     videos = [p for p, err in items if err is None]
     annotate_to = output_paths(annotate, videos, ".annotated.mp4", "--annotate")
     plot_to = output_paths(plot, videos, ".timeline.png", "--plot")
+    if output is not None:
+        output = output.expanduser()
+        for video in videos:
+            if Path(video).resolve() == output.resolve():
+                fail(f"--output {output}: would overwrite the input {video}; choose another name", 2)
 
     try:
         ckpt = find_weights(weights or DEFAULT_WEIGHTS)
@@ -276,7 +282,14 @@ def predict_cmd(
     if detect_size is not None:
         detector["detect_size"] = detect_size
 
-    stream = open(output, "w", encoding="utf-8", newline="") if output is not None else _Stdout()
+    if output is not None:
+        try:
+            output.parent.mkdir(parents=True, exist_ok=True)
+            stream = open(output, "w", encoding="utf-8", newline="")
+        except OSError as e:
+            fail(f"--output {output}: cannot write it ({e.strerror or e}); choose a writable file path", 2)
+    else:
+        stream = _Stdout()
     from dfer_cli.writers import make_writer
 
     writer = make_writer(fmt, stream, list(model.classes))

@@ -291,3 +291,61 @@ def test_unwritable_plot_is_reported_and_counts_as_failure(ckpt, media, tmp_path
     assert r.exit_code == 1
     assert jsonl(r.stdout)[0]["type"] == "video"  # the result itself was still written
     assert f"could not write the timeline plot {blocker / 't.png'}" in r.stderr
+
+
+def test_output_that_is_an_input_is_usage_error_and_leaves_it_intact(ckpt, media, tmp_path):
+    import shutil
+
+    video = tmp_path / "clip.mp4"
+    shutil.copy(media["blank"], video)
+    before = video.read_bytes()
+    r = invoke([str(video), "-w", str(ckpt), *OPTS, "-o", str(video)])
+    assert r.exit_code == 2 and "would overwrite the input" in r.stderr and r.stdout == ""
+    assert video.read_bytes() == before
+
+
+def test_output_folder_is_created_and_unwritable_output_is_one_line(ckpt, media, tmp_path):
+    out = tmp_path / "new" / "deeper" / "r.jsonl"
+    r = invoke([str(media["blank"]), "-w", str(ckpt), *OPTS, "-o", str(out)])
+    assert r.exit_code == 0, r.output
+    assert jsonl(out.read_text())[0]["status"] == "no face"
+    r = invoke([str(media["blank"]), "-w", str(ckpt), *OPTS, "-o", str(tmp_path)])  # a directory
+    msg = r.stderr.strip()
+    assert r.exit_code == 2 and msg.startswith(f"dfer: --output {tmp_path}: cannot write") and "\n" not in msg
+
+
+def test_help_names_the_default_weights():
+    from dfer_cli.weights import DEFAULT_WEIGHTS
+
+    r = CliRunner().invoke(app, ["predict", "--help"], env={"COLUMNS": "200"})
+    assert r.exit_code == 0 and f"(default: {DEFAULT_WEIGHTS})" in r.stdout
+
+
+def test_docs_options_table_matches_the_command():
+    """Every option row of docs/predict.md names a real `dfer predict` option, and the
+    numeric defaults it states are the ones the pipeline uses."""
+    import re
+    from pathlib import Path
+
+    import typer.main
+
+    from dfer_cli import faces
+
+    cmd = typer.main.get_command(app).commands["predict"]
+    flags = {f for p in cmd.params for f in getattr(p, "opts", [])}
+    text = (Path(__file__).resolve().parent.parent / "docs" / "predict.md").read_text()
+    section = text.split("## Options", 1)[1].split("\n## ", 1)[0]
+    rows = [line.replace("\\|", "/").split("|")[1:3] for line in section.splitlines() if line.startswith("| `-")]
+    assert len(rows) >= 15
+    defaults = {}
+    for names, default in rows:
+        for flag in re.findall(r"`(-[-\w]+)", names):
+            assert flag in flags, f"docs/predict.md documents {flag}, which dfer predict does not have"
+            defaults[flag] = default.strip().strip("`")
+    params = {p.opts[0]: p for p in cmd.params if getattr(p, "opts", None)}
+    for flag in ("--batch-size", "--window", "--stride"):
+        assert float(defaults[flag]) == float(params[flag].default)
+    assert float(defaults["--min-face"]) == faces.MIN_FACE and int(defaults["--detect-size"]) == faces.DETECT_SIZE
+    from dfer_cli.weights import DEFAULT_WEIGHTS
+
+    assert defaults["--weights"] == DEFAULT_WEIGHTS
