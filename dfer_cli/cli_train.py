@@ -13,6 +13,7 @@ from typing import List, Optional
 import typer
 
 from dfer_cli.cli import app, fail
+from dfer_cli.weights import DEFAULT_WEIGHTS
 
 _DATASET_HELP = "Dataset layout: folder (<root>/<split>/<class>/<clip>), dfew, ferv39k, afew."
 
@@ -65,7 +66,7 @@ def train_cmd(
     loss: str = typer.Option("compact", "--loss", help="compact | ce."),
     lam: Optional[float] = typer.Option(None, "--lambda", help="Compact loss weight (default: the model config's)."),
     label_smoothing: float = typer.Option(0.0, "--label-smoothing", help="Label smoothing (--loss ce)."),
-    crop_scale: float = typer.Option(0.8, "--crop-scale", help="Random resized crop keeps [this, 1] of the area."),
+    crop_scale: float = typer.Option(0.8, "--crop-scale", help="Random resized crop keeps between this fraction and all of the area."),
     flip: float = typer.Option(0.5, "--flip", help="Horizontal flip probability."),
     motion: bool = typer.Option(True, "--motion/--no-motion", help="Synthetic motion on still images."),
     limit: Optional[int] = typer.Option(None, "--limit", help="Use a random subset of N training samples."),
@@ -106,6 +107,7 @@ def train_cmd(
             amp=amp, test_clips=test_clips, output=output, log_every=log_every)
         if not resume:
             cfg.validate()
+        _check_dataset_and_device(dataset, device)
     except (ValueError, TypeError) as exc:
         fail(str(exc), 2)
     try:
@@ -118,6 +120,19 @@ def train_cmd(
                            "last_war": last.get("war"), "last_uar": last.get("uar")}))
 
 
+def _check_dataset_and_device(dataset: str, device: str) -> None:
+    """Raise ValueError (a usage error) for an unknown --dataset or an unavailable --device."""
+    from dfer_cli.data import DATASETS
+    from dfer_cli.device import resolve_device
+
+    if dataset not in DATASETS:
+        raise ValueError(f"--dataset {dataset!r}: choose one of {', '.join(DATASETS)}")
+    try:
+        resolve_device(device)
+    except ValueError as exc:
+        raise ValueError(f"--device: {exc}") from None
+
+
 def _print_report(report) -> None:
     if report is not None and report.problems:
         for line in report.summary().splitlines():
@@ -126,8 +141,8 @@ def _print_report(report) -> None:
 
 @app.command("eval")
 def eval_cmd(
-    weights: Optional[str] = typer.Option(None, "--weights", "-w", help="Checkpoint path or name (default: the "
-                                          "bundled default weights); with --split 5-fold, a run folder holding fold1..fold5/."),
+    weights: Optional[str] = typer.Option(None, "--weights", "-w", help="Checkpoint path or name (default: "
+                                          f"{DEFAULT_WEIGHTS}); with --split 5-fold, a run folder holding fold1..fold5/."),
     dataset: str = typer.Option("folder", "--dataset", help=_DATASET_HELP),
     data_root: Optional[str] = typer.Option(None, "--data-root", envvar="DFER_DATA_ROOT", help="Dataset root folder."),
     split: str = typer.Option("val", "--split", help="Split to score (folder: sub-folder name; DFEW/FERV39K: "
@@ -156,8 +171,11 @@ def eval_cmd(
     from dfer_cli.device import resolve_device
     from dfer_cli.evaluate import evaluate_checkpoint, evaluate_folds, format_pm, plot_confusion
     from dfer_cli.metrics import Scores
-    from dfer_cli.weights import DEFAULT_WEIGHTS
 
+    try:
+        _check_dataset_and_device(dataset, device)
+    except ValueError as exc:
+        fail(str(exc), 2)
     if threads:
         torch.set_num_threads(threads)
     dev = resolve_device(device)
@@ -169,15 +187,15 @@ def eval_cmd(
             if not weights or not os.path.isdir(weights):
                 fail("--split 5-fold needs --weights RUN_DIR, the folder holding fold1/ .. fold5/", 2)
             summary = evaluate_folds(weights, data_root, which=which, **kw)
-            if plot:
-                total = sum(f.scores.confusion for f in summary.folds)
-                plot_confusion(Scores(summary.folds[0].scores.classes, total), plot,
-                               title=f"DFEW 5-fold  UAR {format_pm(*summary.stat('uar'))}  "
-                                     f"WAR {format_pm(*summary.stat('war'))}")
             if as_json:
                 typer.echo(json.dumps(summary.to_dict(), indent=2))
-                return
-            _fold_table(summary, format_pm)
+            else:
+                _fold_table(summary, format_pm)
+            if plot:
+                total = sum(f.scores.confusion for f in summary.folds)
+                _write_plot(plot_confusion, Scores(summary.folds[0].scores.classes, total), plot,
+                            title=f"DFEW 5-fold  UAR {format_pm(*summary.stat('uar'))}  "
+                                  f"WAR {format_pm(*summary.stat('war'))}")
             return
         scores, report = evaluate_checkpoint(weights or DEFAULT_WEIGHTS, dataset, data_root, split, fold=fold, **kw)
     except CheckpointError as exc:
@@ -185,13 +203,26 @@ def eval_cmd(
     except (ValueError, FileNotFoundError) as exc:
         fail(str(exc), 1)
     _print_report(report)
-    if plot:
-        plot_confusion(scores, plot)
     if as_json:
         typer.echo(json.dumps({"weights": weights or DEFAULT_WEIGHTS, "dataset": dataset, "split": split,
                                "fold": fold, "skipped": report.counts(), **scores.to_dict()}, indent=2))
-        return
-    _scores_table(scores, f"{weights or DEFAULT_WEIGHTS} on {dataset} {split}" + (f" fold {fold}" if fold else ""))
+    else:
+        _scores_table(scores, f"{weights or DEFAULT_WEIGHTS} on {dataset} {split}" + (f" fold {fold}" if fold else ""))
+    if plot:
+        _write_plot(plot_confusion, scores, plot)
+
+
+def _write_plot(plot_confusion, scores, path: str, **kw) -> None:
+    """Write the confusion-matrix image (its folder is created); a path that cannot be
+    written is one line and exit 1, after the scores have been printed."""
+    from pathlib import Path
+
+    try:
+        Path(path).expanduser().parent.mkdir(parents=True, exist_ok=True)
+        plot_confusion(scores, str(Path(path).expanduser()), **kw)
+    except (OSError, ValueError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc).splitlines()[0]
+        fail(f"--plot {path}: could not write the confusion matrix ({reason}); choose a writable .png path", 1)
 
 
 def _scores_table(scores, title: str) -> None:

@@ -56,3 +56,57 @@ def test_eval_errors(tmp_path):
     assert r.exit_code == 1 and "nope.safetensors" in r.output
     r = runner.invoke(app, ["eval", "--split", "5-fold", "--data-root", str(tmp_path)])
     assert r.exit_code == 2 and "dfew" in r.output
+
+
+def test_unknown_dataset_and_unavailable_device_are_usage_errors(tmp_path, monkeypatch):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    for cmd in (["train", "--data-root", str(tmp_path), "--output", str(tmp_path / "run")],
+                ["eval", "-w", str(tmp_path / "x.safetensors"), "--data-root", str(tmp_path)]):
+        r = runner.invoke(app, [*cmd, "--device", "cuda"])
+        assert r.exit_code == 2 and r.output.strip() == ("dfer: --device: device 'cuda' requested but CUDA is not "
+                                                         "available: use --device cpu or auto")
+        r = runner.invoke(app, [*cmd, "--dataset", "dfw"])
+        assert r.exit_code == 2 and "--dataset 'dfw': choose one of folder, dfew" in r.output
+    assert not (tmp_path / "run").exists()
+
+
+def test_eval_plot_folder_is_created_and_a_bad_plot_path_is_one_line(tmp_path):
+    data = make_dataset(tmp_path / "data", per_class=2, val_per_class=1)
+    out = tmp_path / "run"
+    r = runner.invoke(app, ["train", "--data-root", str(data), "--epochs", "1", "--batch-size", "4",
+                            "--optimizer", "sgd", "--output", str(out), *TINY])
+    assert r.exit_code == 0, r.output
+    ckpt = str(out / "best.safetensors")
+    png = tmp_path / "new" / "folder" / "cm.png"
+    r = runner.invoke(app, ["eval", "-w", ckpt, "--data-root", str(data), "--plot", str(png), "--threads", "1"])
+    assert r.exit_code == 0, r.output
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    r = runner.invoke(app, ["eval", "-w", ckpt, "--data-root", str(data), "--json", "--plot",
+                            str(tmp_path / "cm.txt"), "--threads", "1"])
+    assert r.exit_code == 1, r.output
+    assert json.loads(r.stdout)["samples"] > 0  # the scores are printed before the plot fails
+    (line,) = r.stderr.strip().splitlines()
+    assert line.startswith(f"dfer: --plot {tmp_path / 'cm.txt'}: could not write the confusion matrix")
+
+
+def test_help_texts_keep_their_bracketed_words():
+    """rich reads "[...]" in a help text as markup and drops it: --crop-scale's help lost
+    "[this, 1]" that way. No option help may contain an unescaped bracket pair."""
+    import re
+
+    import typer.main
+
+    group = typer.main.get_command(app)
+    for name, cmd in group.commands.items():
+        subs = getattr(cmd, "commands", None) or {name: cmd}
+        for sub in subs.values():
+            for p in sub.params:
+                assert not re.search(r"(?<!\\)\[[a-z#/@][^\[]*?\]", getattr(p, "help", None) or ""), (name, p.name)
+    r = runner.invoke(app, ["train", "--help"], env={"COLUMNS": "250"})
+    assert "Random resized crop keeps between this fraction and all of the area." in r.stdout
+    r = runner.invoke(app, ["eval", "--help"], env={"COLUMNS": "250"})
+    from dfer_cli.weights import DEFAULT_WEIGHTS
+
+    assert f"(default: {DEFAULT_WEIGHTS})" in r.stdout
