@@ -278,9 +278,14 @@ def prepare_cmd(
         import torch
         torch.set_num_threads(threads)
 
+    def reason(res) -> str:
+        # the library's error names the video's full path; the line names it already
+        full = os.path.join(src, res.video) + ": "
+        return res.error[len(full):] if res.error.startswith(full) else res.error
+
     def report(res, k, total):
         if not quiet:
-            extra = f": {res.error}" if res.error else f" ({res.faces}/{res.frames} frames)"
+            extra = f": {reason(res)}" if res.error else f" ({res.faces}/{res.frames} frames)"
             typer.echo(f"[{k}/{total}] {res.status} {res.video}{extra}", err=True)
 
     try:
@@ -294,6 +299,6 @@ def prepare_cmd(
     typer.echo(json.dumps({"output": dst, **counts}))
     failed = [r for r in results if r.status == "failed"]
     for r in failed:
-        typer.echo(f"dfer: failed {r.video}: {r.error}", err=True)
+        typer.echo(f"dfer: failed {os.path.join(src, r.video)}: {reason(r)}", err=True)
     if failed:
         raise typer.Exit(1)

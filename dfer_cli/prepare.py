@@ -144,8 +144,11 @@ def prepare(src: str, dst: str, *, size: int = 112, template=DEFAULT_TEMPLATE, f
     is any object with ``detect(frames) -> list[list[Detection]]`` (default: a
     FaceDetector built with `detector_options`). ``on_video(result, done, total)`` is called
     after each video. Returns one result per video, skipped ones included."""
+    if os.path.isfile(src):
+        raise ValueError(f"{src} is a file: SRC is the folder holding the videos (put the video in a folder "
+                         "and pass that folder)")
     if not os.path.isdir(src):
-        raise ValueError(f"source folder {src} does not exist")
+        raise ValueError(f"source folder {src} does not exist: pass the folder holding the videos")
     videos = find_videos(src)
     if not videos:
         raise ValueError(f"no video files under {src} (looked for {', '.join(sorted(VIDEO_EXTS))})")

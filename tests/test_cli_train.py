@@ -110,3 +110,17 @@ def test_help_texts_keep_their_bracketed_words():
     from dfer_cli.weights import DEFAULT_WEIGHTS
 
     assert f"(default: {DEFAULT_WEIGHTS})" in r.stdout
+
+
+def test_prepare_cli_names_a_bad_video_once_and_a_file_src(tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "bad.mp4").write_text("not a video")
+    r = runner.invoke(app, ["prepare", str(src), str(tmp_path / "dst"), "--threads", "1"])
+    assert r.exit_code == 1, r.output
+    lines = r.stderr.strip().splitlines()
+    assert lines[0].startswith("[1/1] failed bad.mp4: cannot be read as a video")
+    assert lines[-1].startswith(f"dfer: failed {src / 'bad.mp4'}: cannot be read as a video")
+    assert all(line.count("bad.mp4") == 1 for line in lines)
+    r = runner.invoke(app, ["prepare", str(src / "bad.mp4"), str(tmp_path / "dst2")])
+    assert r.exit_code == 1 and "is a file: SRC is the folder holding the videos" in r.stderr

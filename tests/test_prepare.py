@@ -113,3 +113,12 @@ def test_prepare_real_face_with_mtcnn(tmp_path):
     make_video(src / "f.mp4", frames=[face] * 3, fps=5, size=(w - w % 2, h - h % 2))
     results = prepare(str(tmp_path / "src"), str(tmp_path / "dst"), size=48)
     assert results[0].status == "ok" and results[0].faces == 3
+
+
+def test_prepare_names_a_file_given_as_src(tmp_path):
+    video = tmp_path / "clip.mp4"
+    video.write_text("not a video")
+    with pytest.raises(ValueError, match=r"clip\.mp4 is a file: SRC is the folder holding the videos"):
+        prepare(str(video), str(tmp_path / "out"))
+    with pytest.raises(ValueError, match="does not exist: pass the folder holding the videos"):
+        prepare(str(tmp_path / "nope"), str(tmp_path / "out"))
