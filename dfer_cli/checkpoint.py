@@ -15,13 +15,12 @@ Reading never unpickles: safetensors parses a JSON header and raw tensor bytes o
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 
 import torch
 
 from dfer_cli import __version__
+from dfer_cli.fsutil import atomic_path
 from dfer_cli.preprocess import Preprocessing
 
 FORMAT = "dfer-checkpoint"
@@ -64,14 +63,8 @@ def save_checkpoint(path, model, *, classes, preprocessing, provenance=None, hal
             v = v.half() if half else v.float()
         tensors[k] = v.contiguous()
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata={META_KEY: json.dumps(meta)})
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata={META_KEY: json.dumps(meta)})
     return path
 
 

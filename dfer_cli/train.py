@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from dfer_cli.fsutil import atomic_write_bytes, atomic_write_text
 from dfer_cli.labels import CLASSES
 from dfer_cli.preprocess import DEFAULT_TEMPLATE, Preprocessing, zoom_template
 
@@ -171,19 +172,6 @@ def lr_at(step: int, total_steps: int, warmup_steps: int, cfg: TrainConfig) -> f
         return cfg.lr
     t = (step - warmup_steps) / max(1, total_steps - warmup_steps)
     return cfg.min_lr + 0.5 * (cfg.lr - cfg.min_lr) * (1 + math.cos(math.pi * min(1.0, t)))
-
-
-def _atomic_bytes(path: str, data: bytes) -> None:
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def _atomic_text(path: str, text: str) -> None:
-    _atomic_bytes(path, text.encode())
 
 
 class EpochSampler:
@@ -408,7 +396,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True, rich
     tb = None
     if is_main:
         os.makedirs(out, exist_ok=True)
-        _atomic_text(os.path.join(out, "config.json"), json.dumps(cfg.to_dict(), indent=2) + "\n")
+        atomic_write_text(os.path.join(out, "config.json"), json.dumps(cfg.to_dict(), indent=2) + "\n")
         _truncate_metrics(out, start_epoch)
         try:
             from torch.utils.tensorboard import SummaryWriter
@@ -512,7 +500,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True, rich
                 state["cuda_rng"] = torch.cuda.get_rng_state(device)
             buf = io.BytesIO()
             torch.save(state, buf)
-            _atomic_bytes(state_path, buf.getvalue())  # the commit point of the epoch
+            atomic_write_bytes(state_path, buf.getvalue())  # the commit point of the epoch
         if distributed:
             dist.barrier()
 
@@ -555,4 +543,4 @@ def _truncate_metrics(out: str, done_epochs: int) -> None:
             keep = [ln for ln in lines if ln.strip() and json.loads(ln)["epoch"] <= done_epochs]
         else:
             keep = lines[:1] + [ln for ln in lines[1:] if ln.strip() and int(ln.split(",", 1)[0]) <= done_epochs]
-        _atomic_text(path, "".join(keep))
+        atomic_write_text(path, "".join(keep))

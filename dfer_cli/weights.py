@@ -18,6 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+from dfer_cli.fsutil import atomic_path
+
 DEFAULT_WEIGHTS = "logo_former_fer2013"
 SUFFIX = ".safetensors"
 
@@ -136,31 +138,27 @@ def download_weights(
     if dest.is_file() and not force and file_sha256(dest) == entry.sha256.lower():
         return dest
     dest_dir.mkdir(parents=True, exist_ok=True)
-    tmp = dest_dir / f".{name}{SUFFIX}.part"
     h = hashlib.sha256()
     try:
-        with urllib.request.urlopen(entry.url, timeout=timeout) as resp, open(tmp, "wb") as out:
-            total = resp.headers.get("Content-Length") if hasattr(resp, "headers") else None
-            total = int(total) if total else None
-            done = 0
-            while block := resp.read(1 << 20):
-                out.write(block)
-                h.update(block)
-                done += len(block)
-                if progress is not None:
-                    progress(done, total)
-        digest = h.hexdigest()
-        if digest != entry.sha256.lower():
-            raise DownloadError(f"{entry.url}: sha256 {digest} does not match the expected "
-                                f"{entry.sha256.lower()}; nothing was installed, try again later")
-        os.replace(tmp, dest)
+        with atomic_path(dest) as tmp:
+            with urllib.request.urlopen(entry.url, timeout=timeout) as resp, open(tmp, "wb") as out:
+                total = resp.headers.get("Content-Length") if hasattr(resp, "headers") else None
+                total = int(total) if total else None
+                done = 0
+                while block := resp.read(1 << 20):
+                    out.write(block)
+                    h.update(block)
+                    done += len(block)
+                    if progress is not None:
+                        progress(done, total)
+            digest = h.hexdigest()
+            if digest != entry.sha256.lower():
+                raise DownloadError(f"{entry.url}: sha256 {digest} does not match the expected "
+                                    f"{entry.sha256.lower()}; nothing was installed, try again later")
     except OSError as e:  # URLError is an OSError
         raise DownloadError(f"{entry.url}: download failed ({getattr(e, 'reason', e)}); "
                             "check the network or copy the file into "
                             f"{dest_dir} yourself") from None
-    finally:
-        if tmp.exists():
-            tmp.unlink()
     return dest
 
 

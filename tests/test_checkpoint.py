@@ -45,6 +45,19 @@ def test_round_trip_identical_outputs(tmp_path, name):
     assert loaded.checkpoint_path == str(path)
 
 
+def test_saved_file_is_readable_by_others_like_any_new_file(tmp_path):
+    import os
+    import stat
+
+    old = os.umask(0o022)
+    try:
+        path = _save(tmp_path / "m.safetensors", _model())
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o644  # was 0600 (tempfile.mkstemp)
+    assert os.listdir(tmp_path) == ["m.safetensors"]  # the temporary file was renamed, none left
+
+
 def test_header_metadata_is_json_with_everything(tmp_path):
     path = _save(tmp_path / "m.safetensors", _model())
     with safe_open(str(path), framework="pt") as f:

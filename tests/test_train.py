@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 import subprocess
 import sys
 import textwrap
@@ -50,7 +51,11 @@ def data(tmp_path_factory):
 
 def test_two_epochs_learn_and_write_run_folder(data, tmp_path):
     out = tmp_path / "run"
-    summary = train(tiny_config(data, out, optimizer="adamw", lr=3e-3), progress=False)
+    old_umask = os.umask(0o022)
+    try:
+        summary = train(tiny_config(data, out, optimizer="adamw", lr=3e-3), progress=False)
+    finally:
+        os.umask(old_umask)
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in rows] == [1, 2]
     assert rows[-1]["train_loss"] < rows[0]["train_loss"]
@@ -60,6 +65,9 @@ def test_two_epochs_learn_and_write_run_folder(data, tmp_path):
     for name in ("last.safetensors", "best.safetensors", "state.pt", "config.json"):
         assert (out / name).is_file()
     assert not [p for p in os.listdir(out) if ".tmp" in p]  # atomic writes left no temp files
+    # a shared run folder is readable by others: files get 0666 & ~umask, not mkstemp's 0600
+    for name in ("last.safetensors", "best.safetensors", "state.pt", "config.json", "metrics.jsonl"):
+        assert stat.S_IMODE(os.stat(out / name).st_mode) == 0o644, name
     # the checkpoint records the recipe and preprocessing, and loads for prediction
     model = load_model(str(out / "best.safetensors"))
     assert model.preprocessing.input_size == 32 and model.preprocessing.grayscale
