@@ -114,6 +114,20 @@ def output_paths(spec: Optional[str], videos: list[str], suffix: str, option: st
     return paths
 
 
+def check_render_formats(annotate_to: dict[str, Path], plot_to: dict[str, Path]) -> None:
+    """Refuse, as a usage error (exit 2) before any video is read, an --annotate path whose
+    suffix is not a video container dfer can write, or a --plot path whose suffix is not an
+    image format matplotlib can write."""
+    from dfer_cli.render import plot_format, video_container
+
+    for option, targets, check in (("--annotate", annotate_to, video_container), ("--plot", plot_to, plot_format)):
+        for p in dict.fromkeys(targets.values()):
+            try:
+                check(p)
+            except ValueError as e:
+                fail(f"{option} {p}: {e}", 2)
+
+
 def default_format(output: Optional[Path]) -> str:
     """table on a terminal, else jsonl; with --output, the format its suffix names."""
     if output is not None:
@@ -223,9 +237,9 @@ def predict_cmd(
     annotate: Optional[str] = typer.Option(None, "--annotate", metavar="OUT",
                                            help="Write an annotated video. Several inputs: a directory or a "
                                                 "pattern with {stem} / {index}."),
-    plot: Optional[str] = typer.Option(None, "--plot", metavar="PNG",
-                                       help="Write a timeline plot. Several inputs: a directory or a "
-                                            "pattern with {stem} / {index}."),
+    plot: Optional[str] = typer.Option(None, "--plot", metavar="IMAGE",
+                                       help="Write a timeline plot (.png, .jpg, .pdf, .svg...). Several inputs: "
+                                            "a directory or a pattern with {stem} / {index}."),
     threads: Optional[int] = typer.Option(None, "--threads", min=1, help="CPU threads for torch."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar or summary on stderr (errors still)."),
 ) -> None:
@@ -248,6 +262,7 @@ def predict_cmd(
     videos = [p for p, err in items if err is None]
     annotate_to = output_paths(annotate, videos, ".annotated.mp4", "--annotate")
     plot_to = output_paths(plot, videos, ".timeline.png", "--plot")
+    check_render_formats(annotate_to, plot_to)
     if output is not None:
         output = output.expanduser()
         for video in videos:

@@ -17,7 +17,54 @@ from pathlib import Path
 
 import numpy as np
 
+from dfer_cli.fsutil import atomic_path
 from dfer_cli.results import ClipPrediction, VideoResult
+
+# Containers `annotate_video` writes (suffix -> FFmpeg muxer), all checked to take both
+# H.264 and MPEG-4 Part 2 video; others (.webm, .gif, .flv with MPEG-4...) refuse one or both.
+VIDEO_CONTAINERS = {".mp4": "mp4", ".mkv": "matroska", ".mov": "mov", ".m4v": "ipod", ".avi": "avi"}
+
+
+def _or_list(items) -> str:
+    items = list(items)
+    return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " or " + items[-1]
+
+
+def video_container(dst: str | Path) -> str:
+    """The FFmpeg muxer `annotate_video` uses for `dst`, from its suffix (case-insensitive).
+
+    Raises ValueError (one line, naming the suffixes to use) for a suffix it cannot write,
+    so callers can refuse the path before any video is decoded.
+    """
+    import av
+
+    usable = {k: v for k, v in VIDEO_CONTAINERS.items() if v in av.formats_available}
+    fmt = usable.get(Path(dst).suffix.lower())
+    if fmt is None:
+        raise ValueError(f"unknown video container; use {_or_list(list(usable))}")
+    return fmt
+
+
+def plot_suffixes() -> list[str]:
+    """The file suffixes `plot_timeline` can write (those of matplotlib's Agg canvas)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    return sorted("." + k for k in FigureCanvasAgg.get_supported_filetypes())
+
+
+def plot_format(dst: str | Path) -> str:
+    """The image format `plot_timeline` writes for `dst`, from its suffix (case-insensitive).
+
+    Raises ValueError (one line, naming the supported suffixes) when matplotlib cannot
+    write that suffix, or there is none.
+    """
+    suffix = Path(dst).suffix.lower()
+    supported = plot_suffixes()
+    if suffix not in supported:
+        what = f"unsupported image suffix {suffix}" if suffix else "no image suffix"
+        raise ValueError(f"{what}; use one of {', '.join(supported)}")
+    return suffix[1:]
+
 
 # Track colours (RGB), chosen to stay readable on skin and dark backgrounds.
 PALETTE = ((255, 196, 0), (0, 200, 255), (255, 64, 160), (120, 255, 80), (255, 120, 40), (170, 120, 255))
@@ -85,57 +132,58 @@ def annotate_video(src: str | Path, dst: str | Path, result: VideoResult, *, cod
 
     Frames come from `dfer_cli.video.iter_frames`, the decoder the pipeline uses, so times
     and rotation match the result's. The output has the same frames at the same times; its
-    container follows dst's suffix (.mp4, .mkv, .mov, ...) and the codec is H.264 when the
-    FFmpeg build has libx264, else MPEG-4 Part 2. It is written to a temporary file first,
-    so a failure never leaves a half-written dst.
+    container follows dst's suffix (one of `VIDEO_CONTAINERS`; another raises ValueError
+    before any frame is decoded) and the codec is H.264 when the FFmpeg build has libx264,
+    else MPEG-4 Part 2. It is written to a temporary file first, so a failure never leaves a
+    half-written dst.
     """
     import av
 
     from dfer_cli.video import iter_frames, probe
 
     src, dst = Path(src), Path(dst)
+    container = video_container(dst)  # before decoding anything
     timelines = track_timelines(result)
     if codec is None:
         codec = "libx264" if "libx264" in av.codecs_available else "mpeg4"
     rate = Fraction(probe(src).fps or 25.0).limit_denominator(1001)
     tb = Fraction(1, 90000)  # fine enough for any frame time; pts are taken from frame times
-    tmp = dst.with_name(f".{dst.stem}.part{dst.suffix}")
-    try:
-        with av.open(str(tmp), "w") as out:
-            ostream = None
-            last_pts = -1
-            for frame in iter_frames(src):
-                img = frame.rgb
-                if ostream is None:
-                    h, w = img.shape[:2]
-                    ostream = out.add_stream(codec, rate=rate)
-                    # yuv420p needs even sides: an odd last row/column is dropped.
-                    ostream.width, ostream.height = max(2, w - w % 2), max(2, h - h % 2)
-                    ostream.pix_fmt = "yuv420p"
-                    ostream.codec_context.time_base = tb
-                    ostream.time_base = tb
-                img = draw_annotations(img[: ostream.height, : ostream.width].copy(), frame.time, timelines)
-                vf = av.VideoFrame.from_ndarray(np.ascontiguousarray(img), format="rgb24")
-                vf.pts = max(int(round(frame.time / tb)), last_pts + 1)
-                vf.time_base = tb
-                last_pts = vf.pts
-                for packet in ostream.encode(vf):
-                    out.mux(packet)
-            for packet in ostream.encode():
+    with atomic_path(dst) as tmp, av.open(str(tmp), "w", format=container) as out:
+        ostream = None
+        last_pts = -1
+        for frame in iter_frames(src):
+            img = frame.rgb
+            if ostream is None:
+                h, w = img.shape[:2]
+                ostream = out.add_stream(codec, rate=rate)
+                # yuv420p needs even sides: an odd last row/column is dropped.
+                ostream.width, ostream.height = max(2, w - w % 2), max(2, h - h % 2)
+                ostream.pix_fmt = "yuv420p"
+                ostream.codec_context.time_base = tb
+                ostream.time_base = tb
+            img = draw_annotations(img[: ostream.height, : ostream.width].copy(), frame.time, timelines)
+            vf = av.VideoFrame.from_ndarray(np.ascontiguousarray(img), format="rgb24")
+            vf.pts = max(int(round(frame.time / tb)), last_pts + 1)
+            vf.time_base = tb
+            last_pts = vf.pts
+            for packet in ostream.encode(vf):
                 out.mux(packet)
-        tmp.replace(dst)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+        for packet in ostream.encode():
+            out.mux(packet)
     return dst
 
 
 def plot_timeline(result: VideoResult, dst: str | Path, *, dpi: int = 110) -> Path:
-    """Write a PNG with each class's probability over time, one panel per face track."""
+    """Write an image with each class's probability over time, one panel per face track.
+
+    The format follows dst's suffix: any that matplotlib writes (.png, .jpg, .pdf, .svg...,
+    see `plot_suffixes`); another suffix raises ValueError before anything is drawn.
+    """
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
     dst = Path(dst)
+    fmt = plot_format(dst)
     timelines = track_timelines(result)
     n = max(1, len(timelines))
     fig = Figure(figsize=(9, 1.2 + 2.2 * n), dpi=dpi)
@@ -168,5 +216,6 @@ def plot_timeline(result: VideoResult, dst: str | Path, *, dpi: int = 110) -> Pa
     fig.suptitle(Path(result.video).name, fontsize=11)
     fig.tight_layout()
     dst.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(str(dst), format="png")
+    with atomic_path(dst) as tmp:
+        fig.savefig(str(tmp), format=fmt)
     return dst

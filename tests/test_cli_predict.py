@@ -284,6 +284,36 @@ def test_several_inputs_annotate_into_directory_and_plot_pattern(ckpt, media, tm
     assert sorted(p.name for p in (tmp_path / "plots").iterdir()) == ["1-blank.png", "2-two.png"]
 
 
+def test_plot_format_follows_the_suffix(ckpt, media, tmp_path):
+    from PIL import Image
+
+    r = invoke([str(media["blank"]), "-w", str(ckpt), *OPTS, "-q", "--plot", str(tmp_path / "p.jpg")])
+    assert r.exit_code == 0, r.output
+    assert Image.open(tmp_path / "p.jpg").format == "JPEG"  # was PNG bytes under a .jpg name
+
+
+@pytest.mark.parametrize("option, name, needle", [
+    ("--plot", "p.xyz", "unsupported image suffix .xyz; use one of "),
+    ("--plot", "p", "no image suffix; use one of "),
+    ("--annotate", "out.xyz", "unknown video container; use .mp4, .mkv, .mov, .m4v or .avi"),
+    ("--annotate", "out.webm", "unknown video container; use .mp4, .mkv, .mov, .m4v or .avi"),
+])
+def test_unwritable_suffix_is_usage_error_before_any_work(ckpt, media, tmp_path, monkeypatch, option, name, needle):
+    import dfer_cli.predict
+
+    def no_work(*a, **k):
+        raise AssertionError("a video was processed before the usage error")
+
+    monkeypatch.setattr(dfer_cli.predict, "predict_video", no_work)
+    monkeypatch.chdir(tmp_path)
+    r = invoke([str(media["blank"]), "-w", str(ckpt), *OPTS, option, name])
+    assert r.exit_code == 2 and r.stdout == ""
+    assert r.stderr.startswith(f"dfer: {option} {name}: {needle}") and r.stderr.count("\n") == 1
+    if option == "--plot":
+        assert ".png" in r.stderr and ".jpg" in r.stderr and ".pdf" in r.stderr and ".svg" in r.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_unwritable_plot_is_reported_and_counts_as_failure(ckpt, media, tmp_path):
     blocker = tmp_path / "file.txt"
     blocker.write_text("a file where a folder should be")

@@ -1,4 +1,5 @@
-"""render.py: annotated video keeps every frame and draws the boxes; the timeline is a PNG."""
+"""render.py: annotated video keeps every frame and draws the boxes; the timeline is an image
+in the format its suffix names; unwritable suffixes are refused before any work."""
 from __future__ import annotations
 
 import numpy as np
@@ -6,7 +7,8 @@ import pytest
 from synth import make_video
 
 from dfer_cli.labels import CLASSES
-from dfer_cli.render import PALETTE, annotate_video, plot_timeline, track_timelines
+from dfer_cli.render import (PALETTE, annotate_video, plot_format, plot_suffixes, plot_timeline, track_timelines,
+                              video_container)
 from dfer_cli.results import ClipPrediction, TrackSummary, VideoResult
 
 
@@ -75,7 +77,7 @@ def test_annotate_unreadable_input_leaves_no_output(tmp_path):
     bad.write_bytes(b"not a video at all" * 10)
     with pytest.raises(ValueError, match="bad.mp4"):
         annotate_video(bad, tmp_path / "out.mp4", result_for(bad, []))
-    assert not (tmp_path / "out.mp4").exists() and not list(tmp_path.glob(".*part*"))
+    assert not (tmp_path / "out.mp4").exists() and not list(tmp_path.glob(".*"))  # no temp file left
 
 
 def test_plot_timeline_png_one_panel_per_track(tmp_path):
@@ -91,3 +93,38 @@ def test_plot_timeline_png_one_panel_per_track(tmp_path):
     assert sizes[1][1] > sizes[0][1]  # a second track adds a panel
     img = np.asarray(Image.open(one).convert("RGB"))
     assert (img.std(axis=(0, 1)) > 5).all()  # something was drawn, not a blank canvas
+
+
+def test_plot_timeline_writes_the_format_its_suffix_names(tmp_path):
+    from PIL import Image
+
+    clips = [ClipPrediction("v.mp4", 0, s, s + 1.0, [0, 0, 5, 5], probs("happy"), "happy", 0.8) for s in (0.0, 1.0)]
+    res = result_for("v.mp4", clips)
+    assert Image.open(plot_timeline(res, tmp_path / "t.jpg")).format == "JPEG"  # was PNG bytes
+    assert Image.open(plot_timeline(res, tmp_path / "t.JPEG")).format == "JPEG"
+    assert (plot_timeline(res, tmp_path / "t.pdf")).read_bytes().startswith(b"%PDF")
+    assert b"<svg" in (plot_timeline(res, tmp_path / "t.svg")).read_bytes()[:1000]
+    assert {".png", ".jpg", ".pdf", ".svg"} <= set(plot_suffixes())
+    for bad in ("t.xyz", "t"):
+        with pytest.raises(ValueError, match=r"use one of .*\.png") as e:
+            plot_timeline(res, tmp_path / bad)
+        assert "\n" not in str(e.value)
+        assert not (tmp_path / bad).exists()
+    assert plot_format("a/b.Svg") == "svg"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["t.JPEG", "t.jpg", "t.pdf", "t.svg"]  # no temp files
+
+
+def test_annotate_refuses_an_unknown_container_before_reading_the_video(tmp_path):
+    missing = tmp_path / "never-read.mp4"  # reading it would fail differently
+    with pytest.raises(ValueError, match=r"^unknown video container; use \.mp4, \.mkv, \.mov, \.m4v or \.avi$"):
+        annotate_video(missing, tmp_path / "out.xyz", result_for(missing, []))
+    assert list(tmp_path.iterdir()) == []
+    assert video_container("x.MKV") == "matroska" and video_container("x.mov") == "mov"
+
+
+@pytest.mark.parametrize("suffix", [".mkv", ".mov", ".avi"])
+def test_annotate_other_containers(tmp_path, suffix):
+    src = make_video(tmp_path / "in.mp4", frames=4, fps=8, size=(64, 48))
+    out = annotate_video(src, tmp_path / f"out{suffix}", result_for(src, []))
+    times, frames = decode(out)
+    assert len(frames) == 4 and frames[0].shape == (48, 64, 3)
