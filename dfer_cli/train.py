@@ -191,6 +191,53 @@ class EpochSampler:
         return self.n
 
 
+def batch_sizes(n: int, batch_size: int, merge_single: bool) -> list[int]:
+    """Sizes of the batches that cover `n` samples once: full batches, then the remainder.
+
+    With `merge_single`, a last batch of exactly one sample joins the one before (BatchNorm
+    in train mode cannot normalise a single value per channel, which is what the trunk sees
+    for one clip of one frame).
+    """
+    sizes = [batch_size] * (n // batch_size) + ([n % batch_size] if n % batch_size else [])
+    if merge_single and len(sizes) > 1 and sizes[-1] == 1:
+        sizes[-2:] = [sizes[-2] + 1]
+    return sizes
+
+
+def describe_batches(sizes: list[int]) -> str:
+    """'1 batch of 32 + 1 of 10', '12 batches of 6'..."""
+    parts, i = [], 0
+    while i < len(sizes):
+        j = i
+        while j < len(sizes) and sizes[j] == sizes[i]:
+            j += 1
+        k = j - i
+        parts.append(f"{k} {'batch' if k == 1 else 'batches'} of {sizes[i]}" if not parts else f"{k} of {sizes[i]}")
+        i = j
+    return " + ".join(parts) if parts else "no batches"
+
+
+class EpochBatches:
+    """Batch sampler: the indices of `sampler` (re-read each epoch) cut into `batch_sizes`,
+    so every sample is used every epoch and the order still depends only on (seed, epoch)."""
+
+    def __init__(self, sampler, batch_size: int, merge_single: bool):
+        self.sampler, self.batch_size, self.merge_single = sampler, batch_size, merge_single
+
+    def sizes(self) -> list[int]:
+        return batch_sizes(len(self.sampler), self.batch_size, self.merge_single)
+
+    def __iter__(self):
+        indices = list(self.sampler)
+        start = 0
+        for size in self.sizes():
+            yield indices[start:start + size]
+            start += size
+
+    def __len__(self) -> int:
+        return len(self.sizes())
+
+
 class _Reporter:
     """Progress on stderr: a rich bar on a terminal, plain log lines otherwise."""
 
@@ -383,12 +430,17 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True, rich
         net = torch.nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None)
 
-    sampler = (DistributedSampler(train_ds, num_replicas=world, rank=rank, seed=cfg.seed, drop_last=True)
+    # every clip every epoch; under DDP the sampler repeats a few clips so that all
+    # processes get the same number (and run the same number of steps)
+    sampler = (DistributedSampler(train_ds, num_replicas=world, rank=rank, seed=cfg.seed, drop_last=False)
                if distributed else EpochSampler(len(train_ds), cfg.seed))
-    per_rank = len(sampler) if distributed else len(train_ds)
-    drop_last = per_rank > cfg.batch_size
-    loader = DataLoader(train_ds, batch_size=cfg.batch_size, sampler=sampler, num_workers=cfg.workers,
-                        drop_last=drop_last, pin_memory=device.type == "cuda")
+    # the trunk's BatchNorm sees B*T frames: only B = T = 1 cannot be normalised
+    batches = EpochBatches(sampler, cfg.batch_size, merge_single=cfg.frames == 1)
+    if cfg.frames == 1 and len(sampler) == 1:
+        raise ValueError("one training clip with --frames 1 cannot be trained (BatchNorm needs at least "
+                         "two frames per batch); add clips or use --frames 2 or more")
+    loader = DataLoader(train_ds, batch_sampler=batches, num_workers=cfg.workers,
+                        pin_memory=device.type == "cuda")
     steps_per_epoch = len(loader)
     total_steps = steps_per_epoch * cfg.epochs
     warmup_steps = int(round(cfg.warmup_epochs * steps_per_epoch))
@@ -403,8 +455,10 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True, rich
             tb = SummaryWriter(os.path.join(out, "tensorboard"))
         except Exception:  # tensorboard not installed: scalars go to metrics.jsonl only
             tb = None
-    rep.log(f"training {cfg.model} on {len(train_ds)} clips ({steps_per_epoch} batches of {cfg.batch_size}"
-            f"{f' x {world} processes' if distributed else ''}), validating on "
+    padded = len(sampler) * world - len(train_ds)
+    rep.log(f"training {cfg.model} on {len(train_ds)} clips ({describe_batches(batches.sizes())}"
+            f"{f' x {world} processes' if distributed else ''}"
+            f"{f', {padded} repeated to even out the processes' if padded else ''}), validating on "
             f"{len(val_ds) if val_ds else 0}; device {device}; output {out}")
 
     autocast_dtype = torch.bfloat16 if use_amp and torch.cuda.is_bf16_supported() else torch.float16

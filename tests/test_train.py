@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from dfer_cli.checkpoint import load_model, read_checkpoint
-from dfer_cli.train import TrainConfig, lr_at, parse_model_opts, train
+from dfer_cli.train import TrainConfig, batch_sizes, describe_batches, lr_at, parse_model_opts, train
 
 TINY = {"dim": 32, "depth": 1, "heads": 2, "dropout": 0.1, "drop_path": 0.1}
 REPO = Path(__file__).resolve().parents[1]
@@ -144,6 +144,43 @@ def test_frozen_backbone_records_no_graph():
     model.backbone.requires_grad_(False)
     feats = model.backbone(torch.randn(2, 3, 32, 32))
     assert not feats.requires_grad and feats.grad_fn is None
+
+
+def test_batches_cover_every_sample_and_merge_a_lone_last_clip():
+    assert batch_sizes(42, 32, False) == [32, 10]  # was one batch of 32: 10 clips never used
+    assert batch_sizes(33, 32, False) == [32, 1]   # one clip of T > 1 frames normalises fine
+    assert batch_sizes(33, 32, True) == [33]       # B*T == 1 would fail BatchNorm: merged
+    assert batch_sizes(5, 32, True) == [5] and batch_sizes(64, 32, True) == [32, 32]
+    assert describe_batches([32, 10]) == "1 batch of 32 + 1 of 10"
+    assert describe_batches([6] * 12) == "12 batches of 6" and describe_batches([5]) == "1 batch of 5"
+
+
+def test_every_clip_used_each_epoch_including_a_lone_single_frame_clip(data, tmp_path, capsys, monkeypatch):
+    import dfer_cli.data as dd
+
+    seen = []
+    original = dd.ClipDataset.__getitem__
+
+    def getitem(self, i):
+        if self.train:
+            seen.append((self.epoch, i))
+        return original(self, i)
+
+    monkeypatch.setattr(dd.ClipDataset, "__getitem__", getitem)
+    # 37 clips in batches of 6 leave one clip; with one 16 px frame per clip (the trunk's
+    # last maps are 1x1) that batch would be a single value per BatchNorm channel
+    train(tiny_config(data, tmp_path / "run", frames=1, input_size=16, limit=37, optimizer="sgd"), progress=True)
+    for epoch in (0, 1):
+        assert sorted(i for e, i in seen if e == epoch) == list(range(37))
+    state = torch.load(tmp_path / "run" / "state.pt", weights_only=True)
+    assert state["step"] == 2 * 6
+    assert "37 clips (5 batches of 6 + 1 of 7)" in capsys.readouterr().err
+
+    seen.clear()
+    train(tiny_config(data, tmp_path / "run2", frames=2, limit=38, epochs=1, optimizer="sgd"), progress=True)
+    assert sorted(i for _, i in seen) == list(range(38))
+    assert torch.load(tmp_path / "run2" / "state.pt", weights_only=True)["step"] == 7
+    assert "38 clips (6 batches of 6 + 1 of 2)" in capsys.readouterr().err
 
 
 def test_resume_without_state_fails_clearly(data, tmp_path):
