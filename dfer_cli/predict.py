@@ -330,7 +330,11 @@ def predict_video(
 
 
 def summarize(clips: list[ClipPrediction], classes: list[str]) -> list[TrackSummary]:
-    """Per-track summary: time span, classified clip count, mean probabilities, dominant label."""
+    """Per-track summary: time span, classified clip count, mean probabilities, dominant label.
+
+    The span (start, end) covers all the track's clips, classified or not; the count, mean
+    probabilities and label cover the classified clips only (None when there are none).
+    """
     out = []
     for tid in sorted({c.track for c in clips}):
         cs = [c for c in clips if c.track == tid]

@@ -134,3 +134,28 @@ def test_bad_file_raises_video_error(tmp_path, model):
     bad.write_text("not a video")
     with pytest.raises(VideoError, match="x.mp4"):
         dfer_cli.predict_video(model, bad)
+
+
+def test_track_summary_span_covers_unclassified_clips_as_documented():
+    """start/end of a track summary span all its clips, including those not classified
+    (face missing); clips/label/probabilities cover the classified ones. docs/predict.md
+    says so (it used to say only 'seconds during which the track has clips')."""
+    from dfer_cli.predict import summarize
+    from dfer_cli.results import ClipPrediction
+
+    def p(top):
+        return {c: (0.7 if c == top else 0.05) for c in CLASSES}
+
+    box = [0.0, 0.0, 10.0, 10.0]
+    clips = [ClipPrediction("v.mp4", 0, 0.0, 2.0, box, None, None, None, "face missing in 12/16 frames"),
+             ClipPrediction("v.mp4", 0, 1.0, 3.0, box, p("sad"), "sad", 0.7),
+             ClipPrediction("v.mp4", 0, 2.0, 4.0, box, p("sad"), "sad", 0.7),
+             ClipPrediction("v.mp4", 0, 3.0, 5.0, box, None, None, None, "face missing in 9/16 frames"),
+             ClipPrediction("v.mp4", 1, 0.0, 2.0, box, None, None, None, "face missing in 16/16 frames")]
+    t0, t1 = summarize(clips, list(CLASSES))
+    assert (t0.start, t0.end, t0.clips, t0.label) == (0.0, 5.0, 2, "sad")
+    assert t0.probabilities["sad"] == pytest.approx(0.7)
+    assert (t1.start, t1.end, t1.clips, t1.label, t1.probabilities) == (0.0, 2.0, 0, None, None)
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "predict.md").read_text()
+    row = next(line for line in doc.split("Track summary", 1)[1].splitlines() if line.startswith("| `start`"))
+    assert "classified or not" in row and "face missing" in row
