@@ -445,3 +445,28 @@ def weights_download(
     except DownloadError as e:
         fail(str(e), 1)
     typer.echo(str(path))
+
+
+@weights_app.command("export")
+def weights_export(
+    src: str = typer.Argument(..., help="A checkpoint path or name (e.g. runs/x/best.safetensors)."),
+    dst: Path = typer.Argument(..., help="The .safetensors file to write."),
+    half: bool = typer.Option(True, "--half/--float32", help="Store floating tensors as float16 (half the size)."),
+) -> None:
+    """Copy a checkpoint for distribution: model, classes, preprocessing and provenance kept,
+    tensors stored in half precision by default; prints the new file's sha256."""
+    from dfer_cli.checkpoint import CheckpointError, load_model, save_checkpoint
+    from dfer_cli.weights import file_sha256
+
+    if dst.suffix != ".safetensors":
+        fail(f"{dst}: the exported file must end in .safetensors", 2)
+    try:
+        model = load_model(src)
+    except (CheckpointError, FileNotFoundError) as e:
+        fail(str(e), 1)
+    provenance = dict(model.provenance)
+    provenance["exported_from"] = {"file": Path(model.checkpoint_path).name,
+                                   "dtype": "float16" if half else "float32"}
+    save_checkpoint(dst, model, classes=model.classes, preprocessing=model.preprocessing,
+                    provenance=provenance, half=half)
+    typer.echo(f"{dst}  {dst.stat().st_size / 1e6:.2f} MB  sha256 {file_sha256(dst)}")

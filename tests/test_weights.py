@@ -111,3 +111,35 @@ def test_cli_weights_download_and_list(dirs, published):
     assert r.exit_code == 2 and "unknown weights name 'nope'" in r.stderr
     r = runner.invoke(app, ["weights", "download", W.DEFAULT_WEIGHTS])
     assert r.exit_code == 1 and "not published" in r.stderr
+
+
+def test_cli_weights_export_half_keeps_predictions(tmp_path):
+    import torch
+
+    from dfer_cli.checkpoint import load_model, read_checkpoint, save_checkpoint
+    from dfer_cli.labels import CLASSES
+    from dfer_cli.models import create_model
+    from dfer_cli.preprocess import Preprocessing
+
+    torch.manual_seed(0)
+    m = create_model("logo_former", dim=32, depth=1, heads=2, input_size=32, num_frames=4).eval()
+    src = save_checkpoint(tmp_path / "run" / "best.safetensors", m, classes=CLASSES,
+                          preprocessing=Preprocessing(input_size=32, num_frames=4, grayscale=True),
+                          provenance={"epochs": 3})
+    dst = tmp_path / "out" / "small.safetensors"
+    res = CliRunner().invoke(app, ["weights", "export", str(src), str(dst)])
+    assert res.exit_code == 0, res.output
+    assert hashlib.sha256(dst.read_bytes()).hexdigest() in res.output
+    tensors, meta = read_checkpoint(dst)
+    assert meta["dtype"] == "float16" and meta["preprocessing"]["grayscale"] is True
+    assert meta["provenance"]["epochs"] == 3
+    assert meta["provenance"]["exported_from"]["file"] == "best.safetensors"
+    assert dst.stat().st_size < 0.6 * src.stat().st_size
+    x = torch.randn(2, 4, 3, 32, 32)
+    with torch.inference_mode():
+        a, b = m(x).softmax(-1), load_model(dst)(x).softmax(-1)
+    assert torch.allclose(a, b, atol=5e-3)
+    bad = CliRunner().invoke(app, ["weights", "export", str(src), str(tmp_path / "x.pt")])
+    assert bad.exit_code == 2 and "must end in .safetensors" in bad.output
+    missing = CliRunner().invoke(app, ["weights", "export", str(tmp_path / "nope.safetensors"), str(dst)])
+    assert missing.exit_code == 1 and "nope.safetensors" in missing.output
