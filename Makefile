@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/dfer models
+	$(BIN)/dfer predict examples/single_face_smile.mp4 --window 1 --stride 0.5
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
