@@ -1,0 +1,49 @@
+"""The bundled default checkpoint: it is found, fed the way it was trained, and does its job
+on the credited example clip."""
+import hashlib
+import re
+from pathlib import Path
+
+import pytest
+
+import dfer_cli
+from dfer_cli.labels import CLASSES
+from dfer_cli.preprocess import FER2013_TEMPLATE
+from dfer_cli.weights import DEFAULT_WEIGHTS, bundled_dir
+
+ROOT = Path(__file__).resolve().parent.parent
+FILE = bundled_dir() / f"{DEFAULT_WEIGHTS}.safetensors"
+
+
+@pytest.fixture(scope="module")
+def model():
+    return dfer_cli.load_model(str(FILE))
+
+
+def test_model_card_names_the_file_hash():
+    card = (bundled_dir() / "README.md").read_text()
+    digest = hashlib.sha256(FILE.read_bytes()).hexdigest()
+    assert digest in card
+    assert FILE.stat().st_size < 50e6
+
+
+def test_preprocessing_is_what_it_was_trained_with(model):
+    pre = model.preprocessing
+    assert (pre.input_size, pre.num_frames, pre.grayscale) == (48, 16, True)
+    assert [c for p in pre.template for c in p] == pytest.approx([c for p in FER2013_TEMPLATE for c in p])
+    assert list(model.classes) == list(CLASSES)
+    assert model.provenance["data"]  # training provenance travels with the weights
+
+
+def test_smile_example_reads_happy(model):
+    res = dfer_cli.predict_video(model, ROOT / "examples" / "single_face_smile.mp4", window=1.0, stride=0.5)
+    assert len(res.tracks) == 1 and all(c.status == "ok" for c in res.clips)
+    assert res.clips[-1].label == "happy" and res.clips[-1].confidence > 0.5
+    assert res.tracks[0].label == "happy"
+
+
+def test_readme_quotes_the_measured_val_scores():
+    card = (bundled_dir() / "README.md").read_text()
+    readme = (ROOT / "README.md").read_text()
+    war, uar = re.search(r"WAR \(accuracy\) ([\d.]+) %, UAR ([\d.]+) %", card).groups()
+    assert f"{war} %" in readme and f"{uar} % UAR" in readme
