@@ -6,7 +6,6 @@ torch / torchvision take seconds to import, so every command imports them lazily
 from __future__ import annotations
 
 import json
-import sys
 from typing import Optional
 
 import typer

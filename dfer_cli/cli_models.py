@@ -5,7 +5,7 @@ import json
 
 import typer
 
-from dfer_cli.cli import app, fail  # noqa: F401
+from dfer_cli.cli import app
 
 GROWTH_FRAMES = (8, 16, 32, 64)
 

@@ -144,3 +144,19 @@ def face_image() -> np.ndarray:
     from PIL import Image
 
     return np.asarray(Image.open(DATA_DIR / "face_smile.png").convert("RGB"))
+
+
+def tiny_model(num_frames: int = 16, seed: int = 0):
+    """A tiny, randomly initialised logo_former at 32 px that carries `.preprocessing` and
+    `.classes` like a model from `load_model`, in eval mode."""
+    import torch
+
+    from dfer_cli.labels import CLASSES
+    from dfer_cli.models import create_model
+    from dfer_cli.preprocess import Preprocessing
+
+    torch.manual_seed(seed)
+    m = create_model("logo_former", dim=32, depth=1, heads=2, input_size=32, num_frames=num_frames)
+    m.preprocessing = Preprocessing(input_size=32, num_frames=num_frames)
+    m.classes = list(CLASSES)
+    return m.eval()

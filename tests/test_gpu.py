@@ -1,22 +1,17 @@
 """CUDA paths: half-precision inference and training steps. Skipped without a GPU."""
 import pytest
 import torch
-from synth import face_image, make_video
+from synth import face_image, make_video, tiny_model
 
 import dfer_cli
 from dfer_cli.labels import CLASSES
 from dfer_cli.models import create_model
-from dfer_cli.preprocess import Preprocessing
 
 pytestmark = pytest.mark.gpu
 
 
 def tiny():
-    torch.manual_seed(0)
-    m = create_model("logo_former", dim=32, depth=1, heads=2, input_size=32, num_frames=16)
-    m.preprocessing = Preprocessing(input_size=32, num_frames=16)
-    m.classes = list(CLASSES)
-    return m.eval()
+    return tiny_model(16)
 
 
 def test_autocast_forward_matches_cpu():

@@ -4,23 +4,16 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-import torch
-from synth import DATA_DIR, face_image, make_video, moving_blobs, paste
+from synth import DATA_DIR, face_image, make_video, moving_blobs, paste, tiny_model
 
 import dfer_cli
 from dfer_cli.clips import WindowPlan
 from dfer_cli.labels import CLASSES
-from dfer_cli.models import create_model
-from dfer_cli.preprocess import Preprocessing
 
 
 @pytest.fixture(scope="module")
 def model():
-    torch.manual_seed(0)
-    m = create_model("logo_former", dim=32, depth=1, heads=2, input_size=32, num_frames=16)
-    m.preprocessing = Preprocessing(input_size=32, num_frames=16)
-    m.classes = list(CLASSES)
-    return m.eval()
+    return tiny_model(16)
 
 
 @pytest.fixture(scope="module")
