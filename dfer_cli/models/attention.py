@@ -68,6 +68,19 @@ class JointAttention(nn.Module):
         return y[:, 1:], y[:, :1]
 
 
+def attend_in_groups(attn: "Attention", groups: torch.Tensor, cls: torch.Tensor):
+    """Attention within each group of tokens, with [CLS] joining every group.
+
+    groups: (B*G, L, D), the G groups of each clip consecutive; cls: (B, 1, D). [CLS] is
+    copied into each group as one extra token and its G outputs are averaged. Returns the
+    group tokens (B*G, L, D) and the new [CLS] (B, 1, D).
+    """
+    B = cls.shape[0]
+    G = groups.shape[0] // B
+    y = attn(torch.cat([cls.repeat_interleave(G, dim=0), groups], dim=1))  # (B*G, 1+L, D)
+    return y[:, 1:], y[:, :1].reshape(B, G, 1, -1).mean(dim=1)
+
+
 class SpaceAttention(nn.Module):
     """Attention within each frame. [CLS] joins every frame's attention (as one extra
     token, copied per frame) and its T outputs are averaged, as in TimeSformer."""
@@ -79,11 +92,8 @@ class SpaceAttention(nn.Module):
     def forward(self, x, cls, grid: Grid):
         B, N, D = x.shape
         T, H, W = grid
-        frames = x.reshape(B * T, H * W, D)                          # (B*T, HW, D)
-        cls_t = cls.repeat_interleave(T, dim=0)                      # (B*T, 1, D)
-        y = self.attn(torch.cat([cls_t, frames], dim=1))             # (B*T, 1+HW, D)
-        cls = y[:, :1].reshape(B, T, 1, D).mean(dim=1)               # (B, 1, D)
-        return y[:, 1:].reshape(B, N, D), cls
+        y, cls = attend_in_groups(self.attn, x.reshape(B * T, H * W, D), cls)  # (B*T, HW, D)
+        return y.reshape(B, N, D), cls
 
 
 class TimeAttention(nn.Module):
@@ -101,10 +111,8 @@ class TimeAttention(nn.Module):
         B, N, D = x.shape
         T, H, W = grid
         tubes = x.reshape(B, T, H * W, D).transpose(1, 2).reshape(B * H * W, T, D)  # (B*HW, T, D)
-        cls_p = cls.repeat_interleave(H * W, dim=0)                                 # (B*HW, 1, D)
-        y = self.attn(torch.cat([cls_p, tubes], dim=1))                             # (B*HW, 1+T, D)
-        cls = y[:, :1].reshape(B, H * W, 1, D).mean(dim=1)                          # (B, 1, D)
-        y = y[:, 1:].reshape(B, H * W, T, D).transpose(1, 2).reshape(B, N, D)       # (B, N, D)
+        y, cls = attend_in_groups(self.attn, tubes, cls)                            # (B*HW, T, D)
+        y = y.reshape(B, H * W, T, D).transpose(1, 2).reshape(B, N, D)              # (B, N, D)
         return y, cls
 
 
