@@ -153,6 +153,31 @@ def load_model(name_or_path="logo_former_fer2013", device="cpu"):
     return model.to(device).eval()
 
 
+def with_num_frames(model, num_frames: int):
+    """A copy of a loaded model (from :func:`load_model`) that takes clips of ``num_frames``.
+
+    This is how a model trained on stills (``num_frames=1``) becomes a video model: the
+    temporal position embedding is repeated and a LOGO window pool kernel is spread evenly
+    over the window's frames (see :func:`load_state_partial`); every other tensor is copied.
+    The preprocessing's ``num_frames`` follows. Raises ValueError if a tensor cannot be
+    carried over.
+    """
+    from dataclasses import replace
+
+    from dfer_cli.models import create_model
+
+    config = replace(model.config, num_frames=int(num_frames), backbone_weights=None).to_dict()
+    new = create_model(model.model_name, **config)
+    loaded, skipped = load_state_partial(new, model.state_dict())
+    if skipped:
+        raise ValueError(f"cannot make a {num_frames}-frame model: {'; '.join(skipped[:3])}")
+    new.classes = list(model.classes)
+    new.preprocessing = Preprocessing.from_dict({**model.preprocessing.to_dict(), "num_frames": int(num_frames)})
+    new.provenance = dict(model.provenance)
+    new.checkpoint_path = model.checkpoint_path
+    return new.eval()
+
+
 def load_state_partial(model: torch.nn.Module, state_dict: dict) -> tuple[list[str], list[str]]:
     """Load every tensor of ``state_dict`` whose name and shape fit ``model``; report the rest.
 

@@ -241,6 +241,9 @@ def predict_cmd(
                                        help="Write a timeline plot (.png, .jpg, .pdf, .svg...). Several inputs: "
                                             "a directory or a pattern with {stem} / {index}."),
     threads: Optional[int] = typer.Option(None, "--threads", min=1, help="CPU threads for torch."),
+    tta: str = typer.Option("none", "--tta", metavar="none|flip",
+                            help="Test-time augmentation: flip averages each clip with its mirror image "
+                                 "(twice the model cost)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar or summary on stderr (errors still)."),
 ) -> None:
     """Classify the facial expressions in videos, clip by clip and face by face.
@@ -254,6 +257,8 @@ def predict_cmd(
     if fmt not in FORMATS:
         fail(f"--format {fmt}: expected one of {', '.join(FORMATS)}", 2)
 
+    if tta not in ("none", "flip"):
+        fail(f"--tta {tta}: expected none or flip", 2)
     if min_face is not None and min_face <= 0:
         fail(f"--min-face {min_face}: must be > 0 (a fraction <= 1 or pixels > 1)", 2)
     items = collect_inputs(inputs, recursive=recursive)
@@ -318,7 +323,7 @@ def predict_cmd(
                     try:
                         result = predict_video(model, path, window=window, stride=stride, all_faces=all_faces,
                                                batch_size=batch_size, device=dev, on_clip=writer.clip,
-                                               progress=progress.callback, **detector)
+                                               progress=progress.callback, tta=tta, **detector)
                     except (KeyboardInterrupt, SystemExit):
                         raise
                     except Exception as e:  # one bad file must not stop the batch
@@ -452,10 +457,12 @@ def weights_export(
     src: str = typer.Argument(..., help="A checkpoint path or name (e.g. runs/x/best.safetensors)."),
     dst: Path = typer.Argument(..., help="The .safetensors file to write."),
     half: bool = typer.Option(True, "--half/--float32", help="Store floating tensors as float16 (half the size)."),
+    frames: Optional[int] = typer.Option(None, "--frames", min=1, help="Make the exported model take clips of "
+                                         "this many frames (e.g. 16 for a model trained on stills at 1)."),
 ) -> None:
     """Copy a checkpoint for distribution: model, classes, preprocessing and provenance kept,
     tensors stored in half precision by default; prints the new file's sha256."""
-    from dfer_cli.checkpoint import CheckpointError, load_model, save_checkpoint
+    from dfer_cli.checkpoint import CheckpointError, load_model, save_checkpoint, with_num_frames
     from dfer_cli.weights import file_sha256
 
     if dst.suffix != ".safetensors":
@@ -467,6 +474,12 @@ def weights_export(
     provenance = dict(model.provenance)
     provenance["exported_from"] = {"file": Path(model.checkpoint_path).name,
                                    "dtype": "float16" if half else "float32"}
+    if frames is not None and frames != model.config.num_frames:
+        provenance["exported_from"]["num_frames"] = model.config.num_frames
+        try:
+            model = with_num_frames(model, frames)
+        except ValueError as e:
+            fail(f"{src}: {e}", 1)
     save_checkpoint(dst, model, classes=model.classes, preprocessing=model.preprocessing,
                     provenance=provenance, half=half)
     typer.echo(f"{dst}  {dst.stat().st_size / 1e6:.2f} MB  sha256 {file_sha256(dst)}")

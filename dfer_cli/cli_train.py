@@ -36,8 +36,11 @@ def train_cmd(
     data_root: Optional[str] = typer.Option(None, "--data-root", envvar="DFER_DATA_ROOT",
                                             help="Dataset root folder (or env DFER_DATA_ROOT)."),
     split: str = typer.Option("train", "--split", help="Training split (folder layout: sub-folder name)."),
-    val_split: str = typer.Option("val", "--val-split", help="Validation split; 'none' disables validation. "
-                                  "DFEW/FERV39K: test; AFEW: val."),
+    val_split: str = typer.Option("auto", "--val-split", help="Validation split (model selection); 'none' "
+                                  "disables it; auto: val, or none with --holdout."),
+    holdout: float = typer.Option(0.0, "--holdout", help="Validate on this fraction of the training split "
+                                  "(stratified, seeded) instead of a separate split: select models without "
+                                  "touching the test data."),
     fold: Optional[int] = typer.Option(None, "--fold", min=1, max=5, help="DFEW fold 1..5."),
     model: str = typer.Option("logo_former", "--model", help="A registered model (dfer models)."),
     model_opt: List[str] = typer.Option([], "--model-opt", help="Model config override key=value "
@@ -59,6 +62,8 @@ def train_cmd(
     lr: float = typer.Option(1e-3, "--lr"),
     min_lr: float = typer.Option(0.0, "--min-lr", help="Learning rate at the end of the cosine decay."),
     momentum: float = typer.Option(0.9, "--momentum"),
+    nesterov: bool = typer.Option(False, "--nesterov", help="Nesterov momentum (sgd, sam)."),
+    clip_grad: float = typer.Option(0.0, "--clip-grad", help="Clip the global gradient norm (0: off)."),
     weight_decay: float = typer.Option(1e-4, "--weight-decay"),
     rho: float = typer.Option(0.05, "--rho", help="SAM neighbourhood radius."),
     schedule: str = typer.Option("cosine", "--schedule", help="cosine | constant (after warmup)."),
@@ -66,9 +71,17 @@ def train_cmd(
     loss: str = typer.Option("compact", "--loss", help="compact | ce."),
     lam: Optional[float] = typer.Option(None, "--lambda", help="Compact loss weight (default: the model config's)."),
     label_smoothing: float = typer.Option(0.0, "--label-smoothing", help="Label smoothing (--loss ce)."),
+    logit_adjust: float = typer.Option(0.0, "--logit-adjust", help="Train on logits + tau*log(class prior) "
+                                       "(tau; 0: off); lifts rare classes' recall."),
     crop_scale: float = typer.Option(0.8, "--crop-scale", help="Random resized crop keeps between this fraction and all of the area."),
     flip: float = typer.Option(0.5, "--flip", help="Horizontal flip probability."),
     motion: bool = typer.Option(True, "--motion/--no-motion", help="Synthetic motion on still images."),
+    rotate: float = typer.Option(12.0, "--rotate", help="Stills at --frames 1: max rotation in degrees."),
+    zoom: float = typer.Option(0.10, "--zoom", help="Stills at --frames 1: max relative zoom."),
+    shift: float = typer.Option(0.10, "--shift", help="Stills at --frames 1: max shift, fraction of the side."),
+    erase: float = typer.Option(0.5, "--erase", help="Stills at --frames 1: random erasing probability."),
+    mixup: float = typer.Option(0.0, "--mixup", help="Stills at --frames 1: probability of a mixup batch (--loss ce)."),
+    cutmix: float = typer.Option(0.0, "--cutmix", help="Stills at --frames 1: probability of a cutmix batch (--loss ce)."),
     limit: Optional[int] = typer.Option(None, "--limit", help="Use a random subset of N training samples."),
     val_limit: Optional[int] = typer.Option(None, "--val-limit", help="Use a random subset of N validation samples."),
     test_clips: int = typer.Option(1, "--test-clips", help="Validation clips per sample, averaged."),
@@ -76,7 +89,8 @@ def train_cmd(
     workers: int = typer.Option(0, "--workers", help="DataLoader worker processes."),
     threads: Optional[int] = typer.Option(None, "--threads", help="torch CPU threads."),
     device: str = typer.Option("auto", "--device", help="auto | cpu | cuda[:N] | mps."),
-    amp: bool = typer.Option(True, "--amp/--no-amp", help="Mixed precision + channels-last on CUDA."),
+    precision: str = typer.Option("auto", "--precision", help="fp32 | bf16 (autocast + channels-last; CPU or "
+                                  "CUDA) | fp16 (CUDA) | auto (CUDA: bf16/fp16, CPU: fp32)."),
     output: str = typer.Option("runs/dfer", "--output", "-o", help="Run folder."),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --output from its last epoch."),
     log_every: int = typer.Option(50, "--log-every", help="Batches between log lines when not on a terminal."),
@@ -96,15 +110,17 @@ def train_cmd(
             raise ValueError(f"--init {init} does not exist: give a dfer .safetensors checkpoint")
         cfg = TrainConfig(
             dataset=dataset, data_root=data_root or "", split=split,
-            val_split=None if val_split.lower() in ("", "none") else val_split, fold=fold,
+            val_split=_resolve_val_split(val_split, holdout), holdout=holdout, fold=fold,
             limit=limit, val_limit=val_limit, model=model, model_opts=opts, input_size=input_size,
             frames=frames, grayscale=grayscale, template=_parse_template(template) if template else None,
             template_scale=template_scale, init=init, freeze_backbone=freeze_backbone,
-            crop_scale=crop_scale, flip=flip, motion=motion, epochs=epochs, batch_size=batch_size,
-            optimizer=optimizer, lr=lr, min_lr=min_lr, momentum=momentum, weight_decay=weight_decay,
-            rho=rho, schedule=schedule, warmup_epochs=warmup_epochs, loss=loss, lam=lam,
-            label_smoothing=label_smoothing, seed=seed, workers=workers, threads=threads, device=device,
-            amp=amp, test_clips=test_clips, output=output, log_every=log_every)
+            crop_scale=crop_scale, flip=flip, motion=motion, rotate=rotate, zoom=zoom, shift=shift,
+            erase=erase, mixup=mixup, cutmix=cutmix, epochs=epochs, batch_size=batch_size,
+            optimizer=optimizer, lr=lr, min_lr=min_lr, momentum=momentum, nesterov=nesterov,
+            weight_decay=weight_decay, rho=rho, schedule=schedule, warmup_epochs=warmup_epochs, loss=loss,
+            lam=lam, label_smoothing=label_smoothing, logit_adjust=logit_adjust, clip_grad=clip_grad,
+            seed=seed, workers=workers, threads=threads, device=device, precision=precision,
+            test_clips=test_clips, output=output, log_every=log_every)
         if not resume:
             cfg.validate()
         _check_dataset_and_device(dataset, device)
@@ -118,6 +134,16 @@ def train_cmd(
     typer.echo(json.dumps({"output": summary["output"], "epochs": summary["epochs"],
                            "best_epoch": summary["best_epoch"], "best_uar": summary["best_uar"],
                            "last_war": last.get("war"), "last_uar": last.get("uar")}))
+
+
+def _resolve_val_split(val_split: str, holdout: float) -> str | None:
+    """--val-split as the run uses it: 'none'/'' -> None; 'auto' -> None with --holdout, else 'val'."""
+    v = val_split.strip()
+    if v.lower() in ("", "none"):
+        return None
+    if v.lower() == "auto":
+        return None if holdout else "val"
+    return v
 
 
 def _check_dataset_and_device(dataset: str, device: str) -> None:
@@ -151,6 +177,8 @@ def eval_cmd(
     which: str = typer.Option("best", "--which", help="With --split 5-fold: best or last checkpoint of each fold."),
     batch_size: int = typer.Option(16, "--batch-size"),
     test_clips: int = typer.Option(1, "--test-clips", help="Clips per sample at shifted segment positions, averaged."),
+    tta: str = typer.Option("none", "--tta", help="Test-time augmentation: none | flip (average with the "
+                            "mirrored clip; twice the model cost)."),
     limit: Optional[int] = typer.Option(None, "--limit", help="Score a random subset of N samples."),
     workers: int = typer.Option(0, "--workers"),
     threads: Optional[int] = typer.Option(None, "--threads"),
@@ -179,7 +207,9 @@ def eval_cmd(
     if threads:
         torch.set_num_threads(threads)
     dev = resolve_device(device)
-    kw = dict(batch_size=batch_size, test_clips=test_clips, limit=limit, device=dev, workers=workers)
+    if tta not in ("none", "flip"):
+        fail(f"--tta {tta!r}: choose none or flip", 2)
+    kw = dict(batch_size=batch_size, test_clips=test_clips, limit=limit, device=dev, workers=workers, tta=tta)
     try:
         if split == "5-fold":
             if dataset != "dfew":

@@ -16,12 +16,28 @@ import numpy as np
 from dfer_cli.metrics import Scores, confusion_matrix
 
 
+def clip_probs(model, x, tta: str = "none"):
+    """Softmax probabilities (B, C) of clips (B, T, 3, S, S). ``tta="flip"`` averages them
+    with those of the left-right mirrored clips (test-time augmentation: a face's expression
+    does not change in a mirror; costs a second forward pass)."""
+    if tta not in TTA_MODES:
+        raise ValueError(f"tta {tta!r}: choose one of {', '.join(TTA_MODES)}")
+    p = model(x).float().softmax(-1)
+    if tta == "flip":
+        p = (p + model(x.flip(-1)).float().softmax(-1)) / 2
+    return p
+
+
+TTA_MODES = ("none", "flip")
+
+
 def predict_dataset(model, dataset, *, batch_size: int = 16, device="cpu", indices=None,
-                    workers: int = 0, on_batch=None) -> tuple[np.ndarray, np.ndarray]:
+                    workers: int = 0, on_batch=None, tta: str = "none") -> tuple[np.ndarray, np.ndarray]:
     """Class probabilities (N, C) and true labels (N,) for `dataset` (or its `indices`).
 
     Items may be (T, 3, S, S) clips or (K, T, 3, S, S) stacks of test clips, whose softmax
-    outputs are averaged. ``on_batch(done, total)`` reports progress.
+    outputs are averaged. ``tta``: see :func:`clip_probs`. ``on_batch(done, total)``
+    reports progress.
     """
     import torch
     from torch.utils.data import DataLoader, Subset
@@ -37,9 +53,9 @@ def predict_dataset(model, dataset, *, batch_size: int = 16, device="cpu", indic
                 x = x.to(device)
                 if x.dim() == 6:  # (B, K, T, C, H, W): average over the K test clips
                     b, k = x.shape[:2]
-                    p = model(x.flatten(0, 1)).float().softmax(-1).view(b, k, -1).mean(1)
+                    p = clip_probs(model, x.flatten(0, 1), tta).view(b, k, -1).mean(1)
                 else:
-                    p = model(x).float().softmax(-1)
+                    p = clip_probs(model, x, tta)
                 probs.append(p.cpu().numpy())
                 labels.append(y.numpy())
                 done += len(y)
@@ -84,10 +100,11 @@ class FoldSummary:
         }
 
 
-def evaluate(model, dataset, *, batch_size: int = 16, device="cpu", workers: int = 0, on_batch=None) -> Scores:
+def evaluate(model, dataset, *, batch_size: int = 16, device="cpu", workers: int = 0, on_batch=None,
+             tta: str = "none") -> Scores:
     """Scores of `model` on `dataset`, in the model's class order."""
     probs, labels = predict_dataset(model, dataset, batch_size=batch_size, device=device,
-                                    workers=workers, on_batch=on_batch)
+                                    workers=workers, on_batch=on_batch, tta=tta)
     classes = getattr(model, "classes", None) or dataset.classes
     return score(probs, labels, classes)
 
@@ -131,7 +148,7 @@ def remap_to_classes(samples, classes) -> tuple[list, list]:
 
 def evaluate_checkpoint(weights, dataset: str, data_root: str, split: str, *, fold: int | None = None,
                         batch_size: int = 16, test_clips: int = 1, limit: int | None = None,
-                        device="cpu", workers: int = 0, on_batch=None, seed: int = 0):
+                        device="cpu", workers: int = 0, on_batch=None, seed: int = 0, tta: str = "none"):
     """Load `weights` (path or name) and score it on a dataset split with the checkpoint's
     own preprocessing and class order. Returns (Scores, DataReport)."""
     from dfer_cli.checkpoint import load_model
@@ -145,7 +162,8 @@ def evaluate_checkpoint(weights, dataset: str, data_root: str, split: str, *, fo
     if not samples:
         raise ValueError(f"no usable samples in {data_root} split {split!r}" + (f" fold {fold}" if fold else ""))
     ds = ClipDataset(samples, model.preprocessing, train=False, classes=model.classes, test_clips=test_clips)
-    return evaluate(model, ds, batch_size=batch_size, device=device, workers=workers, on_batch=on_batch), report
+    return evaluate(model, ds, batch_size=batch_size, device=device, workers=workers, on_batch=on_batch,
+                    tta=tta), report
 
 
 def evaluate_folds(run_dir: str, data_root: str, *, which: str = "best", **kw) -> FoldSummary:

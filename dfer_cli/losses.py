@@ -88,3 +88,12 @@ class CompactLoss(nn.Module):
 
     def extra_repr(self) -> str:
         return f"lam={self.lam}, symmetric={self.symmetric}"
+
+
+def logit_adjustment(class_counts, tau: float = 1.0) -> torch.Tensor:
+    """``tau * log(prior)`` per class, the offset that logit-adjusted training adds to the
+    logits before the loss (Menon et al., "Long-tail learning via logit adjustment", ICLR
+    2021). Trained this way, the raw logits estimate a balanced posterior, so rare classes
+    (FER2013's disgust: 1.5 % of the images) are predicted more often: higher UAR."""
+    counts = torch.as_tensor(class_counts, dtype=torch.float32).clamp(min=1)
+    return tau * torch.log(counts / counts.sum())

@@ -83,6 +83,7 @@ def predict_video(
     cut_threshold: float | None = _tracking.CUT_THRESHOLD,
     detector: _faces.FaceDetector | None = None,
     timings: dict | None = None,
+    tta: str = "none",
 ) -> VideoResult:
     """Predict facial expressions over time for the faces in one video.
 
@@ -104,6 +105,8 @@ def predict_video(
     disables). min_coverage: share of a clip's frames that must show the face for it to be
     classified; otherwise the clip is reported with label None and a status.
     timings: optional dict that receives seconds spent per stage (decode, detect, align, model).
+    tta: "flip" averages each clip's probabilities with its mirror image's (twice the model
+    cost; see evaluate.clip_probs).
 
     A video without faces gives a VideoResult with no clips and no tracks. Raises
     `video.VideoError` when the file cannot be read.
@@ -113,7 +116,11 @@ def predict_video(
     import torch
 
     from dfer_cli import video as _video
+    from dfer_cli.evaluate import TTA_MODES, clip_probs
     from dfer_cli.preprocess import frames_to_tensor
+
+    if tta not in TTA_MODES:
+        raise ValueError(f"tta {tta!r}: choose one of {', '.join(TTA_MODES)}")
 
     pre = model.preprocessing
     classes = list(model.classes)
@@ -161,12 +168,8 @@ def predict_video(
         if xs:
             batch = torch.stack(xs).to(dev)  # (B, T, 3, S, S)
             with torch.inference_mode():
-                if dev.type == "cuda":
-                    with torch.autocast("cuda", dtype=torch.float16):
-                        logits = model(batch)
-                else:
-                    logits = model(batch)
-                probs = torch.softmax(logits.float(), dim=-1).cpu().numpy()  # (B, C)
+                with torch.autocast("cuda", dtype=torch.float16, enabled=dev.type == "cuda"):
+                    probs = clip_probs(model, batch, tta).cpu().numpy()  # (B, C)
         tm["model"] += time.perf_counter() - t0
         i = 0
         for clip, x in queue:

@@ -38,6 +38,7 @@ from dfer_cli.preprocess import DEFAULT_TEMPLATE, Preprocessing, zoom_template
 
 OPTIMIZERS = ("sam", "sgd", "adamw")
 LOSSES = ("compact", "ce")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
 
 @dataclass
@@ -47,6 +48,8 @@ class TrainConfig:
     data_root: str = ""
     split: str = "train"               # training split (folder layouts: a sub-folder name)
     val_split: str | None = "val"      # validation split; None or "" disables validation
+    holdout: float = 0.0               # >0: validate on this stratified, seeded fraction carved
+                                       # out of the training split instead (val_split must be None)
     fold: int | None = None            # DFEW fold 1..5
     limit: int | None = None           # keep a seeded random subset of the training samples
     val_limit: int | None = None       # same for validation
@@ -64,6 +67,14 @@ class TrainConfig:
     crop_scale: float = 0.8            # random resized crop keeps [crop_scale, 1] of the area
     flip: float = 0.5
     motion: bool = True                # synthetic motion for still images
+    # still images trained one frame at a time (frames=1) are augmented a batch at a time
+    # (data/stills.py); these apply to them instead of crop_scale/motion
+    rotate: float = 12.0               # max rotation, degrees
+    zoom: float = 0.10                 # max relative zoom
+    shift: float = 0.10                # max translation, fraction of the side
+    erase: float = 0.5                 # random erasing probability
+    mixup: float = 0.0                 # probability of a mixup batch (needs loss="ce")
+    cutmix: float = 0.0                # probability of a cutmix batch (needs loss="ce")
     # optimisation
     epochs: int = 100
     batch_size: int = 32
@@ -71,6 +82,7 @@ class TrainConfig:
     lr: float = 1e-3
     min_lr: float = 0.0                # end of the cosine decay
     momentum: float = 0.9
+    nesterov: bool = False             # Nesterov momentum for sgd / sam
     weight_decay: float = 1e-4
     rho: float = 0.05                  # SAM neighbourhood radius
     schedule: str = "cosine"           # cosine | constant
@@ -78,12 +90,17 @@ class TrainConfig:
     loss: str = "compact"              # compact | ce
     lam: float | None = None           # compact loss weight (None: dfer_cli.losses default)
     label_smoothing: float = 0.0       # for loss="ce"
+    logit_adjust: float = 0.0          # tau: train on logits + tau * log(class prior) (Menon et
+                                       # al. 2021), test on raw logits: lifts rare-class recall (UAR)
+    clip_grad: float = 0.0             # >0: clip the global gradient norm to this
     # run
     seed: int = 0
     workers: int = 0                   # DataLoader worker processes
     threads: int | None = None         # torch CPU threads
     device: str = "auto"
-    amp: bool = True                   # bf16/fp16 autocast + channels-last, CUDA only
+    precision: str = "auto"            # fp32 | bf16 (autocast + channels_last, CPU or CUDA) | fp16
+                                       # (CUDA, with a GradScaler) | auto (CUDA: bf16 if supported, else
+                                       # fp16; CPU: fp32)
     test_clips: int = 1                # validation clips per sample (averaged)
     output: str = "runs/dfer"
     log_every: int = 50                # batches between plain log lines (non-terminal)
@@ -113,6 +130,17 @@ class TrainConfig:
         for name in ("epochs", "batch_size", "frames", "input_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"--precision {self.precision!r}: choose one of {', '.join(PRECISIONS)}")
+        if not 0 <= self.holdout < 1:
+            raise ValueError(f"--holdout must be in [0, 1), got {self.holdout}")
+        if self.holdout and self.val_split:
+            raise ValueError(f"--holdout and --val-split {self.val_split} both choose the validation set; "
+                             "pass --val-split none with --holdout")
+        if (self.mixup or self.cutmix) and self.loss != "ce":
+            raise ValueError("--mixup/--cutmix make soft targets: use them with --loss ce")
+        if (self.mixup or self.cutmix) and self.optimizer == "sam":
+            raise ValueError("--mixup/--cutmix are not supported with --optimizer sam")
         if not 0 < self.crop_scale <= 1:
             raise ValueError(f"--crop-scale must be in (0, 1], got {self.crop_scale}")
         if not self.data_root:
@@ -292,9 +320,10 @@ def _build_optimizer(params, cfg: TrainConfig):
 
     if cfg.optimizer == "sam":
         return SAM(params, torch.optim.SGD, rho=cfg.rho, lr=cfg.lr, momentum=cfg.momentum,
-                   weight_decay=cfg.weight_decay)
+                   weight_decay=cfg.weight_decay, nesterov=cfg.nesterov)
     if cfg.optimizer == "sgd":
-        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
+                               nesterov=cfg.nesterov)
     return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
 
 
@@ -321,12 +350,20 @@ def load_datasets(cfg: TrainConfig, log=None):
         log(f"{cfg.split}: " + report.summary().replace("\n", f"\n{cfg.split}: "))
     if not samples:
         raise ValueError(f"no training samples found in {cfg.data_root} (split {cfg.split!r})")
+    held = []
+    if cfg.holdout:
+        samples, held = holdout_split(samples, cfg.holdout, cfg.seed)
     train_ds = ClipDataset(samples, pre, train=True, augment=aug, seed=cfg.seed)
     prov = {"dataset": cfg.dataset, "root": os.path.abspath(cfg.data_root), "split": cfg.split,
             "fold": cfg.fold, "train_samples": len(samples),
             "train_class_counts": dict(zip(CLASSES, class_counts(samples))),
             "train_skipped": report.counts()}
     val_ds = None
+    if held:
+        val_ds = ClipDataset(held, pre, train=False, test_clips=cfg.test_clips)
+        prov.update(val_split=f"holdout {cfg.holdout:g} of {cfg.split} (stratified, seed {cfg.seed})",
+                    val_samples=len(held), val_class_counts=dict(zip(CLASSES, class_counts(held))),
+                    holdout_sha256=_names_digest(held))
     if cfg.val_split:
         vs, vreport = scan(cfg.dataset, cfg.data_root, cfg.val_split, fold=cfg.fold, limit=cfg.val_limit,
                            seed=cfg.seed)
@@ -336,6 +373,80 @@ def load_datasets(cfg: TrainConfig, log=None):
             val_ds = ClipDataset(vs, pre, train=False, test_clips=cfg.test_clips)
         prov.update(val_split=cfg.val_split, val_samples=len(vs), val_skipped=vreport.counts())
     return train_ds, val_ds, prov
+
+
+def holdout_split(samples: list, fraction: float, seed: int) -> tuple[list, list]:
+    """(kept, held out): ``round(fraction * n_c)`` samples of every class c held out, chosen
+    by a generator seeded with ``seed`` alone, so the same data and seed always hold out the
+    same samples (whatever the run's other settings). Order within each part is kept."""
+    rng = np.random.default_rng([seed, 1009])
+    labels = np.array([s.label for s in samples])
+    out = np.zeros(len(samples), dtype=bool)
+    for c in np.unique(labels):
+        idx = np.flatnonzero(labels == c)
+        k = int(round(fraction * len(idx)))
+        out[rng.permutation(idx)[:k]] = True
+    return ([s for s, o in zip(samples, out) if not o], [s for s, o in zip(samples, out) if o])
+
+
+def _names_digest(samples: list) -> str:
+    """sha256 of the sorted sample paths relative to their dataset root's class folders."""
+    import hashlib
+
+    names = sorted(os.path.join(os.path.basename(os.path.dirname(s.path)), os.path.basename(s.path))
+                   for s in samples)
+    return hashlib.sha256("\n".join(names).encode()).hexdigest()
+
+
+def class_counts_of(dataset) -> list[int]:
+    """Samples per class (dfer's class order) in a ClipDataset."""
+    from dfer_cli.data import class_counts
+
+    return class_counts(dataset.samples)
+
+
+def resolve_precision(precision: str, device) -> str:
+    """The precision a run uses on ``device``: 'auto' picks bf16 on CUDA when supported
+    (else fp16) and fp32 on CPU. Raises ValueError for fp16 on CPU (no fast kernels, and
+    no GradScaler there)."""
+    import torch
+
+    if precision == "auto":
+        if device.type == "cuda":
+            return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+        return "fp32"
+    if precision == "fp16" and device.type != "cuda":
+        raise ValueError("--precision fp16 needs a CUDA device; use --precision bf16 on CPU")
+    return precision
+
+
+def still_batches(train_ds, cfg: TrainConfig, order, sizes: list[int]):
+    """A :class:`~dfer_cli.data.stills.StillBatches` over ``train_ds``'s images when it holds
+    only still images and clips are one frame; None otherwise (clips use the DataLoader)."""
+    if cfg.frames != 1 or any(s.kind != "image" for s in train_ds.samples):
+        return None
+    from dfer_cli.data.stills import StillAugment, StillBatches, images_to_tensor
+
+    aug = StillAugment(rotate=cfg.rotate, scale=cfg.zoom, shift=cfg.shift, flip=cfg.flip,
+                       erase=cfg.erase, mixup=cfg.mixup, cutmix=cfg.cutmix)
+    images = images_to_tensor([train_ds.load(i, None)[0][0] for i in range(len(train_ds))], cfg.input_size)
+    return StillBatches(images, train_ds.labels, cfg.preprocessing(), aug, seed=cfg.seed, order=order,
+                        sizes=sizes, num_classes=len(CLASSES))
+
+
+def write_run_command(out: str, argv: list[str] | None) -> None:
+    """Write ``command.sh`` into the run folder: the command that started the run and the
+    one that resumes it, so a background run can be picked up after a reboot."""
+    import shlex
+
+    if not argv:
+        return
+    args = [a for a in argv if a != "--resume"]
+    line = " ".join(shlex.quote(a) for a in args)
+    atomic_write_text(os.path.join(out, "command.sh"),
+                      "#!/bin/sh\n# started with:\n# " + line + "\n# resume (continues after the last "
+                      "finished epoch; same schedule, data order and RNG):\ncd " + shlex.quote(os.getcwd())
+                      + " && exec " + line + " --resume \"$@\"\n")
 
 
 def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True, rich_bar: bool | None = None,
@@ -362,7 +473,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True, rich
             raise ValueError(f"cannot resume: {state_path} does not exist (start without --resume)")
         saved = TrainConfig.from_dict(json.load(open(os.path.join(out, "config.json"))))
         # a resumed run keeps its recipe; only the length and the machine settings may change
-        for k in ("epochs", "workers", "threads", "device", "log_every"):
+        for k in ("workers", "threads", "device", "log_every"):
             setattr(saved, k, getattr(cfg, k))
         cfg = saved
     cfg.validate()
@@ -404,14 +515,24 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True, rich
         # parameters without grad and inputs without grad: autograd records nothing in the
         # trunk, so it runs as under no_grad (no activations kept for backward)
         model.backbone.requires_grad_(False)
-    use_amp = cfg.amp and device.type == "cuda"
+    precision = resolve_precision(cfg.precision, device)
+    use_amp = precision in ("bf16", "fp16")
     if use_amp:
-        model = model.to(memory_format=torch.channels_last)
+        # the trunk's 2-d convolutions only (the LOGO pool is a 3-d conv: no channels_last)
+        model.backbone.to(memory_format=torch.channels_last)
     model.to(device)
 
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = _build_optimizer(params, cfg)
     criterion = _build_loss(cfg, model)
+    scaler = torch.amp.GradScaler("cuda") if precision == "fp16" else None
+    if scaler is not None and cfg.optimizer == "sam":
+        raise ValueError("--precision fp16 with --optimizer sam is not supported (SAM's two steps "
+                         "and a GradScaler do not mix); use --precision bf16")
+    log_prior = None
+    if cfg.logit_adjust:
+        from dfer_cli.losses import logit_adjustment
+        log_prior = logit_adjustment(class_counts_of(train_ds), cfg.logit_adjust).to(device)
 
     start_epoch, step, best_uar, best_epoch = 0, 0, -1.0, None
     if resume:
@@ -439,8 +560,10 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True, rich
     if cfg.frames == 1 and len(sampler) == 1:
         raise ValueError("one training clip with --frames 1 cannot be trained (BatchNorm needs at least "
                          "two frames per batch); add clips or use --frames 2 or more")
-    loader = DataLoader(train_ds, batch_sampler=batches, num_workers=cfg.workers,
-                        pin_memory=device.type == "cuda")
+    loader = None if distributed else still_batches(train_ds, cfg, sampler, batches.sizes())
+    if loader is None:
+        loader = DataLoader(train_ds, batch_sampler=batches, num_workers=cfg.workers,
+                            pin_memory=device.type == "cuda")
     steps_per_epoch = len(loader)
     total_steps = steps_per_epoch * cfg.epochs
     warmup_steps = int(round(cfg.warmup_epochs * steps_per_epoch))
@@ -449,6 +572,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True, rich
     if is_main:
         os.makedirs(out, exist_ok=True)
         atomic_write_text(os.path.join(out, "config.json"), json.dumps(cfg.to_dict(), indent=2) + "\n")
+        write_run_command(out, argv)
         _truncate_metrics(out, start_epoch)
         try:
             from torch.utils.tensorboard import SummaryWriter
@@ -459,13 +583,15 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True, rich
     rep.log(f"training {cfg.model} on {len(train_ds)} clips ({describe_batches(batches.sizes())}"
             f"{f' x {world} processes' if distributed else ''}"
             f"{f', {padded} repeated to even out the processes' if padded else ''}), validating on "
-            f"{len(val_ds) if val_ds else 0}; device {device}; output {out}")
+            f"{len(val_ds) if val_ds else 0}; device {device}, {precision}; output {out}")
 
-    autocast_dtype = torch.bfloat16 if use_amp and torch.cuda.is_bf16_supported() else torch.float16
+    autocast_dtype = torch.float16 if precision == "fp16" else torch.bfloat16
     last_scores = None
     for epoch in range(start_epoch, cfg.epochs):
         train_ds.set_epoch(epoch)
         sampler.set_epoch(epoch)
+        if hasattr(loader, "set_epoch"):
+            loader.set_epoch(epoch)
         net.train()
         if cfg.freeze_backbone:
             model.backbone.eval()  # frozen BN statistics
@@ -481,15 +607,28 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True, rich
             def forward_loss():
                 with torch.autocast(device.type, dtype=autocast_dtype, enabled=use_amp):
                     logits = net(x)
-                    return criterion(logits.float(), y), logits
+                adjusted = logits.float() if log_prior is None else logits.float() + log_prior
+                return criterion(adjusted, y), logits
 
             loss, logits = forward_loss()
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            if scaler is not None:
+                scaler.scale(loss).backward()
+                scaler.unscale_(optimizer)
+            else:
+                loss.backward()
+            if cfg.clip_grad:
+                torch.nn.utils.clip_grad_norm_(params, cfg.clip_grad)
             if cfg.optimizer == "sam":
                 optimizer.first_step(zero_grad=True)
-                forward_loss()[0].backward()
+                loss2 = forward_loss()[0]
+                loss2.backward()
+                if cfg.clip_grad:
+                    torch.nn.utils.clip_grad_norm_(params, cfg.clip_grad)
                 optimizer.second_step(zero_grad=True)
+            elif scaler is not None:
+                scaler.step(optimizer)
+                scaler.update()
             else:
                 optimizer.step()
             step += 1
@@ -497,7 +636,8 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True, rich
                 raise FloatingPointError(f"loss is {loss.item()} at epoch {epoch + 1} batch {i}: "
                                          "lower --lr or check the data")
             loss_sum += loss.item() * len(y)
-            correct += int((logits.argmax(-1) == y).sum())
+            hard = y if y.ndim == 1 else y.argmax(-1)  # mixed batches: the larger share
+            correct += int((logits.argmax(-1) == hard).sum())
             seen += len(y)
             rep.batch(epoch + 1, cfg.epochs, i, steps_per_epoch, loss_sum / seen, lr,
                       seen * world / max(1e-9, time.time() - t0))

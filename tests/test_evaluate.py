@@ -98,3 +98,27 @@ def test_score_from_probabilities():
     probs = np.array([[0.9, 0.1], [0.2, 0.8], [0.6, 0.4]])
     s = score(probs, np.array([0, 1, 1]), ["a", "b"])
     assert s.confusion.tolist() == [[1, 0], [1, 1]] and s.war == pytest.approx(2 / 3)
+
+
+def test_flip_tta_averages_the_mirrored_clip():
+    import torch
+
+    from dfer_cli.evaluate import clip_probs
+
+    class LeftRight(torch.nn.Module):
+        """Logits from the brightness of the left and right halves: mirror-sensitive."""
+
+        def forward(self, x):                                   # (B, T, 3, S, S)
+            s = x.shape[-1] // 2
+            return torch.stack([x[..., :s].mean((1, 2, 3, 4)), x[..., s:].mean((1, 2, 3, 4))], -1)
+
+    x = torch.zeros(1, 2, 3, 4, 4)
+    x[..., :2] = 3.0                                            # bright left half
+    model = LeftRight()
+    plain = clip_probs(model, x)
+    mirrored = clip_probs(model, x.flip(-1))
+    assert plain[0, 0] > 0.9 and mirrored[0, 1] > 0.9
+    assert torch.allclose(clip_probs(model, x, "flip"), (plain + mirrored) / 2)
+    assert torch.allclose(clip_probs(model, x, "flip"), torch.tensor([[0.5, 0.5]]))
+    with pytest.raises(ValueError, match="tta 'rotate'"):
+        clip_probs(model, x, "rotate")

@@ -226,3 +226,73 @@ def test_ddp_two_processes_gloo(data, tmp_path):
     # validation was sharded over both processes and summed: every clip counted once
     model = load_model(str(tmp_path / "ddp" / "last.safetensors"))
     assert sum(1 for _ in model.parameters()) > 0
+
+
+STILL_KILL_SCRIPT = textwrap.dedent("""
+    import os, signal, sys
+    from dfer_cli.data.stills import StillBatches
+    from dfer_cli.train import TrainConfig, train
+    cfg = TrainConfig.from_dict(__import__("json").loads(sys.argv[1]))
+    original = StillBatches.augment
+    def augment(self, x, y, gen, _n=[0]):
+        if self.epoch == 1:
+            _n[0] += 1
+            if _n[0] == 3:  # inside the second epoch
+                os.kill(os.getpid(), signal.SIGKILL)
+        return original(self, x, y, gen)
+    StillBatches.augment = augment
+    train(cfg, progress=False, argv=["dfer", "train", "--epochs", "3"])
+""")
+
+
+def still_config(data: Path, out: Path, **kw) -> TrainConfig:
+    """Stills trained one frame at a time: the in-memory batch path (data/stills.py)."""
+    return tiny_config(data, out, **{**dict(frames=1, optimizer="sgd", nesterov=True, loss="ce",
+                                            label_smoothing=0.1, logit_adjust=1.0, val_split=None,
+                                            holdout=0.2, batch_size=8, epochs=3), **kw})
+
+
+@pytest.mark.slow
+def test_still_batches_killed_mid_epoch_resume_to_the_same_weights(data, tmp_path):
+    cfg = still_config(data, tmp_path / "killed")
+    env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
+    proc = subprocess.run([sys.executable, "-c", STILL_KILL_SCRIPT, json.dumps(cfg.to_dict())], env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == -9, proc.stderr[-2000:]
+    assert torch.load(tmp_path / "killed" / "state.pt", weights_only=True)["epoch"] == 1
+    command = (tmp_path / "killed" / "command.sh").read_text()
+    assert "dfer train --epochs 3 --resume" in command and f"cd {os.getcwd()}" in command
+    # resuming keeps the run's recipe and length: only machine settings come from the caller
+    train(TrainConfig(output=str(tmp_path / "killed"), data_root=str(data), epochs=100, threads=1),
+          resume=True, progress=False)
+    train(still_config(data, tmp_path / "straight"), progress=False)
+    a, meta = read_checkpoint(tmp_path / "killed" / "last.safetensors")
+    b, _ = read_checkpoint(tmp_path / "straight" / "last.safetensors")
+    assert meta["provenance"]["epoch"] == 3
+    assert all(torch.equal(a[k], b[k]) for k in a), "resumed run differs from the uninterrupted one"
+
+
+def test_holdout_validates_on_part_of_train(data, tmp_path):
+    summary = train(still_config(data, tmp_path / "h", epochs=1), progress=False)
+    _, meta = read_checkpoint(tmp_path / "h" / "last.safetensors")
+    d = meta["provenance"]["data"]
+    # 24 per class, 20 % held out of each of the 3 classes; the val/ folder is not read
+    assert d["train_samples"] == 3 * 19 and d["val_samples"] == 3 * 5
+    assert d["val_split"].startswith("holdout 0.2 of train")
+    assert summary["last"]["war"] is not None
+    with pytest.raises(ValueError, match="--holdout and --val-split val"):
+        train(still_config(data, tmp_path / "both", val_split="val"), progress=False)
+
+
+def test_bf16_training_runs_finite_and_learns(data, tmp_path):
+    out = tmp_path / "bf16"
+    train(still_config(data, out, precision="bf16", optimizer="adamw", lr=3e-3, logit_adjust=0.0, epochs=4,
+                       holdout=0.0), progress=False)
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    losses = [r["train_loss"] for r in rows]
+    assert all(np.isfinite(losses)) and losses[-1] < losses[0] - 0.05, losses
+    m = load_model(out / "last.safetensors")
+    p = m(torch.randn(2, 1, 3, 32, 32)).softmax(-1)
+    assert torch.isfinite(p).all()
+    with pytest.raises(ValueError, match="fp16 needs a CUDA device"):
+        train(still_config(data, tmp_path / "fp16", precision="fp16"), progress=False)

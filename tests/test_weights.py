@@ -143,3 +143,33 @@ def test_cli_weights_export_half_keeps_predictions(tmp_path):
     assert bad.exit_code == 2 and "must end in .safetensors" in bad.output
     missing = CliRunner().invoke(app, ["weights", "export", str(tmp_path / "nope.safetensors"), str(dst)])
     assert missing.exit_code == 1 and "nope.safetensors" in missing.output
+
+
+def test_cli_weights_export_frames_makes_a_video_model_from_a_stills_model(tmp_path):
+    import torch
+
+    from dfer_cli.checkpoint import load_model, read_checkpoint, save_checkpoint
+    from dfer_cli.labels import CLASSES
+    from dfer_cli.models import create_model
+    from dfer_cli.preprocess import Preprocessing
+
+    torch.manual_seed(0)
+    m = create_model("logo_former", dim=32, depth=1, heads=2, input_size=32, num_frames=1,
+                     window=(2, 1, 1)).eval()
+    src = save_checkpoint(tmp_path / "stills.safetensors", m, classes=CLASSES,
+                          preprocessing=Preprocessing(input_size=32, num_frames=1, grayscale=True))
+    dst = tmp_path / "video.safetensors"
+    res = CliRunner().invoke(app, ["weights", "export", str(src), str(dst), "--frames", "16", "--float32"])
+    assert res.exit_code == 0, res.output
+    tensors, meta = read_checkpoint(dst)
+    assert meta["config"]["num_frames"] == 16 and meta["preprocessing"]["num_frames"] == 16
+    assert meta["provenance"]["exported_from"]["num_frames"] == 1
+    src_t, _ = read_checkpoint(src)
+    # the time embedding repeated over the 16 frames; the window pool (built for 1 frame,
+    # now 2) spread evenly over them, so a still's pooled token is unchanged
+    assert torch.equal(tensors["pos_time"], src_t["pos_time"].expand(-1, 16, -1, -1))
+    pool = [k for k in tensors if k.endswith("pool.weight")]
+    assert pool and all(torch.allclose(tensors[k].sum(2, keepdim=True), src_t[k]) for k in pool)
+    assert tensors[pool[0]].shape[2] == 2
+    video = load_model(dst)
+    assert video(torch.randn(1, 16, 3, 32, 32)).shape == (1, 7)

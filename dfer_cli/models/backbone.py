@@ -3,6 +3,12 @@
 A 112x112 face gives a 256x7x7 feature map (stride 16). Other sizes give a
 ceil(size/16) grid: 48 -> 3x3, 64 -> 4x4, 32 -> 2x2.
 
+``stem="s1"`` replaces the 7x7 stride-2 conv1 by a 3x3 stride-1 conv (the max-pool is kept),
+so the trunk's stride is 8: a 48 px FER2013 face gives a 6x6 layer3 grid instead of 3x3.
+That is what small-image networks (CIFAR-style ResNets) do; it costs about 4x the FLOPs
+of the standard stem at the same input size, the same as a 96 px input would, without
+upsampling 48 px images. Pre-trained conv1 weights (7x7) do not fit it and are skipped.
+
 The module keeps torchvision's attribute names (conv1, bn1, layer1..layer3), so a
 ResNet-18 state dict -- e.g. the MS-Celeb-1M face-recognition ResNet-18 that Former-DFER
 and RAN users keep as ``.pth``/``.pth.tar`` -- loads onto it directly.
@@ -26,10 +32,14 @@ IGNORED_PREFIXES = ("fc.", "layer4.", "classifier.", "head.")
 WRAPPER_KEYS = ("state_dict", "model_state_dict", "model", "net", "params", "weights")
 
 
-def grid_size(input_size: int) -> int:
+STEMS = ("standard", "s1")
+
+
+def grid_size(input_size: int, stem: str = "standard") -> int:
     """Side of the feature grid the trunk makes from an ``input_size`` square frame."""
     side = input_size
-    for _ in range(4):  # conv1 (s2), maxpool (s2), layer2 (s2), layer3 (s2): each ceil(x/2)
+    # conv1 (s2; s1 with stem "s1"), maxpool (s2), layer2 (s2), layer3 (s2): each ceil(x/2)
+    for _ in range(4 if stem == "standard" else 3):
         side = math.ceil(side / 2)
     return side
 
@@ -42,15 +52,23 @@ class ResNetTrunk(nn.Module):
 
     out_channels = OUT_CHANNELS
 
-    def __init__(self) -> None:
+    def __init__(self, stem: str = "standard") -> None:
         super().__init__()
         from torchvision.models import resnet18
 
+        if stem not in STEMS:
+            raise ValueError(f"stem {stem!r} is not one of {', '.join(STEMS)}")
         r = resnet18(weights=None)
+        if stem == "s1":
+            r.conv1 = nn.Conv2d(3, 64, kernel_size=3, stride=1, padding=1, bias=False)
+        self.stem = stem
         self.conv1, self.bn1, self.relu, self.maxpool = r.conv1, r.bn1, r.relu, r.maxpool
         self.layer1, self.layer2, self.layer3 = r.layer1, r.layer2, r.layer3
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.conv1.weight.is_contiguous(memory_format=torch.channels_last):
+            x = x.contiguous(memory_format=torch.channels_last)  # a channels_last model (bf16 path)
+        # shapes for the standard stem; with stem "s1" every side is twice as large
         x = self.maxpool(self.relu(self.bn1(self.conv1(x))))  # (N, 64, H/4, W/4)
         x = self.layer1(x)                                     # (N, 64, H/4, W/4)
         x = self.layer2(x)                                     # (N, 128, H/8, W/8)

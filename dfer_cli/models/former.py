@@ -2,7 +2,7 @@
 (T, H, W) grid of feature tokens, then [CLS] -> LayerNorm -> linear classifier.
 
     frames (B, T, 3, S, S)
-      -> ResNet-18 up to layer3, per frame   (B*T, 256, g, g), g = ceil(S/16)
+      -> ResNet-18 up to layer3, per frame   (B*T, 256, g, g), g = ceil(S/16) (ceil(S/8), stem s1)
       -> 1x1 conv 256 -> dim                 (B*T, dim, g, g)
       -> + spatial and temporal position embeddings, [CLS] in front, dropout
                                              (B, 1 + T*g*g, dim)
@@ -21,7 +21,7 @@ from dataclasses import asdict, dataclass, fields
 import torch
 from torch import nn
 
-from dfer_cli.models.backbone import ResNetTrunk, grid_size, load_backbone_weights
+from dfer_cli.models.backbone import STEMS, ResNetTrunk, grid_size, load_backbone_weights
 from dfer_cli.models.blocks import BLOCK_KINDS, Block
 
 
@@ -47,6 +47,9 @@ class FormerConfig:
     # window does not divide (e.g. 7x7 with 4x4 windows, or T=15) is padded and masked.
     window: tuple[int, int, int] = (2, 7, 7)
     backbone_weights: str | None = None  # optional ResNet-18 .pth to initialise the trunk
+    # trunk stem: "standard" (ResNet-18's 7x7 stride-2 conv1, grid ceil(S/16)) or "s1"
+    # (3x3 stride-1 conv1, grid ceil(S/8): 48 px -> 6x6, room for windows smaller than the frame)
+    stem: str = "standard"
     compact_lambda: float = 0.1   # training: weight of the compact-loss regulariser (losses.py)
 
     def to_dict(self) -> dict:
@@ -74,6 +77,8 @@ class FormerConfig:
         self.window = tuple(int(v) for v in self.window)
         if len(self.window) != 3 or min(self.window) < 1:
             raise ValueError(f"window must be 3 positive ints (frames, rows, cols), got {self.window}")
+        if self.stem not in STEMS:
+            raise ValueError(f"stem {self.stem!r} is not one of {', '.join(STEMS)}")
 
 
 @dataclass
@@ -104,12 +109,12 @@ class Former(nn.Module):
         c = config
         self.config = config
         self.model_name = model_name
-        g = grid_size(c.input_size)
+        g = grid_size(c.input_size, c.stem)
         self.grid_hw = (g, g)
         # the window actually used: clamped to the grid this config makes
         self.window = (min(c.window[0], c.num_frames), min(c.window[1], g), min(c.window[2], g))
 
-        self.backbone = ResNetTrunk()
+        self.backbone = ResNetTrunk(c.stem)
         if c.backbone_weights:
             load_backbone_weights(self.backbone, c.backbone_weights)
         self.proj = nn.Conv2d(ResNetTrunk.out_channels, c.dim, kernel_size=1)
