@@ -10,11 +10,15 @@ is a JSON object::
      "provenance": {"dataset": ..., "fold": ..., "epochs": ..., "metrics": {...}},
      "dtype": "float32" | "float16"}
 
-Reading never unpickles: safetensors parses a JSON header and raw tensor bytes only.
+Reading never unpickles: safetensors parses a JSON header and raw tensor bytes only. A
+header is untrusted input: :func:`read_metadata` checks every field's type and range, and
+:func:`read_checkpoint` checks that the tensors' names and shapes are those the declared
+config makes (built on the "meta" device, which allocates nothing) before reading any data.
 """
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import torch
@@ -26,6 +30,18 @@ from dfer_cli.preprocess import Preprocessing
 FORMAT = "dfer-checkpoint"
 FORMAT_VERSION = 1
 META_KEY = "dfer"
+
+# Bounds on a header's config: far beyond any real dfer model (the papers' is dim 512, depth 4,
+# 8 heads, 16 frames of 112 px) and small enough that building the declared model on the
+# "meta" device to compare tensor shapes stays quick. The real allocation is bounded by the
+# file itself: its tensors must have the shapes the config makes.
+CONFIG_INTS = {"num_frames": (1, 512), "input_size": (1, 2048), "num_classes": (1, 10_000),
+               "dim": (1, 4096), "depth": (1, 64), "heads": (1, 256)}
+CONFIG_FLOATS = {"mlp_ratio": (0.0, 64.0), "dropout": (0.0, 1.0), "attn_dropout": (0.0, 1.0),
+                 "drop_path": (0.0, 1.0), "compact_lambda": (0.0, 1e6)}
+MAX_WINDOW = 4096
+MAX_NESTING = 64      # levels of JSON arrays/objects in a header (real ones use about 4)
+_FIX = "the file is damaged or not from dfer; re-download it or re-save it with dfer"
 
 
 class CheckpointError(ValueError):
@@ -90,22 +106,180 @@ def read_metadata(path) -> dict:
         meta = json.loads(raw)
     except json.JSONDecodeError as e:
         raise CheckpointError(f"{path}: dfer metadata is not valid JSON ({e}); re-save the checkpoint") from None
+    except RecursionError:
+        raise CheckpointError(f"{path}: dfer metadata is nested too deeply to be a dfer header; {_FIX}") from None
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise CheckpointError(f"{path}: metadata is not a dfer checkpoint header; re-save it with dfer")
-    if int(meta.get("format_version", 0)) > FORMAT_VERSION:
-        raise CheckpointError(f"{path}: written by a newer dfer (format {meta['format_version']}); "
+    if _nesting(meta) > MAX_NESTING:
+        raise CheckpointError(f"{path}: dfer metadata is nested more than {MAX_NESTING} levels deep; {_FIX}")
+    version = meta.get("format_version", 0)
+    if not _is_int(version):
+        raise CheckpointError(f"{path}: metadata 'format_version' is {_show(version)}, not an int; {_FIX}")
+    if version > FORMAT_VERSION:
+        raise CheckpointError(f"{path}: written by a newer dfer (format {version}); "
                               "upgrade dfer to load it")
     for key in ("model", "config", "classes", "preprocessing"):
         if key not in meta:
             raise CheckpointError(f"{path}: dfer metadata lacks {key!r}; re-save the checkpoint")
+    _validate(path, meta)
     return meta
 
 
+def _validate(path: Path, meta: dict) -> None:
+    """Check the types and ranges of a parsed header, and fill in config defaults (an older
+    checkpoint without e.g. ``stem`` gets the default); CheckpointError on the first bad key."""
+    from dfer_cli.models import available_models, get_config
+    from dfer_cli.models.backbone import STEMS
+    from dfer_cli.models.blocks import BLOCK_KINDS
+
+    def bad(key: str, value, expected: str):
+        return CheckpointError(f"{path}: metadata {key!r} is {_show(value)}, expected {expected}; {_FIX}")
+
+    name = meta["model"]
+    if not isinstance(name, str):
+        raise bad("model", name, "a model name")
+    if name not in available_models():
+        raise CheckpointError(f"{path}: model {name!r} is unknown to this dfer "
+                              f"({', '.join(available_models())}); upgrade dfer")
+    for key, kinds, expected in (("dfer_version", (str,), "a string"), ("dtype", (str,), "a string"),
+                                 ("provenance", (dict, type(None)), "an object")):
+        if key in meta and not isinstance(meta[key], kinds):
+            raise bad(key, meta[key], expected)
+
+    config = meta["config"]
+    if not isinstance(config, dict):
+        raise bad("config", config, "an object of model sizes")
+    defaults = get_config(name).to_dict()
+    unknown = sorted(set(config) - set(defaults))
+    if unknown:
+        raise CheckpointError(f"{path}: config field(s) {', '.join(map(repr, unknown))} are unknown to "
+                              "this dfer; upgrade dfer")
+    c = {**defaults, **config, "backbone_weights": None}  # the trunk is in the tensors
+    for key, (lo, hi) in CONFIG_INTS.items():
+        if not (_is_int(c[key]) and lo <= c[key] <= hi):
+            raise bad(f"config.{key}", c[key], f"an int from {lo} to {hi}")
+    for key, (lo, hi) in CONFIG_FLOATS.items():
+        if not (_is_number(c[key]) and lo <= c[key] <= hi):
+            raise bad(f"config.{key}", c[key], f"a number from {lo:g} to {hi:g}")
+    if c["dim"] % c["heads"]:
+        raise bad("config.heads", c["heads"], f"a divisor of config.dim ({c['dim']})")
+    if int(c["dim"] * c["mlp_ratio"]) < 1:
+        raise bad("config.mlp_ratio", c["mlp_ratio"], "a ratio giving an MLP at least 1 wide")
+    if c["block"] not in BLOCK_KINDS:
+        raise bad("config.block", c["block"], f"one of {', '.join(BLOCK_KINDS)}")
+    if c["stem"] not in STEMS:
+        raise bad("config.stem", c["stem"], f"one of {', '.join(STEMS)}")
+    w = c["window"]
+    if not (isinstance(w, list) and len(w) == 3 and all(_is_int(v) and 1 <= v <= MAX_WINDOW for v in w)):
+        raise bad("config.window", w, f"3 ints from 1 to {MAX_WINDOW} (frames, rows, cols)")
+    meta["config"] = c
+
+    classes = meta["classes"]
+    if not (isinstance(classes, list) and all(isinstance(v, str) and v for v in classes)):
+        raise bad("classes", classes, "a list of class names")
+    if len(classes) != c["num_classes"]:
+        raise CheckpointError(f"{path}: metadata 'classes' names {len(classes)} classes for a model with "
+                              f"{c['num_classes']} outputs (config.num_classes); {_FIX}")
+    if len(set(classes)) != len(classes):
+        raise bad("classes", classes, "distinct names")
+
+    pre = meta["preprocessing"]
+    if not isinstance(pre, dict):
+        raise bad("preprocessing", pre, "an object")
+    if "input_size" in pre and not (_is_int(pre["input_size"]) and pre["input_size"] == c["input_size"]):
+        raise bad("preprocessing.input_size", pre["input_size"], f"config.input_size ({c['input_size']})")
+    if "num_frames" in pre and not (_is_int(pre["num_frames"]) and 1 <= pre["num_frames"] <= c["num_frames"]):
+        raise bad("preprocessing.num_frames", pre["num_frames"],
+                  f"an int from 1 to config.num_frames ({c['num_frames']})")
+    if "grayscale" in pre and not isinstance(pre["grayscale"], bool):
+        raise bad("preprocessing.grayscale", pre["grayscale"], "true or false")
+    for key in ("mean", "std"):
+        v = pre.get(key, [1.0, 1.0, 1.0])
+        if not (isinstance(v, list) and len(v) == 3 and all(_is_number(x) for x in v)) \
+                or (key == "std" and min(v) <= 0):
+            raise bad(f"preprocessing.{key}", v, "3 finite numbers" + (" above 0" if key == "std" else ""))
+    t = pre.get("template", [[0.5, 0.5]] * 5)
+    if not (isinstance(t, list) and len(t) == 5
+            and all(isinstance(p, list) and len(p) == 2 and all(_is_number(x) for x in p) for p in t)):
+        raise bad("preprocessing.template", t, "5 [x, y] points (eyes, nose, mouth corners)")
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_number(v) -> bool:
+    return (isinstance(v, float) or _is_int(v)) and math.isfinite(v)
+
+
+def _show(value) -> str:
+    """A short rendering of a header value for an error message."""
+    text = json.dumps(value) if _nesting(value) <= MAX_NESTING else type(value).__name__
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _nesting(value) -> int:
+    """How many levels of lists/dicts ``value`` has (iteratively: no recursion limit)."""
+    deepest, todo = 0, [(value, 1)]
+    while todo:
+        v, level = todo.pop()
+        if isinstance(v, (list, dict)):
+            deepest = max(deepest, level)
+            todo.extend((x, level + 1) for x in (v.values() if isinstance(v, dict) else v))
+    return deepest
+
+
+def check_tensors(path, meta: dict) -> None:
+    """Check that the tensor names and shapes in the file at ``path`` are exactly those of
+    the model ``meta`` (from :func:`read_metadata`) declares, reading the safetensors header
+    only. The model is built on the "meta" device: no memory is allocated for its weights.
+    Raises CheckpointError naming the first tensor that does not fit."""
+    from safetensors import safe_open
+
+    from dfer_cli.models import create_model
+
+    path = Path(path)
+    try:
+        with torch.device("meta"):
+            model = create_model(meta["model"], **meta["config"])
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(f"{path}: its config does not build a {meta['model']} ({_first_line(e)}); "
+                              "upgrade dfer") from None
+    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    floating = {k for k, v in model.state_dict().items() if v.is_floating_point()}
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            found = {k: (tuple(f.get_slice(k).get_shape()), f.get_slice(k).get_dtype()) for k in f.keys()}
+    except Exception as e:  # noqa: BLE001
+        raise CheckpointError(f"{path}: cannot read the tensor index ({_first_line(e)}); {_FIX}") from None
+    sizes = ", ".join(f"{k}={meta['config'][k]}" for k in CONFIG_INTS)
+    for k, shape in expected.items():
+        if k not in found:
+            continue
+        if found[k][0] != shape:
+            raise CheckpointError(f"{path}: tensor {k!r} has shape {found[k][0]}, but the header's config "
+                                  f"({sizes}) makes {shape}; {_FIX}")
+        if k in floating and found[k][1] not in ("F16", "BF16", "F32", "F64"):
+            raise CheckpointError(f"{path}: tensor {k!r} is stored as {found[k][1]}, not floating point; {_FIX}")
+    missing = [k for k in expected if k not in found]
+    if missing:
+        raise CheckpointError(f"{path}: tensor {missing[0]!r} of a {meta['model']} with {sizes} is missing "
+                              f"({len(missing)} missing); {_FIX}")
+    unexpected = [k for k in found if k not in expected]
+    if unexpected:
+        raise CheckpointError(f"{path}: tensor {unexpected[0]!r} is not part of a {meta['model']} with "
+                              f"{sizes} ({len(unexpected)} unexpected); {_FIX}")
+
+
 def read_checkpoint(path) -> tuple[dict, dict]:
-    """Read a dfer checkpoint: (state dict of float32 CPU tensors, metadata dict)."""
+    """Read a dfer checkpoint: (state dict of float32 CPU tensors, metadata dict).
+
+    The header is validated and the tensor names and shapes checked against its config
+    (:func:`check_tensors`) before any tensor data is read."""
     from safetensors.torch import load_file
 
     meta = read_metadata(path)
+    check_tensors(path, meta)
     try:
         state = load_file(str(path), device="cpu")
     except Exception as e:  # noqa: BLE001
@@ -122,18 +296,15 @@ def load_model(name_or_path="logo_former_fer2013", device="cpu"):
     ``.preprocessing`` (Preprocessing), ``.provenance`` (dict) and ``.checkpoint_path``.
     Raises CheckpointError (one line naming the file and the fix) for any unusable file.
     """
-    from dfer_cli.models import available_models, create_model
+    from dfer_cli.models import create_model
     from dfer_cli.weights import find_weights
 
     try:
         path = find_weights(name_or_path)
     except FileNotFoundError as e:
         raise CheckpointError(str(e)) from None
-    state, meta = read_checkpoint(path)
+    state, meta = read_checkpoint(path)  # validated: a known model, a config that fits the tensors
     name = meta["model"]
-    if name not in available_models():
-        raise CheckpointError(f"{path}: model {name!r} is unknown to this dfer "
-                              f"({', '.join(available_models())}); upgrade dfer")
     config = dict(meta["config"])
     config["backbone_weights"] = None
     try:

@@ -11,7 +11,8 @@ GROWTH_FRAMES = (8, 16, 32, 64)
 
 
 def models_report(frames: tuple[int, ...] = GROWTH_FRAMES, clip_frames: int = 16) -> dict:
-    """Parameters and FLOPs of every registered model at its default (paper) config."""
+    """Parameters, FLOPs and the window used of every registered model at its default
+    (paper) config."""
     from dfer_cli.models import available_models, describe, get_config
     from dfer_cli.models.cost import model_cost
 
@@ -19,12 +20,15 @@ def models_report(frames: tuple[int, ...] = GROWTH_FRAMES, clip_frames: int = 16
     for name in available_models():
         base = model_cost(name, clip_frames)
         growth = [base if t == clip_frames else model_cost(name, t) for t in frames]
-        cfg = get_config(name)
+        cfg = get_config(name, num_frames=clip_frames)
         out.append({
             "model": name,
             "description": describe(name),
             "config": {k: v for k, v in cfg.to_dict().items()
-                       if k in ("input_size", "dim", "depth", "heads", "mlp_ratio", "block", "window")},
+                       if k in ("input_size", "stem", "dim", "depth", "heads", "mlp_ratio", "block", "window")},
+            # the LOGO window the model uses (config.window clamped to the grid); None when
+            # the block kind has no windows
+            "window": list(cfg.effective_window()) if cfg.block == "logo" else None,
             "params": base["params"],
             "gflops": base["gflops"],
             "attention_gflops": base["attention_gflops"],
@@ -42,13 +46,16 @@ def models_cmd(
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of tables."),
 ) -> None:
     """List the registered models: parameters, GFLOPs per 16-frame clip (total and
-    attention), and how the cost grows with clip length (T = 8, 16, 32, 64)."""
+    attention), the LOGO window used, and how the cost grows with clip length (T = 8, 16,
+    32, 64)."""
     report = models_report()
     if as_json:
         typer.echo(json.dumps(report, indent=2))
         return
     from rich.console import Console
     from rich.table import Table
+
+    from dfer_cli.models.backbone import grid_size
 
     console = Console()
     t = Table(title=f"dfer models (paper config: 112 px, {report['clip_frames']} frames per clip)")
@@ -60,6 +67,10 @@ def models_cmd(
     console.print(t)
     for m in report["models"]:
         console.print(f"  {m['model']}: {m['description']}", highlight=False)
+        if m["window"]:  # the window used, after clamping to the grid
+            g = grid_size(m["config"]["input_size"], m["config"]["stem"])
+            console.print(f"    window used: {'x'.join(map(str, m['window']))} (frames x rows x cols) "
+                          f"of the {report['clip_frames']}x{g}x{g} token grid", highlight=False)
     frames_first = report["models"][0]["growth"][0]["num_frames"]
     frames_last = report["models"][0]["growth"][-1]["num_frames"]
     g = Table(title="cost growth with clip length: total GFLOPs (attention QK/AV GFLOPs)")

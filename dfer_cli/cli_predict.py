@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+from contextlib import contextmanager, redirect_stdout
 from pathlib import Path
 from typing import List, Optional
 
@@ -146,21 +147,62 @@ def _one_line(exc: BaseException, path=None) -> str:
 
 
 class _Stdout:
-    """sys.stdout looked up at each write: while a progress bar is live, rich swaps
-    sys.stdout for a proxy that prints above the bar, and results must go through it."""
+    """Where records go without --output: `stream`, the stdout the command started with (the
+    file or pipe it is redirected to, or the terminal), never rich's proxy, so records reach
+    stdout whatever stderr is.
+
+    When `stream` is a terminal while the progress bar is drawn (on stderr, usually the same
+    terminal), text is held until flush() and written with the bar taken down, so that
+    neither overwrites the other; every writer flushes after each record.
+    """
+
+    def __init__(self, stream, progress: "_Progress"):
+        self.stream = stream
+        self.progress = progress
+        self.tty = hasattr(stream, "isatty") and stream.isatty()
+        self.held: list[str] = []
 
     def write(self, text: str) -> int:
-        return sys.stdout.write(text)
+        if self.tty and self.progress.live:
+            self.held.append(text)
+        else:
+            self.stream.write(text)
+        return len(text)
 
     def flush(self) -> None:
-        sys.stdout.flush()
+        if self.held:
+            text, self.held = "".join(self.held), []
+            with self.progress.hidden():
+                self.stream.write(text)
+                self.stream.flush()
+        else:
+            self.stream.flush()
 
     def isatty(self) -> bool:
-        return sys.stdout.isatty()
+        return self.tty
+
+
+class _Stderr:
+    """sys.stderr looked up at each write: stands in for sys.stdout while videos are processed,
+    so that a stray print() (from a library) cannot land among the records; while the
+    progress bar is live, sys.stderr is rich's proxy that prints above the bar."""
+
+    def write(self, text: str) -> int:
+        return sys.stderr.write(text)
+
+    def flush(self) -> None:
+        sys.stderr.flush()
+
+    def isatty(self) -> bool:
+        return sys.stderr.isatty()
 
 
 class _Progress:
-    """A rich progress bar on stderr (only when stderr is a terminal and not --quiet)."""
+    """A rich progress bar on stderr (only when stderr is a terminal and not --quiet).
+
+    It never touches stdout: rich's stdout redirection is off, so records written to a
+    file or pipe while the bar is drawn stay there (see _Stdout for stdout on a terminal).
+    """
 
     def __init__(self, enabled: bool):
         self.bar = None
@@ -171,7 +213,7 @@ class _Progress:
 
             self.bar = Progress(TextColumn("{task.description}"), BarColumn(),
                                 TextColumn("{task.percentage:>3.0f}%"), TimeElapsedColumn(),
-                                console=Console(stderr=True), transient=True)
+                                console=Console(stderr=True), transient=True, redirect_stdout=False)
 
     def __enter__(self):
         if self.bar is not None:
@@ -181,6 +223,23 @@ class _Progress:
     def __exit__(self, *exc):
         if self.bar is not None:
             self.bar.__exit__(*exc)
+
+    @property
+    def live(self) -> bool:
+        """Whether the bar is drawn now."""
+        return self.bar is not None and self.bar.live.is_started
+
+    @contextmanager
+    def hidden(self):
+        """Take the bar off the terminal for the duration of the block, then draw it again."""
+        if not self.live:
+            yield
+            return
+        self.bar.stop()
+        try:
+            yield
+        finally:
+            self.bar.start()
 
     def start(self, label: str) -> None:
         if self.bar is not None:
@@ -302,6 +361,7 @@ def predict_cmd(
     if detect_size is not None:
         detector["detect_size"] = detect_size
 
+    progress = _Progress(not quiet and sys.stderr.isatty())
     if output is not None:
         try:
             output.parent.mkdir(parents=True, exist_ok=True)
@@ -309,14 +369,13 @@ def predict_cmd(
         except OSError as e:
             fail(f"--output {output}: cannot write it ({e.strerror or e}); choose a writable file path", 2)
     else:
-        stream = _Stdout()
+        stream = _Stdout(sys.stdout, progress)
     from dfer_cli.writers import make_writer
 
     writer = make_writer(fmt, stream, list(model.classes))
     failed = done = 0
-    show = not quiet and sys.stderr.isatty()
     try:
-        with _Progress(show) as progress:
+        with progress, redirect_stdout(_Stderr()):
             for path, error in items:
                 if error is None:
                     progress.start(Path(path).name)
@@ -459,6 +518,9 @@ def weights_export(
     half: bool = typer.Option(True, "--half/--float32", help="Store floating tensors as float16 (half the size)."),
     frames: Optional[int] = typer.Option(None, "--frames", min=1, help="Make the exported model take clips of "
                                          "this many frames (e.g. 16 for a model trained on stills at 1)."),
+    prior_shift: float = typer.Option(0.0, "--prior-shift", help="Add ALPHA * log(training class prior) to the "
+                                      "classifier bias (post-hoc logit adjustment; needs the class counts in "
+                                      "the checkpoint's provenance)."),
 ) -> None:
     """Copy a checkpoint for distribution: model, classes, preprocessing and provenance kept,
     tensors stored in half precision by default; prints the new file's sha256."""
@@ -474,6 +536,15 @@ def weights_export(
     provenance = dict(model.provenance)
     provenance["exported_from"] = {"file": Path(model.checkpoint_path).name,
                                    "dtype": "float16" if half else "float32"}
+    if prior_shift:
+        counts = (provenance.get("data") or {}).get("train_class_counts") or {}
+        if sorted(counts) != sorted(model.classes):
+            fail(f"{src}: --prior-shift needs the training class counts (provenance data.train_class_counts), "
+                 "which this checkpoint does not have", 1)
+        from dfer_cli.losses import shift_prior
+
+        shift_prior(model, [counts[c] for c in model.classes], prior_shift)
+        provenance["exported_from"]["prior_shift"] = prior_shift
     if frames is not None and frames != model.config.num_frames:
         provenance["exported_from"]["num_frames"] = model.config.num_frames
         try:

@@ -282,7 +282,7 @@ def _fold_table(summary, format_pm) -> None:
     for f in summary.folds:
         table.add_row(str(f.fold), str(f.scores.count), f"{100 * f.scores.uar:.2f}", f"{100 * f.scores.war:.2f}")
     table.add_section()
-    table.add_row("mean ± std", "", format_pm(*summary.stat("uar")), format_pm(*summary.stat("war")))
+    table.add_row("mean ± sample std", "", format_pm(*summary.stat("uar")), format_pm(*summary.stat("war")))
     Console().print(table)
 
 

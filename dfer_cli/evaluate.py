@@ -4,7 +4,7 @@ Test-time sampling follows the papers: each clip is cut into `num_frames` segmen
 frame at each segment centre is used. With ``test_clips = K > 1`` the K clips at evenly
 shifted positions inside the segments are classified and their probabilities averaged.
 ``evaluate_folds`` runs the DFEW 5-fold protocol: each fold's checkpoint on its own test
-fold, reported per fold and as mean ± std.
+fold, reported per fold and as mean ± sample std (ddof=1, see ``FoldSummary.stat``).
 """
 from __future__ import annotations
 
@@ -83,20 +83,33 @@ class FoldResult:
 
 @dataclass
 class FoldSummary:
-    """Per-fold scores and their mean ± (population) std, as the DFEW papers report."""
+    """Per-fold scores and their mean ± std over the folds, as the DFEW papers report."""
 
     folds: list[FoldResult] = field(default_factory=list)
 
     def stat(self, key: str) -> tuple[float, float]:
+        """(mean, std) of score ``key`` ("uar", "war") over the folds.
+
+        The std is the SAMPLE standard deviation (ddof=1: divide by n - 1), the estimate of
+        the spread between folds that papers report for 5-fold results -- not the population
+        std (divide by n), which is smaller by sqrt((n-1)/n), 11 % at 5 folds. With fewer
+        than two folds the spread is unknown: std is NaN (mean is NaN with none).
+        """
         vals = np.array([getattr(f.scores, key) for f in self.folds], dtype=np.float64)
-        return float(vals.mean()), float(vals.std())
+        mean = float(vals.mean()) if len(vals) else math.nan
+        return mean, float(vals.std(ddof=1)) if len(vals) > 1 else math.nan
 
     def to_dict(self) -> dict:
+        """JSON-ready: per-fold scores, mean, sample std (``std_ddof``: 1); NaN as None."""
+        def num(v: float):
+            return None if math.isnan(v) else v
+
         (uar_m, uar_s), (war_m, war_s) = self.stat("uar"), self.stat("war")
         return {
             "folds": [{"fold": f.fold, "weights": f.weights, **f.scores.to_dict()} for f in self.folds],
-            "mean": {"uar": uar_m, "war": war_m},
-            "std": {"uar": uar_s, "war": war_s},
+            "mean": {"uar": num(uar_m), "war": num(war_m)},
+            "std": {"uar": num(uar_s), "war": num(war_s)},
+            "std_ddof": 1,
         }
 
 
@@ -125,10 +138,10 @@ def fold_checkpoints(run_dir: str, which: str = "best") -> dict[int, str]:
 
 
 def format_pm(mean: float, std: float) -> str:
-    """'54.21 ± 1.03' in percent."""
+    """'54.21 ± 1.03' in percent ('54.21' when the std is NaN, e.g. one fold)."""
     if math.isnan(mean):
         return "n/a"
-    return f"{100 * mean:.2f} ± {100 * std:.2f}"
+    return f"{100 * mean:.2f}" if math.isnan(std) else f"{100 * mean:.2f} ± {100 * std:.2f}"
 
 
 def remap_to_classes(samples, classes) -> tuple[list, list]:

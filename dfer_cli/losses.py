@@ -97,3 +97,13 @@ def logit_adjustment(class_counts, tau: float = 1.0) -> torch.Tensor:
     (FER2013's disgust: 1.5 % of the images) are predicted more often: higher UAR."""
     counts = torch.as_tensor(class_counts, dtype=torch.float32).clamp(min=1)
     return tau * torch.log(counts / counts.sum())
+
+
+def shift_prior(model, class_counts, alpha: float) -> None:
+    """Add ``alpha * log(prior)`` to the classifier's bias, in place: post-hoc logit
+    adjustment. A model trained with ``logit_adjustment(counts, tau)`` predicts as if the
+    classes were balanced; ``alpha = tau`` restores the training prior (best accuracy, WAR),
+    ``alpha = 0`` keeps balanced predictions (best mean recall, UAR), values in between trade
+    one for the other. ``model.head`` must be the final ``nn.Linear``."""
+    with torch.no_grad():
+        model.head.bias += logit_adjustment(class_counts, alpha).to(model.head.bias)

@@ -3,17 +3,56 @@
 Each update takes two gradients: at the current weights w, then at the worst-case nearby
 weights w + e with e = rho * g / ||g|| (the ascent step), and applies the base optimizer's
 update at w using the second gradient. ``adaptive=True`` scales e by |w| (ASAM).
+
+The second forward pass must not count as a second look at the batch: BatchNorm layers in
+training mode update their running statistics on every forward, so without care each SAM
+step would update them twice, the second time with statistics taken at the perturbed
+weights w + e. Run the second forward under :func:`frozen_bn_stats`.
 """
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 import torch
+from torch import nn
+
+
+@contextmanager
+def frozen_bn_stats(model: nn.Module):
+    """Inside the block, BatchNorm layers of ``model`` keep normalising with the batch's own
+    statistics (training mode unchanged) but their running statistics are left as they were.
+
+    Each ``_BatchNorm`` that tracks running statistics gets throw-away copies of
+    ``running_mean``, ``running_var`` and ``num_batches_tracked`` for the block, and its own
+    tensors back on exit, untouched. Swapping (rather than setting ``momentum`` to 0, or
+    copying the old values back) is exact whatever the momentum, also ``momentum=None``
+    (cumulative average); keeps ``num_batches_tracked`` from counting the pass; cannot turn a
+    statistic into NaN through 0 * inf; and writes nothing in place into tensors the
+    autograd graph of the pass may hold, so ``backward`` can run after the block.
+    """
+    saved = [(m, m.running_mean, m.running_var, m.num_batches_tracked)
+             for m in model.modules()
+             if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats
+             and m.running_mean is not None]
+    for m, mean, var, count in saved:
+        m.running_mean, m.running_var, m.num_batches_tracked = mean.clone(), var.clone(), count.clone()
+    try:
+        yield
+    finally:
+        for m, mean, var, count in saved:
+            m.running_mean, m.running_var, m.num_batches_tracked = mean, var, count
 
 
 class SAM(torch.optim.Optimizer):
     """Wraps a base optimizer class, e.g. ``SAM(params, torch.optim.SGD, rho=0.05, lr=1e-3,
     momentum=0.9)``. Call :meth:`first_step` after the first backward pass and
     :meth:`second_step` after the second, or :meth:`step` with a closure that recomputes
-    the loss and gradients. ``state_dict`` is the base optimizer's (plain tensors)."""
+    the loss and gradients. ``state_dict`` is the base optimizer's (plain tensors).
+
+    The perturbation is e = rho * g / ||g||_2 with ONE norm over all parameters together
+    (every group, every tensor), not one per tensor: the ascent step is a step of length
+    rho in the joint weight space. Wrap the second forward pass in
+    ``frozen_bn_stats(model)`` (see the module docstring)."""
 
     def __init__(self, params, base_optimizer_cls=torch.optim.SGD, rho: float = 0.05,
                  adaptive: bool = False, **kwargs):
@@ -27,6 +66,8 @@ class SAM(torch.optim.Optimizer):
             g.setdefault("adaptive", adaptive)
 
     def _grad_norm(self) -> torch.Tensor:
+        """||g||_2 over all parameters together: the 2-norm of the per-tensor 2-norms
+        (with ``adaptive``, of |w| * g)."""
         norms = [
             ((torch.abs(p) if g["adaptive"] else 1.0) * p.grad).norm(p=2)
             for g in self.param_groups for p in g["params"] if p.grad is not None
@@ -62,15 +103,20 @@ class SAM(torch.optim.Optimizer):
         if zero_grad:
             self.zero_grad()
 
-    def step(self, closure=None):
+    def step(self, closure=None, *, model: nn.Module | None = None):
         """Full SAM update; `closure` must zero the grads, compute the loss and call
-        backward, and is called once more at the perturbed weights."""
+        backward, and is called once more at the perturbed weights -- with the BatchNorm
+        running statistics of ``model`` frozen when it is given (see ``frozen_bn_stats``)."""
         if closure is None:
             raise ValueError("SAM.step needs a closure (or call first_step/second_step)")
         closure = torch.enable_grad()(closure)
         loss = closure()
         self.first_step(zero_grad=True)
-        closure()
+        if model is None:
+            closure()
+        else:
+            with frozen_bn_stats(model):
+                closure()
         self.second_step()
         return loss
 

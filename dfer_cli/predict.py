@@ -109,7 +109,8 @@ def predict_video(
     cost; see evaluate.clip_probs).
 
     A video without faces gives a VideoResult with no clips and no tracks. Raises
-    `video.VideoError` when the file cannot be read.
+    `video.VideoError` when the file cannot be read, and ValueError when the model's
+    probabilities are not finite (a damaged checkpoint).
     """
     import time
 
@@ -170,6 +171,9 @@ def predict_video(
             with torch.inference_mode():
                 with torch.autocast("cuda", dtype=torch.float16, enabled=dev.type == "cuda"):
                     probs = clip_probs(model, batch, tta).cpu().numpy()  # (B, C)
+            if not np.isfinite(probs).all():
+                raise ValueError(f"the model gave non-finite probabilities (NaN/Inf); its checkpoint "
+                                 f"{result.model} is likely damaged -- re-download it or re-save it")
         tm["model"] += time.perf_counter() - t0
         i = 0
         for clip, x in queue:

@@ -1,7 +1,27 @@
 """Result records of `predict_video`: what the library returns and the writers print."""
 from __future__ import annotations
 
+import json
+import math
 from dataclasses import dataclass, field
+
+
+def finite_or_null(value):
+    """`value` with every non-finite float (NaN, inf, -inf) replaced by None, recursively
+    through dicts, lists and tuples (tuples become lists); other values are kept as they are."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: finite_or_null(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [finite_or_null(v) for v in value]
+    return value
+
+
+def strict_json(value, **kwargs) -> str:
+    """json.dumps of `value` as strict JSON: non-finite floats become null (never the NaN /
+    Infinity tokens that strict parsers reject). `kwargs` go to json.dumps."""
+    return json.dumps(finite_or_null(value), allow_nan=False, **kwargs)
 
 
 @dataclass

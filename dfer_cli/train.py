@@ -442,11 +442,14 @@ def write_run_command(out: str, argv: list[str] | None) -> None:
     if not argv:
         return
     args = [a for a in argv if a != "--resume"]
-    line = " ".join(shlex.quote(a) for a in args)
-    atomic_write_text(os.path.join(out, "command.sh"),
-                      "#!/bin/sh\n# started with:\n# " + line + "\n# resume (continues after the last "
-                      "finished epoch; same schedule, data order and RNG):\ncd " + shlex.quote(os.getcwd())
-                      + " && exec " + line + " --resume \"$@\"\n")
+    started = " ".join(shlex.quote(a) for a in args)
+    if args[0] == "dfer":  # the same interpreter, whether or not its venv is active
+        args = [sys.executable, "-m", "dfer_cli", *args[1:]]
+    resume = " ".join(shlex.quote(a) for a in args) + ' --resume "$@"'
+    text = (f"#!/bin/sh\n# started with:\n# {started}\n"
+            "# resume (continues after the last finished epoch; same schedule, data order and RNG):\n"
+            f"cd {shlex.quote(os.getcwd())} && exec {resume}\n")
+    atomic_write_text(os.path.join(out, "command.sh"), text)
 
 
 def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True, rich_bar: bool | None = None,
@@ -472,9 +475,19 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True, rich
         if not os.path.isfile(state_path):
             raise ValueError(f"cannot resume: {state_path} does not exist (start without --resume)")
         saved = TrainConfig.from_dict(json.load(open(os.path.join(out, "config.json"))))
-        # a resumed run keeps its recipe; only the length and the machine settings may change
+        # a resumed run keeps its recipe and length; only the machine settings may change
         for k in ("workers", "threads", "device", "log_every"):
             setattr(saved, k, getattr(cfg, k))
+        # and its model: sizes the run left to defaults (e.g. the LOGO window, whose default
+        # changed) come from the config its last checkpoint was saved with
+        last = os.path.join(out, "last.safetensors")
+        if os.path.isfile(last):
+            from dfer_cli.checkpoint import read_metadata
+
+            built = read_metadata(last).get("config", {})
+            saved.model_opts = {**{k: v for k, v in built.items() if k not in
+                                   ("num_frames", "input_size", "num_classes", "backbone_weights")},
+                                **saved.model_opts}
         cfg = saved
     cfg.validate()
 
@@ -536,14 +549,30 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True, rich
 
     start_epoch, step, best_uar, best_epoch = 0, 0, -1.0, None
     if resume:
-        state = torch.load(state_path, map_location="cpu", weights_only=True)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        start_epoch, step = int(state["epoch"]), int(state["step"])
-        best_uar, best_epoch = float(state["best_uar"]), state["best_epoch"]
-        torch.set_rng_state(state["torch_rng"])
-        if device.type == "cuda" and "cuda_rng" in state:
-            torch.cuda.set_rng_state(state["cuda_rng"], device)
+        import pickle
+
+        # A truncated, damaged or foreign state.pt is one line naming the file; torch's own
+        # message for a pickle it refuses suggests weights_only=False, which must not be passed on.
+        try:
+            state = torch.load(state_path, map_location="cpu", weights_only=True)
+            model.load_state_dict(state["model"])
+            optimizer.load_state_dict(state["optimizer"])
+            start_epoch, step = int(state["epoch"]), int(state["step"])
+            best_uar, best_epoch = float(state["best_uar"]), state["best_epoch"]
+            if start_epoch < 0 or step < 0 or not (best_epoch is None or type(best_epoch) is int):
+                raise ValueError("its epoch, step or best epoch is out of range")
+            torch.set_rng_state(state["torch_rng"])
+            if device.type == "cuda" and "cuda_rng" in state:
+                torch.cuda.set_rng_state(state["cuda_rng"], device)
+        except Exception as e:  # noqa: BLE001 -- any unusable state becomes one clear line
+            text = str(e).strip()
+            reason = text.splitlines()[0][:200] if text else type(e).__name__
+            if isinstance(e, KeyError):
+                reason = f"it has no {e.args[0]!r} entry"
+            elif isinstance(e, pickle.UnpicklingError) or "weights" in reason.lower():
+                reason = "it holds something other than plain tensors and dicts"
+            raise ValueError(f"cannot resume: {state_path} is damaged or not a dfer train state ({reason}); "
+                             "start the run again without --resume, or restore the file") from None
         rep.log(f"resuming {out} after epoch {start_epoch}")
 
     net = model
@@ -572,7 +601,8 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True, rich
     if is_main:
         os.makedirs(out, exist_ok=True)
         atomic_write_text(os.path.join(out, "config.json"), json.dumps(cfg.to_dict(), indent=2) + "\n")
-        write_run_command(out, argv)
+        if not (resume and os.path.exists(os.path.join(out, "command.sh"))):
+            write_run_command(out, argv)
         _truncate_metrics(out, start_epoch)
         try:
             from torch.utils.tensorboard import SummaryWriter
@@ -620,8 +650,12 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True, rich
             if cfg.clip_grad:
                 torch.nn.utils.clip_grad_norm_(params, cfg.clip_grad)
             if cfg.optimizer == "sam":
+                from dfer_cli.optim import frozen_bn_stats
+
                 optimizer.first_step(zero_grad=True)
-                loss2 = forward_loss()[0]
+                # BatchNorm running statistics count the first pass only (optim.py)
+                with frozen_bn_stats(model):
+                    loss2 = forward_loss()[0]
                 loss2.backward()
                 if cfg.clip_grad:
                     torch.nn.utils.clip_grad_norm_(params, cfg.clip_grad)
@@ -708,8 +742,12 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True, rich
 
 
 def _append_metrics(out: str, row: dict) -> None:
+    """Append an epoch's row to metrics.jsonl (strict JSON: a NaN or infinite value, e.g. the
+    loss of a diverged epoch, is written as null) and to metrics.csv."""
+    from dfer_cli.results import strict_json
+
     with open(os.path.join(out, "metrics.jsonl"), "a") as f:
-        f.write(json.dumps(row) + "\n")
+        f.write(strict_json(row) + "\n")
     flat = {k: v for k, v in row.items() if not isinstance(v, dict)}
     flat.update({f"val_recall_{c}": r for c, r in row.get("val_recall", {}).items()})
     path = os.path.join(out, "metrics.csv")
@@ -723,7 +761,19 @@ def _append_metrics(out: str, row: dict) -> None:
 
 def _truncate_metrics(out: str, done_epochs: int) -> None:
     """Drop metric rows of epochs after the last committed one (a run killed between
-    logging an epoch and committing its state re-runs that epoch)."""
+    logging an epoch and committing its state re-runs that epoch). A partial row (a last
+    line cut short, without its newline) or any row that does not parse is dropped too."""
+
+    def epoch_of(line: str, jsonl: bool):
+        """The epoch of a complete row, or None for a partial or unreadable one."""
+        if not line.endswith("\n") or not line.strip():
+            return None
+        try:
+            epoch = json.loads(line)["epoch"] if jsonl else int(line.split(",", 1)[0])
+        except (ValueError, TypeError, KeyError, IndexError, RecursionError):
+            return None
+        return epoch if type(epoch) is int else None
+
     for name in ("metrics.jsonl", "metrics.csv"):
         path = os.path.join(out, name)
         if not os.path.exists(path):
@@ -731,10 +781,10 @@ def _truncate_metrics(out: str, done_epochs: int) -> None:
         if done_epochs == 0:
             os.remove(path)
             continue
-        with open(path) as f:
+        with open(path, errors="replace") as f:
             lines = f.readlines()
         if name.endswith(".jsonl"):
-            keep = [ln for ln in lines if ln.strip() and json.loads(ln)["epoch"] <= done_epochs]
+            keep = [ln for ln in lines if (e := epoch_of(ln, True)) is not None and e <= done_epochs]
         else:
-            keep = lines[:1] + [ln for ln in lines[1:] if ln.strip() and int(ln.split(",", 1)[0]) <= done_epochs]
+            keep = lines[:1] + [ln for ln in lines[1:] if (e := epoch_of(ln, False)) is not None and e <= done_epochs]
         atomic_write_text(path, "".join(keep))

@@ -5,7 +5,8 @@ path or a name; a name is looked up, in order, in:
 
 1. ``$DFER_WEIGHTS_DIR`` (if set),
 2. the user cache, ``$XDG_CACHE_HOME/dfer/weights`` (default ``~/.cache/dfer/weights``),
-3. the ``weights/`` folder bundled with a clone of dfer (next to ``dfer_cli/``).
+3. the bundled ``weights/`` folder (in a clone next to ``dfer_cli/``; in an installed wheel
+   the ``dfer_weights`` package).
 
 Nothing here downloads anything: downloads happen only on ``dfer weights download NAME``.
 """
@@ -43,7 +44,13 @@ KNOWN: dict[str, KnownWeights] = {
 
 
 def bundled_dir() -> Path:
-    return Path(__file__).resolve().parent.parent / "weights"
+    """The bundled checkpoints: the ``dfer_weights`` package (``weights/`` of the source
+    tree, installed inside the wheel), else ``weights/`` next to ``dfer_cli/`` in a clone."""
+    try:
+        import dfer_weights
+    except ImportError:
+        return Path(__file__).resolve().parent.parent / "weights"
+    return Path(dfer_weights.__file__).resolve().parent
 
 
 def user_cache_dir() -> Path:

@@ -15,14 +15,17 @@ and ``close()`` at the end. Records are those of `dfer_cli.results` (see docs/pr
   done, a ``video`` row for a video with no face, an ``error`` row for a failed input.
   Probabilities are one column per class, named ``p_<class>``.
 - ``table``: a rich table per video and a one-line summary (for people, not programs).
+
+JSON output is strict JSON: a non-finite number (NaN, infinity) is written as null, and
+as an empty cell in CSV.
 """
 from __future__ import annotations
 
 import csv
-import json
+import math
 from typing import IO, Sequence
 
-from dfer_cli.results import ClipPrediction, VideoResult
+from dfer_cli.results import ClipPrediction, VideoResult, strict_json
 
 FORMATS = ("table", "json", "jsonl", "csv")
 
@@ -55,7 +58,7 @@ class Writer:
 
 class JsonLinesWriter(Writer):
     def _write(self, record: dict) -> None:
-        self.stream.write(json.dumps(record, ensure_ascii=False) + "\n")
+        self.stream.write(strict_json(record, ensure_ascii=False) + "\n")
         self.stream.flush()  # so `dfer predict a.mp4 | jq` shows clips as they come
 
     def clip(self, clip: ClipPrediction) -> None:
@@ -82,8 +85,7 @@ class JsonWriter(Writer):
         self.records.append(error_record(video, message))
 
     def close(self) -> None:
-        json.dump(self.records, self.stream, indent=2, ensure_ascii=False)
-        self.stream.write("\n")
+        self.stream.write(strict_json(self.records, indent=2, ensure_ascii=False) + "\n")
         self.stream.flush()
 
 
@@ -99,10 +101,10 @@ class CsvWriter(Writer):
     def _row(self, **values) -> None:
         probs = values.pop("probabilities", None) or {}
         row = {k: "" for k in self.columns}
-        row.update({k: ("" if v is None else v) for k, v in values.items()})
+        row.update({k: _cell(v) for k, v in values.items()})
         for c in self.classes:
             if c in probs:
-                row[f"p_{c}"] = probs[c]
+                row[f"p_{c}"] = _cell(probs[c])
         self.csv.writerow(row)
         self.stream.flush()
 
@@ -126,6 +128,13 @@ class CsvWriter(Writer):
 
     def error(self, video: str, message: str) -> None:
         self._row(type="error", video=video, status=message)
+
+
+def _cell(value):
+    """A CSV cell: empty for None and for a non-finite float."""
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return ""
+    return value
 
 
 class TableWriter(Writer):

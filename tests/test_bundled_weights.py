@@ -35,6 +35,11 @@ def test_preprocessing_is_what_it_was_trained_with(model):
     assert model.provenance["data"]  # training provenance travels with the weights
 
 
+def test_keeps_the_window_it_was_trained_with(model):
+    # trained when the default window was 2x7x7: loads with it (2x3x3 on its 3x3 grid)
+    assert model.config.window == (2, 7, 7) and model.window == (2, 3, 3)
+
+
 def test_smile_example_reads_happy(model):
     res = dfer_cli.predict_video(model, ROOT / "examples" / "single_face_smile.mp4", window=1.0, stride=0.5)
     assert len(res.tracks) == 1 and all(c.status == "ok" for c in res.clips)

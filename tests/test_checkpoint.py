@@ -63,11 +63,27 @@ def test_header_metadata_is_json_with_everything(tmp_path):
     with safe_open(str(path), framework="pt") as f:
         meta = json.loads(f.metadata()["dfer"])
     assert meta["model"] == "logo_former" and meta["dfer_version"] == __version__
-    assert meta["config"]["dim"] == 16 and meta["config"]["window"] == [2, 7, 7]
+    assert meta["config"]["dim"] == 16 and meta["config"]["window"] == [2, 4, 4]
     assert meta["classes"] == list(CLASSES)
     assert meta["preprocessing"]["grayscale"] is True and meta["preprocessing"]["num_frames"] == 4
     assert meta["provenance"]["fold"] == 2
     assert not list(tmp_path.glob(".*tmp"))  # the atomic write left nothing behind
+
+
+def test_a_saved_window_is_kept_not_replaced_by_the_new_default(tmp_path):
+    # models made when the default was 2x7x7 (two whole frames) load with 2x7x7, not 2x4x4
+    model = _model(input_size=112, num_frames=2, window=(2, 7, 7))
+    path = save_checkpoint(tmp_path / "old.safetensors", model, classes=CLASSES,
+                           preprocessing=Preprocessing(input_size=112, num_frames=2), provenance={})
+    with safe_open(str(path), framework="pt") as f:
+        assert json.loads(f.metadata()["dfer"])["config"]["window"] == [2, 7, 7]
+    loaded = load_model(path)
+    assert loaded.config.window == (2, 7, 7) and loaded.window == (2, 7, 7)
+    assert loaded.blocks[0].steps[0].window == loaded.blocks[0].steps[1].window == (2, 7, 7)
+    assert tuple(loaded.blocks[0].steps[1].pool.weight.shape[2:]) == (2, 7, 7)
+    f = torch.randn(1, 2, 256, 7, 7)          # trunk maps: the blocks run, the trunk need not
+    with torch.no_grad():
+        assert torch.equal(model.forward_tokens(f), loaded.forward_tokens(f))
 
 
 def test_half_stores_fp16_and_loads_fp32(tmp_path):
@@ -150,3 +166,179 @@ def test_partial_load_resizes_time_embedding_and_skips_mismatches():
     torch.testing.assert_close(w2.sum(2, keepdim=True), w1)
     assert any(s.startswith("head.weight: shape (3, 16) != (7, 16)") for s in skipped)
     assert "head.weight" not in loaded
+
+
+# --- hostile and broken headers (issue 15): refused before anything is built -----------------
+
+@pytest.fixture(scope="module")
+def tiny_state():
+    """The tensors and header metadata that save_checkpoint writes for a tiny model."""
+    model = _model()
+    meta = {"format": "dfer-checkpoint", "format_version": 1, "dfer_version": __version__,
+            "model": "logo_former", "config": {**model.config.to_dict(), "backbone_weights": None},
+            "classes": list(CLASSES), "preprocessing": Preprocessing(input_size=32, num_frames=4).to_dict(),
+            "provenance": {"epochs": 1}, "dtype": "float32"}
+    return {k: v.detach().clone().contiguous() for k, v in model.state_dict().items()}, meta
+
+
+def _forge(tmp_path, tiny_state, edit=None, *, raw=None, tensors=None, name="forged"):
+    """A checkpoint with a tampered header: ``edit(meta)`` changes a copy of the metadata
+    save_checkpoint writes (or ``raw`` replaces it); ``tensors(state)`` changes the tensors."""
+    state, meta = tiny_state
+    meta = json.loads(json.dumps(meta))
+    if edit is not None:
+        edit(meta)
+    state = dict(state)
+    if tensors is not None:
+        tensors(state)
+    path = tmp_path / f"{name}.safetensors"
+    save_file(state, str(path), metadata={"dfer": raw if raw is not None else json.dumps(meta)})
+    return path
+
+
+def test_forged_baseline_loads_and_old_checkpoints_without_stem_still_load(tmp_path, tiny_state):
+    assert load_model(_forge(tmp_path, tiny_state)).config.dim == 16
+    old = load_model(_forge(tmp_path, tiny_state, lambda m: m["config"].pop("stem"), name="old"))
+    assert old.config.stem == "standard"
+    s1 = load_model(_save(tmp_path / "s1.safetensors", _model(stem="s1")))
+    assert s1.config.stem == "s1" and s1.pos_space.shape[2] == 16  # 32 px, stride 8: 4x4 grid
+
+
+def _set(*keys, value):
+    def edit(meta):
+        d = meta
+        for k in keys[:-1]:
+            d = d[k]
+        d[keys[-1]] = value
+    return edit
+
+
+BAD_HEADERS = {
+    # edit -> the key the one-line error must name
+    "config not a dict": (_set("config", value=[16, 2]), "'config'"),
+    "classes not a list": (_set("classes", value=7), "'classes'"),
+    "classes a string": (_set("classes", value="happysad"), "'classes'"),
+    "classes not strings": (_set("classes", value=[1, 2, 3, 4, 5, 6, 7]), "'classes'"),
+    "2 names for a 7-way head": (_set("classes", value=["happy", "sad"]), "'classes' names 2 classes"),
+    "duplicate class names": (_set("classes", value=["happy"] * 7), "'classes'"),
+    "heads 0": (_set("config", "heads", value=0), "'config.heads'"),
+    "heads not dividing dim": (_set("config", "heads", value=3), "'config.heads'"),
+    "dim a string": (_set("config", "dim", value="16"), "'config.dim'"),
+    "dim a bool": (_set("config", "dim", value=True), "'config.dim'"),
+    "depth negative": (_set("config", "depth", value=-1), "'config.depth'"),
+    "num_frames a float": (_set("config", "num_frames", value=4.5), "'config.num_frames'"),
+    "input_size huge": (_set("config", "input_size", value=10**9), "'config.input_size'"),
+    "mlp_ratio NaN": (_set("config", "mlp_ratio", value=float("nan")), "'config.mlp_ratio'"),
+    "dropout above 1": (_set("config", "dropout", value=3.0), "'config.dropout'"),
+    "window of 2": (_set("config", "window", value=[2, 7]), "'config.window'"),
+    "unknown stem": (_set("config", "stem", value="s9"), "'config.stem'"),
+    "unknown block": (_set("config", "block", value="evil"), "'config.block'"),
+    "unknown config field": (_set("config", "evil", value=1), "'evil'"),
+    "model not a string": (_set("model", value=["logo_former"]), "'model'"),
+    "format_version a list": (_set("format_version", value=[]), "'format_version'"),
+    "provenance a list": (_set("provenance", value=[1]), "'provenance'"),
+    "preprocessing a list": (_set("preprocessing", value=[]), "'preprocessing'"),
+    "grayscale a string": (_set("preprocessing", "grayscale", value="no"), "'preprocessing.grayscale'"),
+    "mean of 1": (_set("preprocessing", "mean", value=[0.5]), "'preprocessing.mean'"),
+    "std zero": (_set("preprocessing", "std", value=[0, 1, 1]), "'preprocessing.std'"),
+    "template of 3": (_set("preprocessing", "template", value=[[0.3, 0.4]] * 3), "'preprocessing.template'"),
+    "input_size other than the model's": (_set("preprocessing", "input_size", value=64),
+                                         "'preprocessing.input_size'"),
+    "more frames than the model takes": (_set("preprocessing", "num_frames", value=8),
+                                         "'preprocessing.num_frames'"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_HEADERS))
+def test_hostile_header_is_refused_naming_the_key(tmp_path, tiny_state, monkeypatch, case):
+    _no_real_model(monkeypatch)
+    edit, key = BAD_HEADERS[case]
+    path = _forge(tmp_path, tiny_state, edit)
+    assert key in _one_line_error(path)
+    with pytest.raises(CheckpointError, match=key.replace(".", r"\.")):
+        read_checkpoint(path)  # also what `dfer train --init` reads
+
+
+@pytest.mark.parametrize("raw", [
+    "[" * 100_000 + "]" * 100_000,                                            # the whole header
+    '{"format": "dfer-checkpoint", "provenance": ' + "[" * 100_000 + "]" * 100_000 + "}",
+    json.dumps({"format": "dfer-checkpoint", "model": "logo_former", "config": {}, "classes": [],
+                "preprocessing": {}, "provenance": json.loads("[" * 200 + "]" * 200)}),  # parses, too deep
+], ids=["top", "provenance", "parsable"])
+def test_deeply_nested_header_is_refused(tmp_path, tiny_state, monkeypatch, raw):
+    _no_real_model(monkeypatch)
+    assert "metadata is nested" in _one_line_error(_forge(tmp_path, tiny_state, raw=raw))
+
+
+def _no_real_model(monkeypatch):
+    """Make building a model anywhere but on the "meta" device fail the test (instead of
+    asking the allocator for what a hostile header declares)."""
+    import dfer_cli.models
+
+    real = dfer_cli.models.create_model
+
+    def guarded(name, **kw):
+        assert torch.empty(0).device.type == "meta", f"a real model was built from a hostile header ({kw})"
+        return real(name, **kw)
+    monkeypatch.setattr(dfer_cli.models, "create_model", guarded)
+
+
+def test_huge_declared_model_in_a_small_file_is_refused_without_allocating(tmp_path, tiny_state, monkeypatch):
+    _no_real_model(monkeypatch)
+
+    def huge(meta):
+        meta["config"].update(dim=16384, depth=64)
+    msg = _one_line_error(_forge(tmp_path, tiny_state, huge))
+    assert "'config.dim' is 16384" in msg
+    # within the bounds but still far more than the file holds: the tensor shapes give it away
+    # (the declared model is only built on the "meta" device)
+
+    def big(meta):
+        meta["config"].update(dim=4096, depth=64, heads=8)
+    msg = _one_line_error(_forge(tmp_path, tiny_state, big, name="big"))
+    assert "tensor 'pos_space' has shape (1, 1, 4, 16)" in msg and "dim=4096, depth=64" in msg
+
+
+@pytest.mark.parametrize("change, key", [
+    (lambda s: s.pop("head.bias"), "'head.bias'"),                               # missing
+    (lambda s: s.update({"evil.weight": torch.zeros(2)}), "'evil.weight'"),      # unexpected
+    (lambda s: s.update({"head.weight": torch.zeros(7, 8)}), "'head.weight' has shape (7, 8)"),
+    (lambda s: s.update({"head.weight": torch.zeros(7, 16, dtype=torch.int32)}), "'head.weight' is stored as I32"),
+], ids=["missing", "unexpected", "shape", "dtype"])
+def test_tensors_not_matching_the_header_are_refused_before_reading(tmp_path, tiny_state, monkeypatch, change, key):
+    _no_real_model(monkeypatch)
+    assert key in _one_line_error(_forge(tmp_path, tiny_state, tensors=change))
+
+
+class _FixedFace:
+    """A detector that finds the same face in every frame (no MTCNN)."""
+
+    def detect(self, frames):
+        import numpy as np
+
+        from dfer_cli.faces import Detection
+        from dfer_cli.preprocess import DEFAULT_TEMPLATE
+
+        lm = np.array(DEFAULT_TEMPLATE) * 64 + 16
+        return [[Detection(np.array([16.0, 16.0, 80.0, 80.0]), 0.99, lm.copy())] for _ in frames]
+
+
+def test_non_finite_probabilities_fail_the_video_naming_the_checkpoint(tmp_path):
+    from synth import make_video
+
+    import dfer_cli
+
+    video = make_video(tmp_path / "v.mp4", frames=16, fps=8, size=(96, 96))
+    good = load_model(_save(tmp_path / "good.safetensors", _model()))
+    res = dfer_cli.predict_video(good, video, detector=_FixedFace())
+    assert res.clips and all(c.status == "ok" for c in res.clips)  # the same clips classify when healthy
+
+    broken = _model()
+    with torch.no_grad():
+        broken.head.weight[0, 0] = float("nan")  # a corrupted weight
+    path = _save(tmp_path / "nan.safetensors", broken)
+    emitted = []
+    with pytest.raises(ValueError, match="non-finite probabilities") as e:
+        dfer_cli.predict_video(load_model(path), video, detector=_FixedFace(), on_clip=emitted.append)
+    assert "\n" not in str(e.value) and str(path) in str(e.value) and "checkpoint" in str(e.value)
+    assert emitted == []  # no record with a NaN confidence and status ok

@@ -236,3 +236,42 @@ def test_afew_prepared_tree_and_raw_videos(tmp_path):
     assert [(Path(s.path).name, CLASSES[s.label]) for s in train] == [("001", "happy")]
     val, rep = scan("afew", prepared, "val")
     assert len(val) == 1 and list(rep.counts().values()) == [1]
+
+
+@pytest.mark.parametrize("train_name,val_name", [("Train_AFEW", "Val_AFEW"), ("train_afew", "val_afew"),
+                                                 ("Train", "Val"), ("train", "val")])
+def test_afew_official_and_lowercase_split_folders(tmp_path, train_name, val_name):
+    root = tmp_path / "AFEW_prepared"
+    _frames(root / train_name / "Angry" / "001", 3, size=8)
+    _frames(root / train_name / "Happy" / "002", 3, size=8)
+    _frames(root / val_name / "Sad" / "003", 3, size=8)
+    train, _ = scan("afew", root, "train")
+    assert [(Path(s.path).parent.parent.name, CLASSES[s.label]) for s in train] == \
+        [(train_name, "angry"), (train_name, "happy")]
+    for split in ("val", "test"):  # test means val
+        val, _ = scan("afew", root, split)
+        assert [CLASSES[s.label] for s in val] == ["sad"]
+
+
+def test_afew_raw_official_tree_points_to_prepare(tmp_path):
+    raw = tmp_path / "AFEW"
+    (raw / "Train_AFEW" / "Angry").mkdir(parents=True)
+    make_video(raw / "Train_AFEW" / "Angry" / "001.avi", frames=4, codec="mpeg4", size=(32, 32))
+    with pytest.raises(ValueError, match="dfer prepare"):
+        scan("afew", raw, "train")
+
+
+def test_afew_missing_or_ambiguous_split_folder_is_one_clear_line(tmp_path):
+    root = tmp_path / "AFEW"
+    _frames(root / "Clips" / "Angry" / "001", 3, size=8)
+    with pytest.raises(ValueError) as e:
+        scan("afew", root, "val")
+    msg = str(e.value)
+    assert "\n" not in msg and "Val_AFEW/ or Val/" in msg and "Clips/" in msg, msg
+    _frames(root / "Train" / "Angry" / "001", 3, size=8)
+    _frames(root / "Train_AFEW" / "Angry" / "001", 3, size=8)
+    with pytest.raises(ValueError, match="ambiguous.*Train, Train_AFEW") as e:
+        scan("afew", root, "train")
+    assert "\n" not in str(e.value)
+    with pytest.raises(ValueError, match="use train or val"):
+        scan("afew", root, "dev")

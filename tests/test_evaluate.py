@@ -8,8 +8,8 @@ import torch
 
 from dfer_cli.checkpoint import load_model, save_checkpoint
 from dfer_cli.data import ClipDataset, scan
-from dfer_cli.evaluate import (evaluate_checkpoint, evaluate_folds, plot_confusion, predict_dataset,
-                               remap_to_classes, score)
+from dfer_cli.evaluate import (FoldResult, FoldSummary, evaluate_checkpoint, evaluate_folds, format_pm,
+                               plot_confusion, predict_dataset, remap_to_classes, score)
 from dfer_cli.labels import CLASSES
 from dfer_cli.metrics import Scores
 from dfer_cli.models import create_model
@@ -79,7 +79,7 @@ def test_five_fold_table(tmp_path):
     assert [f.fold for f in summary.folds] == [1, 2, 3, 4, 5]
     assert [f.scores.count for f in summary.folds] == [2, 2, 2, 1, 2]  # clip 9 (fold 4) is missing
     uars = [f.scores.uar for f in summary.folds]
-    assert summary.stat("uar") == pytest.approx((np.mean(uars), np.std(uars)))
+    assert summary.stat("uar") == pytest.approx((np.mean(uars), np.std(uars, ddof=1)))
     d = summary.to_dict()
     assert d["mean"]["war"] == pytest.approx(np.mean([f.scores.war for f in summary.folds]))
     (run / "fold5" / "best.safetensors").unlink()
@@ -122,3 +122,23 @@ def test_flip_tta_averages_the_mirrored_clip():
     assert torch.allclose(clip_probs(model, x, "flip"), torch.tensor([[0.5, 0.5]]))
     with pytest.raises(ValueError, match="tta 'rotate'"):
         clip_probs(model, x, "rotate")
+
+
+def test_fold_std_is_the_sample_std():
+    # 5 folds, 2 classes of 10 clips, k right in each class: UAR = WAR = k / 10
+    def fold(i, k):
+        return FoldResult(i, f"fold{i}", Scores(["a", "b"], np.array([[k, 10 - k], [10 - k, k]])))
+
+    summary = FoldSummary([fold(i, k) for i, k in enumerate([5, 6, 7, 4, 8], 1)])
+    # by hand: mean 0.6; squared deviations .01 + 0 + .01 + .04 + .04 = 0.10; / (5 - 1) = 0.025
+    mean, std = summary.stat("uar")
+    assert mean == pytest.approx(0.6, rel=1e-12)
+    assert std == pytest.approx(0.025 ** 0.5, rel=1e-12)              # 0.1581, not sqrt(0.10 / 5) = 0.1414
+    assert summary.stat("war") == pytest.approx((0.6, 0.025 ** 0.5), rel=1e-12)
+    assert format_pm(mean, std) == "60.00 ± 15.81"
+    d = summary.to_dict()
+    assert d["std"]["uar"] == pytest.approx(0.025 ** 0.5) and d["std_ddof"] == 1
+    # one fold: no spread to estimate
+    one = FoldSummary(summary.folds[:1])
+    assert np.isnan(one.stat("uar")[1]) and one.to_dict()["std"]["uar"] is None
+    assert format_pm(*one.stat("uar")) == "50.00"

@@ -80,3 +80,15 @@ def test_regulariser_gradient_pushes_non_targets_toward_uniform():
 def test_two_classes_have_no_regulariser():
     z, y = torch.randn(4, 2), torch.tensor([0, 1, 1, 0])
     torch.testing.assert_close(compact_loss(z, y, lam=5.0), F.cross_entropy(z, y))
+
+
+def test_value_computed_by_hand():
+    # C = 3, target 0, non-target logits (log 3, 0): q = (3/4, 1/4), u = (1/2, 1/2)
+    logits = torch.tensor([[0.5, math.log(3.0), 0.0]], dtype=torch.float64)
+    target = torch.tensor([0])
+    kl_uq = 0.5 * math.log(0.5 / 0.75) + 0.5 * math.log(0.5 / 0.25)      # = 0.5 log(4/3)
+    kl_qu = 0.75 * math.log(0.75 / 0.5) + 0.25 * math.log(0.25 / 0.5)
+    ce = -(0.5 - math.log(math.exp(0.5) + 3.0 + 1.0))
+    assert compact_regulariser(logits, target).item() == pytest.approx(kl_uq + kl_qu, rel=1e-12)
+    assert compact_regulariser(logits, target, symmetric=False).item() == pytest.approx(kl_uq, rel=1e-12)
+    assert compact_loss(logits, target, lam=0.1).item() == pytest.approx(ce + 0.1 * (kl_uq + kl_qu), rel=1e-12)

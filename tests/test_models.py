@@ -60,11 +60,14 @@ def test_shapes(name, size, frames, T):
 
 def test_paper_config_shapes_and_window():
     model = create_model("logo_former").eval()
-    assert model.window == (2, 7, 7) and model.grid_hw == (7, 7)
+    # local in space and time: 2 frames x 4x4 cells of the 7x7 grid (padded to 8x8)
+    assert model.config.window == (2, 4, 4) and model.window == (2, 4, 4) and model.grid_hw == (7, 7)
     with torch.no_grad():
         assert model(torch.randn(1, 16, 3, 112, 112)).shape == (1, 7)
-    # 48 px: the 7x7 window is clamped to the 3x3 grid
+    # 48 px: the window is clamped to the 3x3 grid (whole frames); the s1 stem's 6x6 grid keeps it
     assert create_model("logo_former", input_size=48, **TINY).window == (2, 3, 3)
+    assert create_model("logo_former", input_size=48, stem="s1", **TINY).window == (2, 4, 4)
+    assert get_config("logo_former", input_size=48, num_frames=1).effective_window() == (1, 3, 3)
 
 
 @pytest.mark.parametrize("name", MODELS)
@@ -88,6 +91,24 @@ def test_bad_inputs_are_refused():
         model(torch.randn(1, 4, 3, 48, 48))
     with pytest.raises(ValueError, match=r"\(B, T, 3, H, W\)"):
         model(torch.randn(4, 3, 32, 32))
+
+
+@pytest.mark.parametrize("name", ["logo_former", "stt"])
+def test_short_clip_uses_the_first_temporal_embeddings(name):
+    # a T-frame clip on a num_frames model is embedded with pos_time[:, :T] (the documented
+    # choice, no resampling): the same as a T-frame model holding those first T embeddings
+    torch.manual_seed(0)
+    long = create_model(name, input_size=32, num_frames=6, **TINY).eval()
+    short = create_model(name, input_size=32, num_frames=3, **TINY).eval()
+    state = long.state_dict()
+    state["pos_time"] = state["pos_time"][:, :3]
+    short.load_state_dict(state)
+    x = torch.randn(2, 3, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(long(x), short(x), atol=0, rtol=0)
+        f = long.trunk_features(torch.randn(1, 6, 3, 32, 32))
+        with pytest.raises(ValueError, match="at most 6"):
+            long.forward_tokens(torch.cat([f, f[:, :1]], dim=1))   # 7 frames: refused, not sliced
 
 
 def test_temporal_order_matters():
@@ -156,7 +177,9 @@ def test_cost_growth_joint_quadratic_logo_near_linear():
     small = dict(input_size=112, dim=64, heads=2, depth=1)
     mix = {n: [model_cost(n, t, **small)["mixing_gflops"] for t in (8, 32)] for n in ("joint", "logo_former")}
     assert mix["joint"][1] / mix["joint"][0] == pytest.approx(16, rel=0.05)   # 4x frames -> 16x
-    assert mix["logo_former"][1] / mix["logo_former"][0] < 6                  # 4x frames -> < 6x
+    # LOGO: local step linear, global step quadratic with one key per 32-slot window
+    assert mix["logo_former"][1] / mix["logo_former"][0] < 8                  # 4x frames -> < 8x
+    assert mix["logo_former"][1] < mix["joint"][1] / 8
     cost = model_cost("logo_former", 16)
     assert cost["params"] == sum(p.numel() for p in create_model("logo_former").parameters())
     assert cost["backbone_gflops"] < cost["gflops"]
@@ -175,3 +198,7 @@ def test_models_command_json():
     for m in data["models"]:
         assert [g["num_frames"] for g in m["growth"]] == [8, 16, 32, 64]
         assert m["params"] > 1e7 and m["gflops"] > m["attention_gflops"] > 0
+    # the window actually used (after clamping to the grid), LOGO only
+    assert [m["window"] for m in data["models"]] == [[2, 4, 4], None, None, None]
+    table = CliRunner().invoke(app, ["models"])
+    assert table.exit_code == 0 and "window used: 2x4x4" in table.output, table.output

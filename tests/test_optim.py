@@ -66,3 +66,81 @@ def test_state_dict_round_trip_keeps_momentum():
 def test_negative_rho_rejected():
     with pytest.raises(ValueError, match="rho"):
         SAM([torch.nn.Parameter(torch.zeros(1))], torch.optim.SGD, rho=-1, lr=0.1)
+
+
+def test_perturbation_uses_one_norm_over_all_parameters():
+    # e = rho * g / ||g||_2 with the norm over every tensor of every group together; a
+    # per-tensor norm would move each tensor by rho instead
+    a = torch.nn.Parameter(torch.tensor([1.0, 2.0, -1.0]))
+    b = torch.nn.Parameter(torch.tensor([[0.5, -3.0], [2.0, 1.0]]))
+    c = torch.nn.Parameter(torch.tensor([4.0]))
+    a0, b0, c0 = a.detach().clone(), b.detach().clone(), c.detach().clone()
+    rho = 0.1
+    opt = SAM([{"params": [a, b]}, {"params": [c]}], torch.optim.SGD, rho=rho, lr=0.1)
+    ga, gb, gc = torch.tensor([3.0, 0.0, -4.0]), torch.tensor([[1.0, 2.0], [0.0, -2.0]]), torch.tensor([6.0])
+    ((a * ga).sum() + (b * gb).sum() + (c * gc).sum()).backward()      # gradients ga, gb, gc
+    opt.first_step()
+    norm = (25.0 + 9.0 + 36.0) ** 0.5                                   # ||(ga, gb, gc)||_2 by hand
+    torch.testing.assert_close(a.detach(), a0 + rho * ga / norm)
+    torch.testing.assert_close(b.detach(), b0 + rho * gb / norm)
+    torch.testing.assert_close(c.detach(), c0 + rho * gc / norm)
+    step = torch.cat([(a - a0).flatten(), (b - b0).flatten(), (c - c0).flatten()]).detach()
+    assert step.norm().item() == pytest.approx(rho, rel=1e-5)          # one step of length rho
+
+
+def _bn_net():
+    torch.manual_seed(0)
+    return torch.nn.Sequential(torch.nn.Linear(4, 6), torch.nn.BatchNorm1d(6), torch.nn.ReLU(),
+                               torch.nn.Linear(6, 3), torch.nn.BatchNorm1d(3, momentum=None))
+
+
+def _bn_stats(net):
+    return [(m.running_mean.clone(), m.running_var.clone(), m.num_batches_tracked.clone())
+            for m in net.modules() if isinstance(m, torch.nn.BatchNorm1d)]
+
+
+@pytest.mark.parametrize("api", ["two_steps", "closure"])
+def test_sam_step_updates_batchnorm_statistics_once(api):
+    from dfer_cli.optim import frozen_bn_stats
+
+    net = _bn_net().train()
+    plain = copy.deepcopy(net)
+    x, y = torch.randn(8, 4, generator=torch.Generator().manual_seed(1)), torch.tensor([0, 1, 2] * 2 + [0, 1])
+    loss_fn = torch.nn.CrossEntropyLoss()
+    opt = SAM(net.parameters(), torch.optim.SGD, rho=0.5, lr=0.1)
+    if api == "two_steps":
+        loss_fn(net(x), y).backward()
+        opt.first_step()
+        with frozen_bn_stats(net):
+            second = net(x)                     # still normalised with the batch's statistics
+        loss_fn(second, y).backward()
+        opt.second_step()
+    else:
+        def closure():
+            opt.zero_grad()
+            loss = loss_fn(net(x), y)
+            loss.backward()
+            return loss
+        opt.step(closure, model=net)
+    plain(x)                                    # one plain forward of the first pass
+    for (m1, v1, n1), (m2, v2, n2) in zip(_bn_stats(net), _bn_stats(plain)):
+        torch.testing.assert_close(m1, m2, atol=0, rtol=0)
+        torch.testing.assert_close(v1, v2, atol=0, rtol=0)
+        assert n1.item() == n2.item() == 1
+    assert any(not torch.equal(p, q) for p, q in zip(net.parameters(), plain.parameters()))  # it trained
+
+
+def test_frozen_bn_stats_keeps_batch_normalisation_in_training_mode():
+    from dfer_cli.optim import frozen_bn_stats
+
+    net = _bn_net().train()
+    x = torch.randn(8, 4, generator=torch.Generator().manual_seed(2))
+    before = _bn_stats(net)
+    with frozen_bn_stats(net):
+        out = net[:2](x)                        # Linear -> BatchNorm1d
+    assert net.training
+    torch.testing.assert_close(out.mean(0), torch.zeros(6), atol=1e-5, rtol=0)  # batch statistics
+    for (m1, v1, n1), (m2, v2, n2) in zip(before, _bn_stats(net)):
+        assert torch.equal(m1, m2) and torch.equal(v1, v2) and torch.equal(n1, n2)
+    net(x)                                      # outside the block the statistics move again
+    assert _bn_stats(net)[0][2].item() == 1 and not torch.equal(before[0][0], _bn_stats(net)[0][0])

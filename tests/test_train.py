@@ -167,11 +167,27 @@ def test_every_clip_used_each_epoch_including_a_lone_single_frame_clip(data, tmp
         return original(self, i)
 
     monkeypatch.setattr(dd.ClipDataset, "__getitem__", getitem)
+    # stills at --frames 1 come from memory in whole batches (data/stills.py): record those
+    from dfer_cli.data.stills import StillBatches
+
+    batches = []
+    original_iter = StillBatches.__iter__
+
+    def batch_iter(self):
+        order = list(self.order)
+        start = 0
+        for size, item in zip(self.sizes, original_iter(self)):
+            batches.append((self.epoch, order[start:start + size]))
+            start += size
+            yield item
+
+    monkeypatch.setattr(StillBatches, "__iter__", batch_iter)
     # 37 clips in batches of 6 leave one clip; with one 16 px frame per clip (the trunk's
     # last maps are 1x1) that batch would be a single value per BatchNorm channel
     train(tiny_config(data, tmp_path / "run", frames=1, input_size=16, limit=37, optimizer="sgd"), progress=True)
     for epoch in (0, 1):
-        assert sorted(i for e, i in seen if e == epoch) == list(range(37))
+        assert sorted(i for e, b in batches if e == epoch for i in b) == list(range(37))
+        assert [len(b) for e, b in batches if e == epoch] == [6, 6, 6, 6, 6, 7]
     state = torch.load(tmp_path / "run" / "state.pt", weights_only=True)
     assert state["step"] == 2 * 6
     assert "37 clips (5 batches of 6 + 1 of 7)" in capsys.readouterr().err
@@ -261,7 +277,8 @@ def test_still_batches_killed_mid_epoch_resume_to_the_same_weights(data, tmp_pat
     assert proc.returncode == -9, proc.stderr[-2000:]
     assert torch.load(tmp_path / "killed" / "state.pt", weights_only=True)["epoch"] == 1
     command = (tmp_path / "killed" / "command.sh").read_text()
-    assert "dfer train --epochs 3 --resume" in command and f"cd {os.getcwd()}" in command
+    assert "# dfer train --epochs 3\n" in command and f"cd {os.getcwd()}" in command
+    assert command.splitlines()[-1].endswith(f"{sys.executable} -m dfer_cli train --epochs 3 --resume \"$@\"")
     # resuming keeps the run's recipe and length: only machine settings come from the caller
     train(TrainConfig(output=str(tmp_path / "killed"), data_root=str(data), epochs=100, threads=1),
           resume=True, progress=False)
@@ -296,3 +313,112 @@ def test_bf16_training_runs_finite_and_learns(data, tmp_path):
     assert torch.isfinite(p).all()
     with pytest.raises(ValueError, match="fp16 needs a CUDA device"):
         train(still_config(data, tmp_path / "fp16", precision="fp16"), progress=False)
+
+
+def test_metrics_jsonl_is_strict_json_with_null_for_nan(tmp_path):
+    from dfer_cli.train import _append_metrics, _truncate_metrics
+
+    def strict_loads(line):
+        return json.loads(line, parse_constant=lambda c: (_ for _ in ()).throw(ValueError(c)))
+
+    _append_metrics(str(tmp_path), {"epoch": 1, "train_loss": float("nan"), "val_uar": 0.5,
+                                    "val_recall": {"happy": float("inf"), "sad": 0.25}})
+    _append_metrics(str(tmp_path), {"epoch": 2, "train_loss": 0.75, "val_uar": float("-inf"),
+                                    "val_recall": {"happy": 1.0, "sad": 0.0}})
+    rows = [strict_loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert rows == [{"epoch": 1, "train_loss": None, "val_uar": 0.5, "val_recall": {"happy": None, "sad": 0.25}},
+                    {"epoch": 2, "train_loss": 0.75, "val_uar": None, "val_recall": {"happy": 1.0, "sad": 0.0}}]
+    _truncate_metrics(str(tmp_path), 1)  # a resumed run still reads the file back
+    assert len((tmp_path / "metrics.jsonl").read_text().splitlines()) == 1
+
+
+class _Foreign:
+    """Not a tensor: a train state holding it must be refused, not unpickled."""
+
+
+def test_resume_with_a_damaged_or_foreign_state_is_one_line(data, tmp_path):
+    import io
+    import pickle
+
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "config.json").write_text(json.dumps(tiny_config(data, out, frames=1, epochs=1).to_dict()))
+    buf = io.BytesIO()
+    torch.save({"model": {"w": torch.zeros(1000)}, "epoch": 1}, buf)
+    foreign = io.BytesIO()
+    torch.save({"model": _Foreign(), "epoch": 1}, foreign)
+    damaged = {
+        "truncated": buf.getvalue()[: len(buf.getvalue()) // 2],
+        "random bytes": np.random.default_rng(0).bytes(4096),
+        "empty": b"",
+        "non-tensor objects": foreign.getvalue(),
+        "a plain pickle": pickle.dumps({"model": _Foreign()}),
+        "wrong tensors": buf.getvalue(),
+        "a list": (lambda b: (torch.save([1, 2, 3], b), b.getvalue())[1])(io.BytesIO()),
+    }
+    for what, content in damaged.items():
+        (out / "state.pt").write_bytes(content)
+        with pytest.raises(ValueError) as e:
+            train(tiny_config(data, out, frames=1, epochs=1), resume=True, progress=False)
+        msg = str(e.value)
+        assert "\n" not in msg and str(out / "state.pt") in msg and "without --resume" in msg, (what, msg)
+        assert "weights_only" not in msg.lower() and "weights only" not in msg.lower(), (what, msg)
+
+
+def test_backbone_weights_refusal_never_advises_weights_only_false(tmp_path):
+    import pickle
+
+    from dfer_cli.models.backbone import ResNetTrunk, load_backbone_weights
+
+    foreign = tmp_path / "foreign.pth"
+    torch.save({"conv1.weight": torch.zeros(64, 3, 7, 7), "extra": _Foreign()}, foreign)
+    plain = tmp_path / "plain.pth"
+    plain.write_bytes(pickle.dumps({"conv1.weight": _Foreign()}))
+    noise = tmp_path / "noise.pth"
+    noise.write_bytes(np.random.default_rng(1).bytes(4096))
+    for path in (foreign, plain, noise):
+        with pytest.raises(ValueError, match="cannot read backbone weights") as e:
+            load_backbone_weights(ResNetTrunk(), path)
+        msg = str(e.value)
+        assert "\n" not in msg and str(path) in msg
+        assert "weights_only" not in msg.lower() and "weights only" not in msg.lower(), msg
+
+
+def test_resume_drops_a_partial_last_metrics_line(data, tmp_path):
+    out = tmp_path / "run"
+    train(tiny_config(data, out, frames=1, epochs=1, optimizer="sgd", limit=12), progress=False)
+    # killed while writing the next epoch's rows: lines cut short, without their newline
+    with open(out / "metrics.jsonl", "a") as f:
+        f.write('{"epoch": 2, "step": 4, "lr": 0.0')
+    with open(out / "metrics.csv", "a") as f:
+        f.write("2,4,0.0")
+    train(tiny_config(data, out, frames=1, epochs=1), resume=True, progress=False)
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [1]
+    csv_rows = (out / "metrics.csv").read_text().splitlines()
+    assert len(csv_rows) == 2 and csv_rows[1].startswith("1,")
+
+
+def test_sam_updates_batchnorm_statistics_once_per_step(data, tmp_path):
+    # 12 clips in batches of 6: 2 SAM steps, each with 2 forward passes; the running statistics
+    # count the first pass of each step only (the second is under optim.frozen_bn_stats)
+    out = tmp_path / "run"
+    train(tiny_config(data, out, epochs=1, limit=12, optimizer="sam"), progress=False)
+    state, _ = read_checkpoint(out / "last.safetensors")
+    counts = {k: int(v) for k, v in state.items() if k.endswith("num_batches_tracked")}
+    assert counts and set(counts.values()) == {2}, counts
+
+
+def test_resume_rebuilds_the_model_the_run_was_saved_with(data, tmp_path):
+    """A run whose config.json leaves a model size to the default (runs made before a
+    default changed) resumes with the size its checkpoint was built with."""
+    out = tmp_path / "old"
+    train(tiny_config(data, out, epochs=1, optimizer="sgd", model_opts={**TINY, "window": [2, 1, 1]}),
+          progress=False)
+    cfg = json.loads((out / "config.json").read_text())
+    del cfg["model_opts"]["window"]                       # as written before the default changed
+    cfg["epochs"] = 2
+    (out / "config.json").write_text(json.dumps(cfg))
+    train(TrainConfig(output=str(out), data_root=str(data), threads=1), resume=True, progress=False)
+    _, meta = read_checkpoint(out / "last.safetensors")
+    assert meta["provenance"]["epoch"] == 2 and meta["config"]["window"] == [2, 1, 1]

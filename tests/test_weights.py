@@ -173,3 +173,31 @@ def test_cli_weights_export_frames_makes_a_video_model_from_a_stills_model(tmp_p
     assert tensors[pool[0]].shape[2] == 2
     video = load_model(dst)
     assert video(torch.randn(1, 16, 3, 32, 32)).shape == (1, 7)
+
+
+def test_cli_weights_export_prior_shift_moves_the_bias_by_alpha_log_prior(tmp_path):
+    import numpy as np
+    import torch
+
+    from dfer_cli.checkpoint import read_checkpoint, save_checkpoint
+    from dfer_cli.labels import CLASSES
+    from dfer_cli.models import create_model
+    from dfer_cli.preprocess import Preprocessing
+
+    m = create_model("logo_former", dim=32, depth=1, heads=2, input_size=32, num_frames=1).eval()
+    counts = dict(zip(CLASSES, [10, 20, 30, 40, 50, 60, 70]))
+    pre = Preprocessing(input_size=32, num_frames=1)
+    src = save_checkpoint(tmp_path / "a.safetensors", m, classes=CLASSES, preprocessing=pre,
+                          provenance={"data": {"train_class_counts": counts}})
+    dst = tmp_path / "b.safetensors"
+    res = CliRunner().invoke(app, ["weights", "export", str(src), str(dst), "--prior-shift", "0.5", "--float32"])
+    assert res.exit_code == 0, res.output
+    a, _ = read_checkpoint(src)
+    b, meta = read_checkpoint(dst)
+    expect = 0.5 * np.log(np.array([10, 20, 30, 40, 50, 60, 70]) / 280)
+    assert np.allclose((b["head.bias"] - a["head.bias"]).numpy(), expect, atol=1e-6)
+    assert torch.equal(a["head.weight"], b["head.weight"])
+    assert meta["provenance"]["exported_from"]["prior_shift"] == 0.5
+    bare = save_checkpoint(tmp_path / "c.safetensors", m, classes=CLASSES, preprocessing=pre)
+    res = CliRunner().invoke(app, ["weights", "export", str(bare), str(dst), "--prior-shift", "1"])
+    assert res.exit_code == 1 and "train_class_counts" in res.output

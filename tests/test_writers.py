@@ -133,6 +133,27 @@ def test_table_shows_the_same_numbers_and_a_summary():
     assert "boom" not in text  # errors go to stderr, not into the table
 
 
+def strict_loads(text: str):
+    """json.loads that refuses the NaN / Infinity tokens, as strict JSON parsers do."""
+    return json.loads(text, parse_constant=lambda c: (_ for _ in ()).throw(ValueError(c)))
+
+
+def test_non_finite_numbers_are_null_in_json_and_empty_in_csv():
+    r = two_track_result()
+    r.clips[0].probabilities = dict(r.clips[0].probabilities, sad=float("nan"))
+    r.clips[0].confidence = float("inf")
+    r.tracks[0].probabilities = dict(r.tracks[0].probabilities, fear=float("-inf"))
+    recs = [strict_loads(line) for line in run("jsonl", [r]).splitlines()]
+    assert recs[0]["probabilities"]["sad"] is None and recs[0]["confidence"] is None
+    assert recs[0]["probabilities"]["happy"] == 0.7 and recs[0]["label"] == "happy"
+    assert recs[-1]["tracks"][0]["probabilities"]["fear"] is None
+    doc = strict_loads(run("json", [r]))
+    assert doc[0]["clips"][0] == recs[0] and doc[0]["tracks"] == recs[-1]["tracks"]
+    rows = list(csv.DictReader(io.StringIO(run("csv", [r]))))
+    assert rows[0]["p_sad"] == "" and rows[0]["confidence"] == "" and rows[0]["p_happy"] == "0.7"
+    assert rows[3]["p_fear"] == ""
+
+
 def test_summary_line_names_dominant_expression():
     line = summary_line(two_track_result())
     assert "2 face tracks" in line and "track 0 0.00–3.00 s: happy (0.39, 2 clips)" in line

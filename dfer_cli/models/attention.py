@@ -42,18 +42,27 @@ class Attention(nn.Module):
 
     def forward(self, x: torch.Tensor, kv: torch.Tensor | None = None,
                 mask: torch.Tensor | None = None) -> torch.Tensor:
-        B, L, D = x.shape
-        kv = x if kv is None else kv
-        S = kv.shape[1]
-        h = self.heads
-        q = self.q(x).reshape(B, L, h, D // h).transpose(1, 2)                  # (B, h, L, d)
-        k, v = self.kv(kv).reshape(B, S, 2, h, D // h).permute(2, 0, 3, 1, 4)  # (B, h, S, d) each
+        kv = self.kv(x if kv is None else kv)                                    # (B, S, 2D)
+        k, v = kv.chunk(2, dim=-1)                                               # (B, S, D) each
+        return self.proj_drop(self.proj(self.mix(self.q(x), k, v, mask)))        # (B, L, D)
+
+    def mix(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+            mask: torch.Tensor | None = None) -> torch.Tensor:
+        """The attention itself on projected tokens, before the output projection.
+
+        q (B, L, D), k and v (B, S, D) -> softmax(q k^T / sqrt(d)) v per head, d = D/heads,
+        heads concatenated: (B, L, D). ``mask`` as in ``forward``.
+        """
+        B, L, D = q.shape
+        S, h = k.shape[1], self.heads
+        q = q.reshape(B, L, h, D // h).transpose(1, 2)                           # (B, h, L, d)
+        k = k.reshape(B, S, h, D // h).transpose(1, 2)                           # (B, h, S, d)
+        v = v.reshape(B, S, h, D // h).transpose(1, 2)                           # (B, h, S, d)
         if mask is not None:
             mask = mask.unsqueeze(-3)                                            # (B, 1, L, S)
         out = F.scaled_dot_product_attention(
             q, k, v, attn_mask=mask, dropout_p=self.attn_drop if self.training else 0.0)
-        out = out.transpose(1, 2).reshape(B, L, D)                               # (B, L, D)
-        return self.proj_drop(self.proj(out))
+        return out.transpose(1, 2).reshape(B, L, D)                              # (B, L, D)
 
 
 class JointAttention(nn.Module):
@@ -172,7 +181,9 @@ class LocalWindowAttention(nn.Module):
     A grid that the window does not divide is zero-padded on the far side up to whole
     windows; padded tokens are masked out as keys and their outputs dropped, so the result
     equals full attention restricted to each (possibly partial) window. Every window holds
-    at least one real token, because padding is always shorter than a window.
+    at least one real token, because padding is always shorter than a window. The q/k/v and
+    output projections run on the real tokens only (padding is added between them), so
+    padding costs only in the score and mixing products.
     [CLS] belongs to no window: it is left unchanged (returned as zeros, i.e. no residual
     update) and reaches the patch tokens in the global step.
     """
@@ -185,16 +196,19 @@ class LocalWindowAttention(nn.Module):
     def forward(self, x, cls, grid: Grid):
         B, N, D = x.shape
         T, H, W = grid
-        xp, valid = pad_to_windows(x, grid, self.window)                   # (B, T', H', W', D)
-        win = window_partition(xp, self.window)                            # (B, nW, L, D)
+        a = self.attn
+        qkv = torch.cat([a.q(x), a.kv(x)], dim=-1)                         # (B, N, 3D): q, k, v
+        qkv, valid = pad_to_windows(qkv, grid, self.window)                # (B, T', H', W', 3D)
+        win = window_partition(qkv, self.window)                           # (B, nW, L, 3D)
         nW, L = win.shape[1], win.shape[2]
+        q, k, v = win.reshape(B * nW, L, 3 * D).split(D, dim=-1)           # (B*nW, L, D) each
         key_ok = window_partition(valid[None, ..., None], self.window)     # (1, nW, L, 1)
         key_ok = key_ok.reshape(nW, 1, L).repeat(B, 1, 1)                  # (B*nW, 1, L)
         mask = None if padded_grid(grid, self.window) == tuple(grid) else key_ok
-        y = self.attn(win.reshape(B * nW, L, D), mask=mask)                # (B*nW, L, D)
-        y = window_merge(y.reshape(B, nW, L, D), xp.shape[1:4], self.window)
+        y = a.mix(q, k, v, mask)                                           # (B*nW, L, D)
+        y = window_merge(y.reshape(B, nW, L, D), qkv.shape[1:4], self.window)
         y = y[:, :T, :H, :W].reshape(B, N, D)                              # drop padding
-        return y, torch.zeros_like(cls)
+        return a.proj_drop(a.proj(y)), torch.zeros_like(cls)
 
 
 class GlobalPooledAttention(nn.Module):

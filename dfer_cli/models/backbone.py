@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import math
+import pickle
 import warnings
 from pathlib import Path
 
@@ -121,6 +122,9 @@ def load_backbone_weights(trunk: ResNetTrunk, path: str | Path) -> dict:
         state = _unwrap(raw)
     except Exception as e:  # noqa: BLE001 -- any failure to read becomes one clear line
         msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        if isinstance(e, pickle.UnpicklingError) or "weights" in msg.lower():
+            # torch's refusal suggests loading with weights_only=False: never pass that on
+            msg = "it holds something other than tensors, or is not a torch file"
         raise ValueError(
             f"{path}: cannot read backbone weights ({msg[:200]}); pass a ResNet-18 state dict "
             "saved with torch.save (tensors only) or a .safetensors file") from None

@@ -58,7 +58,7 @@ class Block(nn.Module):
 
     def __init__(self, kind: str, dim: int, heads: int, mlp_ratio: float = 4.0,
                  dropout: float = 0.0, attn_dropout: float = 0.0, drop_path: float = 0.0,
-                 window: Grid = (2, 7, 7)) -> None:
+                 window: Grid = (2, 4, 4)) -> None:
         super().__init__()
         kw = dict(attn_drop=attn_dropout, proj_drop=dropout)
         if kind == "joint":

@@ -13,9 +13,29 @@
 The four registered models differ only in the block kind (see blocks.py):
 ``logo_former`` (local windows + pooled global), ``stt`` (divided space -> time),
 ``joint`` (full space-time) and ``space_only``.
+
+Position embeddings, two choices made on purpose:
+
+- **[CLS] has no position slot** (neither in ``pos_time`` nor in ``pos_space``). It is a
+  learned token, so a learned embedding added to it would only be a second learned constant
+  (``cls_token + p`` is just another ``cls_token``): no slot loses nothing, and it keeps
+  ``pos_time`` one row per frame, so it can be sliced or resized along T like the frames.
+  (ViT gives [CLS] a slot only because its table is indexed by sequence position.)
+- **Clips shorter than the model: the first T temporal embeddings.** A clip of
+  T < num_frames frames is embedded with ``pos_time[:, :T]`` -- read as the first T frames
+  of a full clip, not resampled to span it. The embeddings used are exactly trained ones
+  (interpolating would give every frame a blend of two it was never trained with), and the
+  result does not change with num_frames. dfer's own pipelines always feed
+  ``preprocessing.num_frames`` frames (datasets repeat short clips up to it; ``predict``
+  samples that many per window), so T < num_frames comes only from a checkpoint whose
+  preprocessing asks for fewer frames than its config holds, or from direct calls. To make
+  a model take another clip length for good, resize it deliberately:
+  ``checkpoint.with_num_frames`` (``dfer weights export --frames``) resizes ``pos_time``
+  along T. A clip with more than num_frames frames is refused.
 """
 from __future__ import annotations
 
+import numbers
 from dataclasses import asdict, dataclass, fields
 
 import torch
@@ -40,12 +60,21 @@ class FormerConfig:
     attn_dropout: float = 0.0     # on attention weights
     drop_path: float = 0.1        # stochastic depth of the last block; 0 -> this, linearly
     block: str = "logo"           # one of blocks.BLOCK_KINDS
-    # LOGO window (frames, rows, cols). Default 2x7x7: at the paper's 16x7x7 grid a window
-    # is two whole frames (98 tokens, 8 windows), so local attention models short-range
-    # motion over the full face and global attention reads 8 window summaries. Each size is
-    # clamped to the grid at build time (a 48 px model, 3x3 grid, uses 2x3x3); a grid the
-    # window does not divide (e.g. 7x7 with 4x4 windows, or T=15) is padded and masked.
-    window: tuple[int, int, int] = (2, 7, 7)
+    # LOGO window (frames, rows, cols). Default 2x4x4: LOGO-Former restricts local attention
+    # to a window that is local in space AND time ("facial muscles move locally, expressions
+    # change gradually"). On the paper's 16x7x7 grid, 4x4 is the smallest square that splits
+    # 7 into two (padded to 8: 4 + 3 real rows) without 1-token slivers (3x3 would pad 7 to
+    # 9 and leave 1-row windows); each window covers about a quarter of the face (an eye and
+    # brow, a mouth corner and cheek: 64 px of 112) over 2 frames, at most 32 tokens.
+    # Per frame that is 4 windows (16, 12, 12 and 9 real tokens), 32 windows in a 16-frame
+    # clip, so global attention reads 32 window summaries + [CLS]. The old default 2x7x7
+    # was two whole frames (full attention over frame pairs, not local in space).
+    # Each size is clamped to the grid at build time (``effective_window``): grids of 4 or
+    # less (<= 64 px with the standard stem) get whole-frame windows, e.g. 48 px, 3x3 grid,
+    # uses 2x3x3 (the s1 stem's 6x6 grid keeps 2x4x4). A grid the window does not divide is
+    # zero-padded on the far side and masked (attention.LocalWindowAttention). Checkpoints
+    # store their window, so a model saved with 2x7x7 keeps 2x7x7 when loaded.
+    window: tuple[int, int, int] = (2, 4, 4)
     backbone_weights: str | None = None  # optional ResNet-18 .pth to initialise the trunk
     # trunk stem: "standard" (ResNet-18's 7x7 stride-2 conv1, grid ceil(S/16)) or "s1"
     # (3x3 stride-1 conv1, grid ceil(S/8): 48 px -> 6x6, room for windows smaller than the frame)
@@ -72,6 +101,10 @@ class FormerConfig:
     def __post_init__(self) -> None:
         if self.block not in BLOCK_KINDS:
             raise ValueError(f"block {self.block!r} is not one of {', '.join(BLOCK_KINDS)}")
+        for name in ("num_frames", "input_size", "num_classes", "dim", "depth", "heads"):
+            v = getattr(self, name)
+            if not isinstance(v, numbers.Integral) or isinstance(v, bool) or v < 1:
+                raise ValueError(f"{name} must be a positive int, got {v!r}")
         if self.dim % self.heads:
             raise ValueError(f"dim {self.dim} is not divisible by heads {self.heads}")
         self.window = tuple(int(v) for v in self.window)
@@ -79,6 +112,11 @@ class FormerConfig:
             raise ValueError(f"window must be 3 positive ints (frames, rows, cols), got {self.window}")
         if self.stem not in STEMS:
             raise ValueError(f"stem {self.stem!r} is not one of {', '.join(STEMS)}")
+
+    def effective_window(self) -> tuple[int, int, int]:
+        """The window the model uses: ``window`` clamped to (num_frames, g, g), g the grid side."""
+        g = grid_size(self.input_size, self.stem)
+        return (min(self.window[0], self.num_frames), min(self.window[1], g), min(self.window[2], g))
 
 
 @dataclass
@@ -111,8 +149,7 @@ class Former(nn.Module):
         self.model_name = model_name
         g = grid_size(c.input_size, c.stem)
         self.grid_hw = (g, g)
-        # the window actually used: clamped to the grid this config makes
-        self.window = (min(c.window[0], c.num_frames), min(c.window[1], g), min(c.window[2], g))
+        self.window = c.effective_window()  # the window actually used: clamped to the grid
 
         self.backbone = ResNetTrunk(c.stem)
         if c.backbone_weights:
@@ -156,12 +193,18 @@ class Former(nn.Module):
         return f.reshape(B, T, *f.shape[1:])                          # (B, T, 256, g, g)
 
     def forward_tokens(self, f: torch.Tensor) -> torch.Tensor:
-        """Trunk maps (B, T, 256, g, g) -> [CLS] features (B, dim)."""
+        """Trunk maps (B, T, 256, g, g), T <= num_frames -> [CLS] features (B, dim).
+
+        A clip with T < num_frames uses ``pos_time[:, :T]`` (see the module docstring)."""
         B, T = f.shape[:2]
+        if T > self.config.num_frames:
+            raise ValueError(f"clip has {T} frames; this model takes at most {self.config.num_frames}")
         f = self.proj(f.flatten(0, 1))                                # (B*T, D, g, g)
         D, gh, gw = f.shape[1:]
         f = f.flatten(2).transpose(1, 2).reshape(B, T, gh * gw, D)    # (B, T, g*g, D)
+        # T < num_frames: the first T temporal embeddings, on purpose (module docstring)
         f = f + self.pos_space + self.pos_time[:, :T]                 # (B, T, g*g, D)
+        # [CLS] is added without a position embedding: it has no slot (module docstring)
         z = torch.cat([self.cls_token.expand(B, -1, -1), f.reshape(B, T * gh * gw, D)], dim=1)
         z = self.drop(z)                                              # (B, 1+N, D)
         for block in self.blocks:
