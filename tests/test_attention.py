@@ -92,34 +92,30 @@ def test_joint_attention_is_full_attention_over_cls_and_tokens():
         torch.testing.assert_close(y[b], ref[1:], atol=1e-12, rtol=1e-10)
 
 
-def test_space_attention_is_per_frame_with_cls_averaged():
-    layer = _layer(SpaceAttention)
-    grid = T, H, W = (3, 2, 3)
-    x, cls = _inputs(2, T * H * W)
+def check_groups_with_cls_averaged(layer, grid, groups):
+    """Each group of token indices attends only within itself plus [CLS]; [CLS] is the mean
+    of its outputs over the groups (reference_attention per group)."""
+    x, cls = _inputs(2, grid[0] * grid[1] * grid[2])
     y, ycls = layer(x, cls, grid)
     for b in range(2):
         cls_sum = torch.zeros(1, D, dtype=torch.float64)
-        for t in range(T):
-            idx = [_index(grid, t, i, j) for i in range(H) for j in range(W)]
+        for idx in groups:
             ref = reference_attention(layer.attn, torch.cat([cls[b], x[b, idx]]))
             torch.testing.assert_close(y[b, idx], ref[1:], atol=1e-12, rtol=1e-10)
             cls_sum += ref[:1]
-        torch.testing.assert_close(ycls[b], cls_sum / T, atol=1e-12, rtol=1e-10)
+        torch.testing.assert_close(ycls[b], cls_sum / len(groups), atol=1e-12, rtol=1e-10)
+
+
+def test_space_attention_is_per_frame_with_cls_averaged():
+    grid = T, H, W = (3, 2, 3)
+    frames = [[_index(grid, t, i, j) for i in range(H) for j in range(W)] for t in range(T)]
+    check_groups_with_cls_averaged(_layer(SpaceAttention), grid, frames)
 
 
 def test_time_attention_is_per_position_with_cls_averaged():
-    layer = _layer(TimeAttention)
     grid = T, H, W = (4, 2, 3)
-    x, cls = _inputs(2, T * H * W)
-    y, ycls = layer(x, cls, grid)
-    for b in range(2):
-        cls_sum = torch.zeros(1, D, dtype=torch.float64)
-        for i, j in itertools.product(range(H), range(W)):
-            idx = [_index(grid, t, i, j) for t in range(T)]
-            ref = reference_attention(layer.attn, torch.cat([cls[b], x[b, idx]]))
-            torch.testing.assert_close(y[b, idx], ref[1:], atol=1e-12, rtol=1e-10)
-            cls_sum += ref[:1]
-        torch.testing.assert_close(ycls[b], cls_sum / (H * W), atol=1e-12, rtol=1e-10)
+    positions = [[_index(grid, t, i, j) for t in range(T)] for i, j in itertools.product(range(H), range(W))]
+    check_groups_with_cls_averaged(_layer(TimeAttention), grid, positions)
 
 
 def _block_diagonal_mask(grid, window):
