@@ -8,7 +8,13 @@ is a JSON object::
      "model": "logo_former", "config": {...every FormerConfig field...},
      "classes": ["happy", ...], "preprocessing": {...Preprocessing.to_dict()...},
      "provenance": {"dataset": ..., "fold": ..., "epochs": ..., "metrics": {...}},
+     "sampling": "uniform" | "segments8x2",
      "dtype": "float32" | "float16"}
+
+``sampling`` is the frame sampling the model was trained with (dfer_cli/data/sampling.py);
+evaluation uses it, and a file without it (older dfer) means ``uniform``. A run's
+checkpoints also say in ``provenance.checkpoint`` whether they are its ``best`` or ``last``,
+and a ``best`` in ``provenance.selected_on`` which split it was selected on.
 
 Reading never unpickles: safetensors parses a JSON header and raw tensor bytes only. A
 header is untrusted input: :func:`read_metadata` checks every field's type and range, and
@@ -48,16 +54,23 @@ class CheckpointError(ValueError):
     """A checkpoint cannot be read or used; the message is one line naming the file and the fix."""
 
 
-def save_checkpoint(path, model, *, classes, preprocessing, provenance=None, half=False) -> Path:
+def save_checkpoint(path, model, *, classes, preprocessing, provenance=None, half=False,
+                    sampling: str | None = None) -> Path:
     """Write ``model`` (a registered model: has ``.model_name`` and ``.config``) to ``path``.
 
     ``classes`` are the output class names in logit order; ``preprocessing`` a
     ``Preprocessing`` (or its dict); ``provenance`` any JSON-able dict (dataset, fold,
-    epochs, metrics...). ``half=True`` stores floating tensors as float16 (half the size).
+    epochs, metrics...); ``sampling`` the frame sampling it was trained with (default: the
+    model's ``.sampling`` when it was loaded from a checkpoint, else ``uniform``).
+    ``half=True`` stores floating tensors as float16 (half the size).
     The write is atomic: a temporary file in the same folder is renamed over ``path``.
     """
     from safetensors.torch import save_file
 
+    from dfer_cli.data.sampling import DEFAULT_SAMPLING, check_sampling
+
+    sampling = sampling or getattr(model, "sampling", None) or DEFAULT_SAMPLING
+    check_sampling(sampling)
     path = Path(path)
     classes = [str(c) for c in classes]
     if len(classes) != model.config.num_classes:
@@ -66,7 +79,7 @@ def save_checkpoint(path, model, *, classes, preprocessing, provenance=None, hal
     meta = {
         "format": FORMAT, "format_version": FORMAT_VERSION, "dfer_version": __version__,
         "model": model.model_name, "config": model.config.to_dict(), "classes": classes,
-        "preprocessing": pre, "provenance": provenance or {},
+        "preprocessing": pre, "provenance": provenance or {}, "sampling": sampling,
         "dtype": "float16" if half else "float32",
     }
     # The trunk is already in the tensors; the path to its initial weights is not needed
@@ -142,9 +155,15 @@ def _validate(path: Path, meta: dict) -> None:
         raise CheckpointError(f"{path}: model {name!r} is unknown to this dfer "
                               f"({', '.join(available_models())}); upgrade dfer")
     for key, kinds, expected in (("dfer_version", (str,), "a string"), ("dtype", (str,), "a string"),
-                                 ("provenance", (dict, type(None)), "an object")):
+                                 ("provenance", (dict, type(None)), "an object"), ("sampling", (str,), "a string")):
         if key in meta and not isinstance(meta[key], kinds):
             raise bad(key, meta[key], expected)
+    from dfer_cli.data.sampling import DEFAULT_SAMPLING, SAMPLINGS
+
+    meta.setdefault("sampling", DEFAULT_SAMPLING)  # written before dfer recorded it: uniform
+    if meta["sampling"] not in SAMPLINGS:
+        raise CheckpointError(f"{path}: frame sampling {meta['sampling']!r} is unknown to this dfer "
+                              f"({', '.join(SAMPLINGS)}); upgrade dfer")
 
     config = meta["config"]
     if not isinstance(config, dict):
@@ -293,7 +312,8 @@ def load_model(name_or_path="logo_former_fer2013", device="cpu"):
     """Rebuild a model from a checkpoint path or a weights name (see weights.py).
 
     Returns the model in eval mode on ``device`` with ``.classes`` (list of str),
-    ``.preprocessing`` (Preprocessing), ``.provenance`` (dict) and ``.checkpoint_path``.
+    ``.preprocessing`` (Preprocessing), ``.provenance`` (dict), ``.sampling`` (the frame
+    sampling it was trained with, ``uniform`` or ``segments8x2``) and ``.checkpoint_path``.
     Raises CheckpointError (one line naming the file and the fix) for any unusable file.
     """
     from dfer_cli.models import create_model
@@ -319,6 +339,7 @@ def load_model(name_or_path="logo_former_fer2013", device="cpu"):
     model.classes = list(meta["classes"])
     model.preprocessing = Preprocessing.from_dict(meta["preprocessing"])
     model.provenance = dict(meta.get("provenance") or {})
+    model.sampling = meta["sampling"]  # the frame sampling it was trained with (validated)
     model.checkpoint_path = str(path)
     model.dfer_meta = meta
     return model.to(device).eval()
@@ -345,6 +366,7 @@ def with_num_frames(model, num_frames: int):
     new.classes = list(model.classes)
     new.preprocessing = Preprocessing.from_dict({**model.preprocessing.to_dict(), "num_frames": int(num_frames)})
     new.provenance = dict(model.provenance)
+    new.sampling = getattr(model, "sampling", "uniform")
     new.checkpoint_path = model.checkpoint_path
     return new.eval()
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import warnings
 from contextlib import contextmanager, redirect_stdout
 from pathlib import Path
 from typing import List, Optional
@@ -17,6 +18,7 @@ from typing import List, Optional
 import typer
 
 from dfer_cli.cli import app, fail
+from dfer_cli.fsutil import PartialFile, path_problem
 from dfer_cli.weights import DEFAULT_WEIGHTS
 
 # Suffixes taken as videos when a directory is searched (files named on the command
@@ -37,7 +39,9 @@ def collect_inputs(specs: list[str], recursive: bool = False, stdin=None) -> lis
     A file is taken as is; a directory contributes its videos (by suffix, sorted; all
     subfolders too with `recursive`); ``-`` reads one path per line from `stdin` (blank
     lines and lines starting with ``#`` are ignored). `error` is None for a usable path, else
-    the reason it cannot be processed (missing, empty directory, ...).
+    the reason it cannot be processed (missing, a broken symlink or a symlink loop, a FIFO,
+    unreadable, empty, an empty directory, ``~user`` of an unknown user, ...): every path is
+    checked here, so that bad inputs are reported before the model is loaded.
     """
     out: list[tuple[str, Optional[str]]] = []
     seen: set[str] = set()
@@ -49,22 +53,32 @@ def collect_inputs(specs: list[str], recursive: bool = False, stdin=None) -> lis
             out.append((path, error))
 
     def expand(spec: str) -> None:
-        p = Path(spec).expanduser()
+        try:
+            p = Path(spec).expanduser()
+        except RuntimeError:  # ~name of a user this system does not know
+            user = spec.split("/", 1)[0]
+            add(spec, f"cannot expand {user}: no such user; write the path out in full")
+            return
         if p.is_dir():
-            pattern = p.rglob("*") if recursive else p.iterdir()
-            videos = sorted(q for q in pattern if q.is_file() and q.suffix.lower() in VIDEO_SUFFIXES
-                            and not q.name.startswith("."))
-            if not videos:
+            try:
+                entries = list(p.rglob("*") if recursive else p.iterdir())
+            except OSError as e:
+                add(spec, f"cannot list this directory ({(e.strerror or str(e)).lower()}); "
+                          "make it readable or name its videos")
+                return
+            # Entries named like videos that are not readable regular files (a dangling
+            # symlink, a symlink loop, a FIFO, an empty file...) are reported, not dropped;
+            # folders are passed over (searched with --recursive).
+            found = sorted((q, path_problem(q)) for q in entries
+                           if q.suffix.lower() in VIDEO_SUFFIXES and not q.name.startswith(".")
+                           and not q.is_dir())
+            if not found:
                 hint = "" if recursive else " (add --recursive to search subfolders)"
                 add(spec, f"no video files in this directory{hint}")
-            for q in videos:
-                add(str(q))
-        elif p.is_file():
-            add(str(p) if spec.startswith("~") else spec)
-        elif p.exists():
-            add(spec, "not a regular file")
+            for q, problem in found:
+                add(str(q), problem)
         else:
-            add(spec, "no such file or directory")
+            add(str(p) if spec.startswith("~") else spec, path_problem(p))
 
     for spec in specs:
         if spec == "-":
@@ -166,17 +180,23 @@ class _Stdout:
         if self.tty and self.progress.live:
             self.held.append(text)
         else:
-            self.stream.write(text)
+            try:
+                self.stream.write(text)
+            except BrokenPipeError:  # the reader went away: `dfer predict ... | head -1`
+                raise _StdoutClosed() from None
         return len(text)
 
     def flush(self) -> None:
-        if self.held:
-            text, self.held = "".join(self.held), []
-            with self.progress.hidden():
-                self.stream.write(text)
+        try:
+            if self.held:
+                text, self.held = "".join(self.held), []
+                with self.progress.hidden():
+                    self.stream.write(text)
+                    self.stream.flush()
+            else:
                 self.stream.flush()
-        else:
-            self.stream.flush()
+        except BrokenPipeError:
+            raise _StdoutClosed() from None
 
     def isatty(self) -> bool:
         return self.tty
@@ -285,6 +305,9 @@ def predict_cmd(
     min_face: Optional[float] = typer.Option(None, "--min-face",
                                              help="Smallest face to detect: a fraction of the frame's "
                                                   "shorter side (<= 1) or pixels (> 1). (default: 0.1)"),
+    min_score: Optional[float] = typer.Option(None, "--min-score", min=0.0, max=1.0,
+                                              help="Smallest MTCNN detection confidence (0..1) a face is kept "
+                                                   "with. (default: 0.9)"),
     detect_size: Optional[int] = typer.Option(None, "--detect-size", min=32,
                                               help="Detect faces on a copy scaled to at most this many pixels on the "
                                                    "longer side. (default: 640)"),
@@ -304,14 +327,31 @@ def predict_cmd(
                             help="Test-time augmentation: flip averages each clip with its mirror image "
                                  "(twice the model cost)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar or summary on stderr (errors still)."),
+    output_dir: Optional[Path] = typer.Option(None, "--output-dir", metavar="OUT",
+                                              help="One result file per video in OUT and a manifest; a rerun skips "
+                                                   "videos already done (docs/corpus.md)."),
+    force: bool = typer.Option(False, "--force", help="With --output-dir: redo the videos already done."),
+    shard: Optional[str] = typer.Option(None, "--shard", metavar="K/N",
+                                        help="With --output-dir: only shard K of N (K from 1), chosen by a hash "
+                                             "of each resolved path."),
+    ray: bool = typer.Option(False, "--ray", help="With --output-dir: spread the videos over Ray workers "
+                                                  "(a local Ray unless --ray-address)."),
+    ray_address: Optional[str] = typer.Option(None, "--ray-address", metavar="ADDRESS",
+                                              help="Implies --ray: auto joins the running cluster, or HOST:PORT / "
+                                                   "ray://HOST:PORT. (default: start a local Ray)"),
+    workers: Optional[int] = typer.Option(None, "--workers", min=1,
+                                          help="With --ray: worker processes (default: as many as the CPUs allow)."),
+    gpus_per_worker: float = typer.Option(0.0, "--gpus-per-worker", min=0.0,
+                                          help="With --ray: GPUs per worker (a fraction shares one GPU)."),
 ) -> None:
     """Classify the facial expressions in videos, clip by clip and face by face.
 
-    Exit status: 0 every input done, 1 some input failed (the rest are still done), 2 usage error.
+    Exit status: 0 every input done, 1 some input failed (the rest are still done), 2 usage error,
+    130 interrupted (Ctrl-C), 141 stdout closed by its reader (e.g. `| head`).
     """
-    from dfer_cli.weights import find_weights
     from dfer_cli.writers import FORMATS
 
+    fmt_given = fmt is not None
     fmt = fmt.lower() if fmt else default_format(output)
     if fmt not in FORMATS:
         fail(f"--format {fmt}: expected one of {', '.join(FORMATS)}", 2)
@@ -323,6 +363,14 @@ def predict_cmd(
     items = collect_inputs(inputs, recursive=recursive)
     if not items:
         fail("no inputs: give video files, directories, or - with paths on stdin", 2)
+    from dfer_cli.corpus import corpus_command  # --output-dir, --shard, --ray: runs and exits when given
+
+    corpus_command(items, output_dir=output_dir, fmt=fmt, fmt_given=fmt_given, output=output, annotate=annotate,
+                   plot=plot, shard=shard, force=force, ray=ray_address or ("local" if ray else None),
+                   workers=workers, gpus_per_worker=gpus_per_worker,
+                   weights=weights, device=device, threads=threads, quiet=quiet, window=window, stride=stride,
+                   all_faces=all_faces, batch_size=batch_size, tta=tta, min_face=min_face, detect_size=detect_size,
+                   min_score=min_score)
     videos = [p for p, err in items if err is None]
     annotate_to = output_paths(annotate, videos, ".annotated.mp4", "--annotate")
     plot_to = output_paths(plot, videos, ".timeline.png", "--plot")
@@ -333,65 +381,76 @@ def predict_cmd(
             if Path(video).resolve() == output.resolve():
                 fail(f"--output {output}: would overwrite the input {video}; choose another name", 2)
 
+    # Inputs that cannot be read (missing, a broken link, a FIFO, empty, ...) are reported
+    # now, before seconds go into loading torch and the model; with none left, the model is
+    # not loaded at all.
+    for path, error in items:
+        if error is not None:
+            typer.echo(f"dfer: skipping {path}: {error}", err=True)
     try:
-        ckpt = find_weights(weights or DEFAULT_WEIGHTS)
-    except FileNotFoundError as e:
-        fail(f"no usable checkpoint: {e}", 1)
-
-    import torch
-
-    from dfer_cli.checkpoint import load_model
-    from dfer_cli.device import resolve_device
-    from dfer_cli.predict import predict_video
-
-    if threads:
-        torch.set_num_threads(threads)
-    try:
-        dev = resolve_device(device)
-    except ValueError as e:
-        fail(f"--device: {e}", 2)
-    try:
-        model = load_model(str(ckpt), device=dev)
-    except (ValueError, OSError) as e:
-        fail(f"cannot use checkpoint {ckpt}: {_one_line(e, ckpt)}", 1)
+        model, dev = _load_checkpoint(weights, device, threads) if videos else (None, None)
+    except KeyboardInterrupt:
+        typer.echo("dfer: interrupted before any video was processed; nothing written", err=True)
+        raise typer.Exit(EXIT_INTERRUPTED)
 
     detector = {}
     if min_face is not None:
         detector["min_face"] = min_face
     if detect_size is not None:
         detector["detect_size"] = detect_size
+    if min_score is not None:
+        detector["min_score"] = min_score
 
     progress = _Progress(not quiet and sys.stderr.isatty())
+    sink = None
     if output is not None:
         try:
             output.parent.mkdir(parents=True, exist_ok=True)
-            stream = open(output, "w", encoding="utf-8", newline="")
+            sink = PartialFile(output)
         except OSError as e:
             fail(f"--output {output}: cannot write it ({e.strerror or e}); choose a writable file path", 2)
+        stream = sink.file
     else:
         stream = _Stdout(sys.stdout, progress)
+    from dfer_cli.labels import CLASSES
     from dfer_cli.writers import make_writer
 
-    writer = make_writer(fmt, stream, list(model.classes))
-    failed = done = 0
+    # Without a model (every input was bad) the error records go out with dfer's 7 classes.
+    writer = make_writer(fmt, stream, list(model.classes) if model is not None else CLASSES)
+    failed = done = truncated = finished = 0
+    stopped = None  # "interrupted" (Ctrl-C) or "closed" (the reader of stdout went away)
     try:
         with progress, redirect_stdout(_Stderr()):
             for path, error in items:
-                if error is None:
-                    progress.start(Path(path).name)
-                    try:
+                if error is not None:  # reported above
+                    failed += 1
+                    writer.error(path, error)
+                    continue
+                from dfer_cli.predict import predict_video
+
+                progress.start(Path(path).name)
+                notes = _VideoWarnings()
+                try:
+                    with notes:
                         result = predict_video(model, path, window=window, stride=stride, all_faces=all_faces,
                                                batch_size=batch_size, device=dev, on_clip=writer.clip,
                                                progress=progress.callback, tta=tta, **detector)
-                    except (KeyboardInterrupt, SystemExit):
-                        raise
-                    except Exception as e:  # one bad file must not stop the batch
-                        error = _one_line(e, path)
+                except (KeyboardInterrupt, SystemExit, _StdoutClosed):
+                    raise
+                except Exception as e:  # one bad file must not stop the batch
+                    error = _one_line(e, path)
+                for line in notes.lines:
+                    progress.log(f"dfer: {line}")
+                finished += 1
                 if error is not None:
                     failed += 1
                     progress.log(f"dfer: skipping {path}: {error}")
                     writer.error(path, error)
                     continue
+                if notes.truncation is not None:  # keep what was decoded, say so in the record
+                    result.truncated = True
+                    result.duration = notes.truncation.decoded
+                    truncated += 1
                 progress.finish()
                 writer.video(result)
                 done += 1
@@ -404,14 +463,120 @@ def predict_cmd(
                             failed += 1
                             progress.log(f"dfer: {path}: could not write the {what} {targets[path]}: "
                                          f"{_one_line(e, targets[path])}")
-    finally:
         writer.close()
-        if output is not None:
-            stream.close()
+    except KeyboardInterrupt:
+        stopped = "interrupted"
+    except _StdoutClosed:
+        stopped = "closed"
+    except BaseException:
+        if sink is not None:
+            sink.abandon()
+        raise
+    if stopped == "closed":
+        _exit_stdout_closed()
+    if stopped == "interrupted":
+        if sink is not None:
+            writer.close()  # JSON: the array of the videos finished so far, in the .partial file
+            where = f"partial output in {sink.abandon()}"
+        elif fmt == "json":
+            where = "nothing written (--format json writes its array when every input is done)"
+        else:
+            try:
+                stream.flush()
+            except _StdoutClosed:
+                pass
+            where = "partial output on stdout"
+        typer.echo(f"dfer: interrupted after {finished} of {len(videos)} videos; {where}", err=True)
+        raise typer.Exit(EXIT_INTERRUPTED)
+    if sink is not None:
+        sink.commit()
     if not quiet and len(items) > 1:
-        typer.echo(f"dfer: {done} of {len(items)} inputs done" + (f", {failed} failed" if failed else ""), err=True)
+        typer.echo(f"dfer: {done} of {len(items)} inputs done" + (f", {truncated} truncated" if truncated else "")
+                   + (f", {failed} failed" if failed else ""), err=True)
     if failed:
         raise typer.Exit(1)
+
+
+# Exit status when the reader of stdout goes away (`dfer predict ... | head -1`): what the
+# shell reports for a process killed by SIGPIPE (128 + 13), as for cat or grep in that place.
+EXIT_STDOUT_CLOSED = 141
+EXIT_INTERRUPTED = 130  # 128 + SIGINT
+
+
+def _load_checkpoint(weights: Optional[str], device: str, threads: Optional[int]):
+    """Find, verify and load the checkpoint: (model, device). Exit 1 with one line when it is
+    unusable (missing, damaged, not the registered bytes), 2 for a bad --device."""
+    from dfer_cli.weights import find_weights
+
+    try:
+        ckpt = find_weights(weights or DEFAULT_WEIGHTS)
+    except FileNotFoundError as e:  # also WeightsMismatchError: a registered name with other bytes
+        fail(f"no usable checkpoint: {e}", 1)
+
+    import torch
+
+    from dfer_cli.checkpoint import load_model
+    from dfer_cli.device import resolve_device
+
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        dev = resolve_device(device)
+    except ValueError as e:
+        fail(f"--device: {e}", 2)
+    try:
+        model = load_model(str(ckpt), device=dev)
+    except (ValueError, OSError) as e:
+        fail(f"cannot use checkpoint {ckpt}: {_one_line(e, ckpt)}", 1)
+    return model, dev
+
+
+class _StdoutClosed(Exception):
+    """stdout's reader went away (EPIPE): the run ends quietly (see _exit_stdout_closed)."""
+
+
+def _exit_stdout_closed() -> None:
+    """End the run after stdout's reader closed the pipe: no message (nobody reads the
+    output; the shell reports the status), exit 141. stdout is pointed at /dev/null first so
+    that Python's own flush at exit does not print a BrokenPipeError."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError):  # no real file descriptor (a test's captured stdout)
+        pass
+    raise typer.Exit(EXIT_STDOUT_CLOSED)
+
+
+class _VideoWarnings:
+    """Python warnings raised while one video is processed, caught so that each prints as
+    one clean line (``dfer: <message>``) rather than Python's two-line form with a source
+    excerpt. A TruncatedVideoWarning (the file ended early) is kept in `truncation`, and the
+    video's record is marked from it; any other warning's first line goes to `lines`."""
+
+    def __init__(self):
+        self.truncation = None
+        self.lines: list[str] = []
+
+    def __enter__(self):
+        from dfer_cli.video import TruncatedVideoWarning
+
+        self._type = TruncatedVideoWarning
+        self._catch = warnings.catch_warnings(record=True)
+        self._caught = self._catch.__enter__()
+        warnings.simplefilter("always", TruncatedVideoWarning)  # one per file, however many files
+        return self
+
+    def __exit__(self, *exc) -> bool:
+        self._catch.__exit__(*exc)
+        for w in self._caught:
+            if isinstance(w.message, self._type):
+                if self.truncation is None:
+                    self.truncation = w.message
+                    self.lines.append(str(w.message))
+            else:
+                self.lines.append(f"warning: {_one_line(w.message)}")
+        return False
 
 
 def _annotate(path: str, dst: Path, result) -> None:

@@ -18,6 +18,17 @@ from dfer_cli.weights import DEFAULT_WEIGHTS
 _DATASET_HELP = "Dataset layout: folder (<root>/<split>/<class>/<clip>), dfew, ferv39k, afew."
 
 
+def _r(text: str, name: str) -> str:
+    """Help text of a flag a --recipe sets, ending with the recipes' values for it."""
+    from dfer_cli.train import RECIPES
+
+    vals = {r: RECIPES[r][name] for r in RECIPES}
+    show = {r: ("model config's" if v is None else f"{v:g}" if isinstance(v, float) else str(v)) for r, v in vals.items()}
+    if len(set(show.values())) == 1:
+        return f"{text} Default from --recipe: {next(iter(show.values()))}.".lstrip()
+    return f"{text} Default from --recipe: " + ", ".join(f"{v} ({r})" for r, v in show.items()) + "."
+
+
 def _parse_template(text: str) -> list:
     from dfer_cli.preprocess import TEMPLATES
 
@@ -45,8 +56,15 @@ def train_cmd(
     model: str = typer.Option("logo_former", "--model", help="A registered model (dfer models)."),
     model_opt: List[str] = typer.Option([], "--model-opt", help="Model config override key=value "
                                         "(repeatable), e.g. --model-opt dim=256 --model-opt window=2,3,3."),
-    input_size: int = typer.Option(112, "--input-size", help="Face crop side in pixels."),
-    frames: int = typer.Option(16, "--frames", help="Frames per clip."),
+    recipe: str = typer.Option("dfer", "--recipe", help="Defaults for the flags marked 'Default from --recipe': "
+                               "dfer (dfer's defaults) or paper (the settings STT / LOGO-Former state, with their "
+                               "8x2 frame sampling; docs/training.md marks which values are the papers'). "
+                               "Flags given explicitly win; the recipe is recorded in config.json."),
+    input_size: Optional[int] = typer.Option(None, "--input-size", help=_r("Face crop side in pixels.", "input_size")),
+    frames: Optional[int] = typer.Option(None, "--frames", help=_r("Frames per clip.", "frames")),
+    sampling: Optional[str] = typer.Option(None, "--sampling", help=_r(
+        "Frames of a clip: uniform (one per segment) or segments8x2 (2 consecutive frames from each of 8 "
+        "segments; random in training, centred in test); recorded in the checkpoint, eval uses it.", "sampling")),
     grayscale: bool = typer.Option(False, "--grayscale/--color", help="Train on gray faces (recorded in the checkpoint)."),
     template: Optional[str] = typer.Option(None, "--template", help="Alignment template: a name (default, "
                                            "fer2013) or 10 numbers x,y for eyes, nose, mouth corners in unit crop "
@@ -56,25 +74,29 @@ def train_cmd(
     init: Optional[str] = typer.Option(None, "--init", help="Start from this dfer checkpoint (matching tensors)."),
     freeze_backbone: bool = typer.Option(False, "--freeze-backbone", help="Freeze the ResNet-18 trunk."),
     backbone_weights: Optional[str] = typer.Option(None, "--backbone-weights", help="Face-pretrained ResNet-18 .pth."),
-    epochs: int = typer.Option(100, "--epochs"),
-    batch_size: int = typer.Option(32, "--batch-size", help="Clips per batch (per process under torchrun)."),
-    optimizer: str = typer.Option("sam", "--optimizer", help="sam (SGD inside SAM) | sgd | adamw."),
-    lr: float = typer.Option(1e-3, "--lr"),
-    min_lr: float = typer.Option(0.0, "--min-lr", help="Learning rate at the end of the cosine decay."),
-    momentum: float = typer.Option(0.9, "--momentum"),
+    epochs: Optional[int] = typer.Option(None, "--epochs", help=_r("", "epochs")),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", help=_r(
+        "Clips per batch (per process under torchrun).", "batch_size")),
+    optimizer: Optional[str] = typer.Option(None, "--optimizer", help=_r("sam (SGD inside SAM) | sgd | adamw.",
+                                                                          "optimizer")),
+    lr: Optional[float] = typer.Option(None, "--lr", help=_r("", "lr")),
+    min_lr: Optional[float] = typer.Option(None, "--min-lr", help=_r("Learning rate at the end of the cosine decay.",
+                                                                      "min_lr")),
+    momentum: Optional[float] = typer.Option(None, "--momentum", help=_r("", "momentum")),
     nesterov: bool = typer.Option(False, "--nesterov", help="Nesterov momentum (sgd, sam)."),
     clip_grad: float = typer.Option(0.0, "--clip-grad", help="Clip the global gradient norm (0: off)."),
-    weight_decay: float = typer.Option(1e-4, "--weight-decay"),
-    rho: float = typer.Option(0.05, "--rho", help="SAM neighbourhood radius."),
-    schedule: str = typer.Option("cosine", "--schedule", help="cosine | constant (after warmup)."),
-    warmup_epochs: float = typer.Option(0.0, "--warmup-epochs"),
-    loss: str = typer.Option("compact", "--loss", help="compact | ce."),
-    lam: Optional[float] = typer.Option(None, "--lambda", help="Compact loss weight (default: the model config's)."),
+    weight_decay: Optional[float] = typer.Option(None, "--weight-decay", help=_r("", "weight_decay")),
+    rho: Optional[float] = typer.Option(None, "--rho", help=_r("SAM neighbourhood radius.", "rho")),
+    schedule: Optional[str] = typer.Option(None, "--schedule", help=_r("cosine | constant (after warmup).", "schedule")),
+    warmup_epochs: Optional[float] = typer.Option(None, "--warmup-epochs", help=_r("", "warmup_epochs")),
+    loss: Optional[str] = typer.Option(None, "--loss", help=_r("compact | ce.", "loss")),
+    lam: Optional[float] = typer.Option(None, "--lambda", help="Compact loss weight (default: the model config's, 0.1)."),
     label_smoothing: float = typer.Option(0.0, "--label-smoothing", help="Label smoothing (--loss ce)."),
     logit_adjust: float = typer.Option(0.0, "--logit-adjust", help="Train on logits + tau*log(class prior) "
                                        "(tau; 0: off); lifts rare classes' recall."),
-    crop_scale: float = typer.Option(0.8, "--crop-scale", help="Random resized crop keeps between this fraction and all of the area."),
-    flip: float = typer.Option(0.5, "--flip", help="Horizontal flip probability."),
+    crop_scale: Optional[float] = typer.Option(None, "--crop-scale", help=_r(
+        "Random resized crop keeps between this fraction and all of the area.", "crop_scale")),
+    flip: Optional[float] = typer.Option(None, "--flip", help=_r("Horizontal flip probability.", "flip")),
     motion: bool = typer.Option(True, "--motion/--no-motion", help="Synthetic motion on still images."),
     rotate: float = typer.Option(12.0, "--rotate", help="Stills at --frames 1: max rotation in degrees."),
     zoom: float = typer.Option(0.10, "--zoom", help="Stills at --frames 1: max relative zoom."),
@@ -96,9 +118,10 @@ def train_cmd(
     log_every: int = typer.Option(50, "--log-every", help="Batches between log lines when not on a terminal."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress output."),
 ) -> None:
-    """Train a model (the papers' recipe by default: SAM, lr 1e-3, batch 32, 100 epochs,
-    16 frames at 112 px, compact loss). Works the same under torchrun (DDP)."""
-    from dfer_cli.train import TrainConfig, parse_model_opts, train
+    """Train a model. --recipe dfer (default) or paper: SAM, lr 1e-3, batch 32, 100 epochs,
+    16 frames at 112 px, compact loss; paper also samples 8 segments x 2 consecutive frames.
+    Explicit flags override the recipe. Works the same under torchrun (DDP)."""
+    from dfer_cli.train import TrainConfig, parse_model_opts, recipe_values, train
 
     try:
         opts = parse_model_opts(model_opt, model)
@@ -108,19 +131,22 @@ def train_cmd(
             opts["backbone_weights"] = backbone_weights
         if init and not os.path.isfile(init):
             raise ValueError(f"--init {init} does not exist: give a dfer .safetensors checkpoint")
+        # flags a recipe covers: None = not given on the command line, the recipe's value
+        recipe_kw = recipe_values(
+            recipe, input_size=input_size, frames=frames, sampling=sampling, epochs=epochs, batch_size=batch_size,
+            optimizer=optimizer, lr=lr, min_lr=min_lr, momentum=momentum, weight_decay=weight_decay, rho=rho,
+            schedule=schedule, warmup_epochs=warmup_epochs, loss=loss, lam=lam, crop_scale=crop_scale, flip=flip)
         cfg = TrainConfig(
             dataset=dataset, data_root=data_root or "", split=split,
             val_split=_resolve_val_split(val_split, holdout), holdout=holdout, fold=fold,
-            limit=limit, val_limit=val_limit, model=model, model_opts=opts, input_size=input_size,
-            frames=frames, grayscale=grayscale, template=_parse_template(template) if template else None,
+            limit=limit, val_limit=val_limit, model=model, model_opts=opts,
+            grayscale=grayscale, template=_parse_template(template) if template else None,
             template_scale=template_scale, init=init, freeze_backbone=freeze_backbone,
-            crop_scale=crop_scale, flip=flip, motion=motion, rotate=rotate, zoom=zoom, shift=shift,
-            erase=erase, mixup=mixup, cutmix=cutmix, epochs=epochs, batch_size=batch_size,
-            optimizer=optimizer, lr=lr, min_lr=min_lr, momentum=momentum, nesterov=nesterov,
-            weight_decay=weight_decay, rho=rho, schedule=schedule, warmup_epochs=warmup_epochs, loss=loss,
-            lam=lam, label_smoothing=label_smoothing, logit_adjust=logit_adjust, clip_grad=clip_grad,
+            motion=motion, rotate=rotate, zoom=zoom, shift=shift,
+            erase=erase, mixup=mixup, cutmix=cutmix, nesterov=nesterov,
+            label_smoothing=label_smoothing, logit_adjust=logit_adjust, clip_grad=clip_grad,
             seed=seed, workers=workers, threads=threads, device=device, precision=precision,
-            test_clips=test_clips, output=output, log_every=log_every)
+            test_clips=test_clips, output=output, log_every=log_every, **recipe_kw)
         if not resume:
             cfg.validate()
         _check_dataset_and_device(dataset, device)
@@ -168,13 +194,16 @@ def _print_report(report) -> None:
 @app.command("eval")
 def eval_cmd(
     weights: Optional[str] = typer.Option(None, "--weights", "-w", help="Checkpoint path or name (default: "
-                                          f"{DEFAULT_WEIGHTS}); with --split 5-fold, a run folder holding fold1..fold5/."),
+                                          f"{DEFAULT_WEIGHTS}), or a run folder (its --which checkpoint); with "
+                                          "--split 5-fold, a run folder holding fold1..fold5/."),
     dataset: str = typer.Option("folder", "--dataset", help=_DATASET_HELP),
     data_root: Optional[str] = typer.Option(None, "--data-root", envvar="DFER_DATA_ROOT", help="Dataset root folder."),
     split: str = typer.Option("val", "--split", help="Split to score (folder: sub-folder name; DFEW/FERV39K: "
                               "test; AFEW: val), or 5-fold for a DFEW run's five fold checkpoints."),
     fold: Optional[int] = typer.Option(None, "--fold", min=1, max=5, help="DFEW fold 1..5."),
-    which: str = typer.Option("best", "--which", help="With --split 5-fold: best or last checkpoint of each fold."),
+    which: str = typer.Option("best", "--which", help="Of a run folder (each fold's with --split 5-fold): best or "
+                              "last checkpoint. A best selected on the split being scored is never used: its "
+                              "run's last is scored instead, and the output says so."),
     batch_size: int = typer.Option(16, "--batch-size"),
     test_clips: int = typer.Option(1, "--test-clips", help="Clips per sample at shifted segment positions, averaged."),
     tta: str = typer.Option("none", "--tta", help="Test-time augmentation: none | flip (average with the "
@@ -197,7 +226,7 @@ def eval_cmd(
 
     from dfer_cli.checkpoint import CheckpointError
     from dfer_cli.device import resolve_device
-    from dfer_cli.evaluate import evaluate_checkpoint, evaluate_folds, format_pm, plot_confusion
+    from dfer_cli.evaluate import evaluate_checkpoint, evaluate_folds, format_pm, plot_confusion, run_checkpoint
     from dfer_cli.metrics import Scores
 
     try:
@@ -217,6 +246,11 @@ def eval_cmd(
             if not weights or not os.path.isdir(weights):
                 fail("--split 5-fold needs --weights RUN_DIR, the folder holding fold1/ .. fold5/", 2)
             summary = evaluate_folds(weights, data_root, which=which, **kw)
+            substituted = [f.fold for f in summary.folds if f.checkpoint is not None and f.checkpoint.note]
+            if substituted:
+                typer.echo(f"dfer: fold {', '.join(map(str, substituted))}: {which}.safetensors was selected on the "
+                           "test fold being scored; scoring last.safetensors instead (docs/training.md, "
+                           "'No model selection on the scored split')", err=True)
             if as_json:
                 typer.echo(json.dumps(summary.to_dict(), indent=2))
             else:
@@ -227,17 +261,24 @@ def eval_cmd(
                             title=f"DFEW 5-fold  UAR {format_pm(*summary.stat('uar'))}  "
                                   f"WAR {format_pm(*summary.stat('war'))}")
             return
-        scores, report = evaluate_checkpoint(weights or DEFAULT_WEIGHTS, dataset, data_root, split, fold=fold, **kw)
+        chosen = []
+        scores, report = evaluate_checkpoint(run_checkpoint(weights or DEFAULT_WEIGHTS, which), dataset, data_root,
+                                             split, fold=fold, on_choice=chosen.append, **kw)
     except CheckpointError as exc:
         fail(str(exc), 1)
     except (ValueError, FileNotFoundError) as exc:
         fail(str(exc), 1)
     _print_report(report)
+    choice = chosen[0]
+    if choice.note:
+        typer.echo(f"dfer: {choice.note}", err=True)
     if as_json:
         typer.echo(json.dumps({"weights": weights or DEFAULT_WEIGHTS, "dataset": dataset, "split": split,
-                               "fold": fold, "skipped": report.counts(), **scores.to_dict()}, indent=2))
+                               "fold": fold, "checkpoint": choice.to_dict(), "skipped": report.counts(),
+                               **scores.to_dict()}, indent=2))
     else:
-        _scores_table(scores, f"{weights or DEFAULT_WEIGHTS} on {dataset} {split}" + (f" fold {fold}" if fold else ""))
+        _scores_table(scores, f"{choice.path} on {dataset} {split}" + (f" fold {fold}" if fold else ""),
+                      caption=f"checkpoint: {choice.describe()}")
     if plot:
         _write_plot(plot_confusion, scores, plot)
 
@@ -255,11 +296,11 @@ def _write_plot(plot_confusion, scores, path: str, **kw) -> None:
         fail(f"--plot {path}: could not write the confusion matrix ({reason}); choose a writable .png path", 1)
 
 
-def _scores_table(scores, title: str) -> None:
+def _scores_table(scores, title: str, caption: str | None = None) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title=title)
+    table = Table(title=title, caption=caption)
     table.add_column("class")
     table.add_column("samples", justify="right")
     table.add_column("recall %", justify="right")
@@ -277,12 +318,13 @@ def _fold_table(summary, format_pm) -> None:
     from rich.table import Table
 
     table = Table(title="DFEW 5-fold")
-    for col in ("fold", "samples", "UAR %", "WAR %"):
-        table.add_column(col, justify="right")
+    for col in ("fold", "samples", "UAR %", "WAR %", "checkpoint"):
+        table.add_column(col, justify="left" if col == "checkpoint" else "right")
     for f in summary.folds:
-        table.add_row(str(f.fold), str(f.scores.count), f"{100 * f.scores.uar:.2f}", f"{100 * f.scores.war:.2f}")
+        table.add_row(str(f.fold), str(f.scores.count), f"{100 * f.scores.uar:.2f}", f"{100 * f.scores.war:.2f}",
+                      f.checkpoint.describe() if f.checkpoint is not None else f.weights)
     table.add_section()
-    table.add_row("mean ± sample std", "", format_pm(*summary.stat("uar")), format_pm(*summary.stat("war")))
+    table.add_row("mean ± sample std", "", format_pm(*summary.stat("uar")), format_pm(*summary.stat("war")), "")
     Console().print(table)
 
 
@@ -291,11 +333,17 @@ def prepare_cmd(
     src: str = typer.Argument(..., help="Folder of raw videos (any depth), e.g. the AFEW root."),
     dst: str = typer.Argument(..., help="Output folder: one aligned frame folder per video, same tree."),
     size: int = typer.Option(112, "--size", help="Side of the aligned face crops in pixels."),
+    template: Optional[str] = typer.Option(None, "--template", help="Alignment template: a name (default, "
+                                           "fer2013) or 10 numbers x,y for eyes, nose, mouth corners in unit crop "
+                                           "coordinates; use the one you will train with (as train --template)."),
     template_scale: float = typer.Option(1.0, "--template-scale", help="Zoom the alignment template "
                                          "(<1 = more margin); use the value you will train with."),
     fps: Optional[float] = typer.Option(None, "--fps", help="Sample this many frames per second (default: all)."),
     detect_size: int = typer.Option(640, "--detect-size", help="Detect on a copy at most this many pixels wide."),
-    min_face: float = typer.Option(0.1, "--min-face", help="Smallest face: fraction of the shorter side, or pixels."),
+    min_face: float = typer.Option(0.1, "--min-face", help="Smallest face kept: fraction of the shorter side "
+                                   "(<= 1), or pixels (> 1)."),
+    min_score: float = typer.Option(0.9, "--min-score", min=0.0, max=1.0,
+                                    help="Smallest MTCNN detection confidence (0..1) a face is kept with."),
     threads: Optional[int] = typer.Option(None, "--threads"),
     quiet: bool = typer.Option(False, "--quiet", "-q"),
 ) -> None:
@@ -303,6 +351,13 @@ def prepare_cmd(
     folders to DST for training (resumable; DST/manifest.jsonl records each video)."""
     from dfer_cli.preprocess import DEFAULT_TEMPLATE, zoom_template
     from dfer_cli.prepare import prepare
+
+    if min_face <= 0:
+        fail(f"--min-face {min_face}: must be > 0 (a fraction <= 1 or pixels > 1)", 2)
+    try:
+        tpl = tuple(tuple(p) for p in _parse_template(template)) if template else DEFAULT_TEMPLATE
+    except ValueError as exc:
+        fail(str(exc), 2)
 
     if threads:
         import torch
@@ -319,8 +374,9 @@ def prepare_cmd(
             typer.echo(f"[{k}/{total}] {res.status} {res.video}{extra}", err=True)
 
     try:
-        results = prepare(src, dst, size=size, template=zoom_template(DEFAULT_TEMPLATE, template_scale), fps=fps,
-                          detector_options={"detect_size": detect_size, "min_face": min_face}, on_video=report)
+        results = prepare(src, dst, size=size, template=zoom_template(tpl, template_scale), fps=fps,
+                          detector_options={"detect_size": detect_size, "min_face": min_face,
+                                            "min_score": min_score}, on_video=report)
     except ValueError as exc:
         fail(str(exc), 1)
     counts: dict[str, int] = {}

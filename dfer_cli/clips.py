@@ -9,6 +9,9 @@ takes `num_frames` sample times uniformly spaced inside it, and all sample times
 grid of step `window / num_frames`, so overlapping windows share frames: a video is decoded
 once, in order, and only grid frames are converted, detected and aligned.
 `sample_on_grid` maps the grid onto a stream of timestamped frames (nearest frame by PTS).
+`track_windows` lays windows on one face track's own span of grid slots (what
+`predict_video` uses, so that a face that is in view for half a window gets a clip even
+when the video-wide windows would cut its time in two).
 """
 from __future__ import annotations
 
@@ -72,6 +75,7 @@ class WindowPlan:
         self.step = self.window / num_frames
         eps = 1e-6 * max(1.0, duration)
         stride_k = max(1, int(round(stride / self.step)))
+        self.stride_slots = stride_k  # the stride in grid slots (stride snapped to the grid)
         n_grid_total = max(num_frames, int(math.floor(duration / self.step + eps)))
         firsts = list(range(0, n_grid_total - num_frames + 1, stride_k))
         last = n_grid_total - num_frames
@@ -83,6 +87,17 @@ class WindowPlan:
         for w in self.windows:
             used[w.first:w.first + num_frames] = True
         self._used = used
+
+    @property
+    def stride(self) -> float:
+        """The stride in seconds, as snapped to the grid."""
+        return self.stride_slots * self.step
+
+    @property
+    def spaced(self) -> bool:
+        """Whether the windows leave gaps (stride longer than the window): grid slots between
+        them are not needed by any window."""
+        return self.stride_slots > self.num_frames
 
     @property
     def num_grid(self) -> int:
@@ -101,6 +116,28 @@ class WindowPlan:
 
     def slots(self, w: Window) -> range:
         return range(w.first, w.first + self.num_frames)
+
+
+def track_windows(first: int, last: int, num_frames: int, stride: int, ended: bool = True) -> list[int]:
+    """First grid slots of the windows laid on one face track, seen in grid slots first..last.
+
+    Windows start at the track's first slot and every `stride` slots after it while they fit
+    inside the track's span; the last one is aligned to the track's end, so a window ends on
+    the track's last slot whenever the regular ones stop short of it. A track shorter than a
+    window gets one window ending on its last slot (starting at slot 0 if that would be
+    earlier), so a face seen for at least half a window fills at least half of that window.
+    With `ended` False (the track may go on), only the regular windows are known yet: the
+    list only grows as `last` does, and the end-aligned window is added once the track ends.
+    """
+    if last < first:
+        return []
+    out = list(range(first, last - num_frames + 2, max(1, int(stride))))
+    if ended:
+        if not out:
+            out = [max(0, last - num_frames + 1)]
+        elif out[-1] + num_frames - 1 < last:
+            out.append(last - num_frames + 1)
+    return out
 
 
 def sample_on_grid(frames: Iterable, times: Sequence[float],

@@ -5,6 +5,12 @@ frame at each segment centre is used. With ``test_clips = K > 1`` the K clips at
 shifted positions inside the segments are classified and their probabilities averaged.
 ``evaluate_folds`` runs the DFEW 5-fold protocol: each fold's checkpoint on its own test
 fold, reported per fold and as mean ± sample std (ddof=1, see ``FoldSummary.stat``).
+
+Frames are sampled as the checkpoint was trained (its ``sampling``: uniform, or 8 segments
+x 2 consecutive frames). No model selection on the scored split: a run's ``best``
+checkpoint records the split it was selected on (``provenance.selected_on``);
+:func:`choose_checkpoint` scores the run's ``last`` checkpoint instead when that is the split
+being scored, and refuses when there is no ``last`` next to it.
 """
 from __future__ import annotations
 
@@ -79,6 +85,153 @@ class FoldResult:
     fold: int
     weights: str
     scores: Scores
+    checkpoint: "CheckpointChoice | None" = None   # which checkpoint was scored, and why
+
+
+@dataclass
+class CheckpointChoice:
+    """The checkpoint an evaluation scores: ``path``; ``which`` ("best", "last", or None for
+    a file that is not a run checkpoint); its ``epoch`` of ``epochs``; for a best,
+    ``selected_on`` (the selection record, train.selection_record); ``requested`` (the path
+    asked for) and a one-line ``note`` when another checkpoint was scored instead."""
+
+    path: str
+    requested: str
+    which: str | None = None
+    epoch: int | None = None
+    epochs: int | None = None
+    best_epoch: int | None = None
+    selected_on: dict | None = None
+    note: str | None = None
+
+    def describe(self) -> str:
+        """'last (epoch 100 of 100)', 'best (epoch 37 of 100, selected on holdout 0.1 of
+        dfew train fold 1)', or 'no training record' for files without one."""
+        if self.epoch is None:
+            return f"{self.which or 'checkpoint'} (no training epoch recorded)"
+        of = f" of {self.epochs}" if self.epochs else ""
+        text = f"{self.which or 'checkpoint'} (epoch {self.epoch}{of}"
+        if self.which == "best":
+            text += f", selected on {describe_selection(self.selected_on)}"
+            if self.epochs and self.epoch >= self.epochs:
+                text += "; it is also the last epoch"
+        elif self.which == "last" and self.best_epoch and self.best_epoch != self.epoch:
+            text += f"; the run's best was epoch {self.best_epoch}"
+        return text + ")"
+
+    def to_dict(self) -> dict:
+        return {"path": self.path, "requested": self.requested, "which": self.which, "epoch": self.epoch,
+                "epochs": self.epochs, "best_epoch": self.best_epoch, "selected_on": self.selected_on,
+                "substituted": self.path != self.requested, "description": self.describe()}
+
+
+def describe_selection(sel: dict | None) -> str:
+    """'dfew test fold 1', 'holdout 0.1 of folder train (/data/x)', 'an unrecorded split'."""
+    if not sel:
+        return "an unrecorded split"
+    where = f"{sel.get('dataset')} {sel.get('split')}" + (f" fold {sel['fold']}" if sel.get("fold") else "")
+    if sel.get("dataset") == "folder" and sel.get("root"):
+        where += f" ({sel['root']})"
+    return f"holdout {sel['holdout']:g} of {where}" if sel.get("holdout") else where
+
+
+def _selection_from_provenance(prov: dict) -> dict | None:
+    """The selection record of a ``best`` checkpoint; for one written before dfer recorded
+    it, rebuilt from the run's data provenance (``val_split`` 'holdout F of SPLIT ...' or a
+    split name)."""
+    from dfer_cli.data import canonical_split
+
+    if isinstance(prov.get("selected_on"), dict):
+        return prov["selected_on"]
+    data = prov.get("data") or {}
+    val = data.get("val_split")
+    if not isinstance(val, str) or not val:
+        return None
+    dataset = data.get("dataset")
+    if val.startswith("holdout "):
+        try:
+            frac = float(val.split()[1])
+        except (IndexError, ValueError):
+            frac = None
+        return {"metric": "val_uar", "dataset": dataset, "split": canonical_split(dataset, data.get("split")),
+                "fold": data.get("fold"), "holdout": frac or 1.0, "root": data.get("root")}
+    return {"metric": "val_uar", "dataset": dataset, "split": canonical_split(dataset, val), "fold": data.get("fold"),
+            "holdout": None, "root": data.get("root")}
+
+
+def selected_on_split(sel: dict | None, dataset: str, data_root: str, split: str, fold: int | None) -> bool:
+    """Whether a ``best`` checkpoint selected as ``sel`` says was chosen on the split being
+    scored: same dataset, same split (canonical names, e.g. DFEW 'val' is 'test'), same DFEW
+    fold, and for a folder layout the same root folder. Selection on a holdout of the
+    training split never is; an unknown selection (None) is not counted as one."""
+    import os
+
+    from dfer_cli.data import canonical_split
+
+    if not sel or sel.get("holdout"):
+        return False
+    if sel.get("dataset") != dataset or sel.get("split") != canonical_split(dataset, split):
+        return False
+    if dataset == "dfew" and sel.get("fold") != fold:
+        return False
+    if dataset == "folder":
+        root = sel.get("root")
+        return bool(root) and os.path.realpath(root) == os.path.realpath(data_root)
+    return True
+
+
+def _read_choice(path: str, requested: str) -> CheckpointChoice:
+    """What a checkpoint's provenance says about itself (best/last, epoch, selection)."""
+    import os
+
+    from dfer_cli.checkpoint import read_metadata
+
+    prov = read_metadata(path).get("provenance") or {}
+    which = prov.get("checkpoint")
+    if which not in ("best", "last"):
+        # written before dfer recorded it: the file name (or the name it was exported from)
+        name = (prov.get("exported_from") or {}).get("file") or os.path.basename(path)
+        stem = os.path.splitext(os.path.basename(str(name)))[0]
+        which = stem if stem in ("best", "last") and "epoch" in prov else None
+    epoch = prov.get("epoch") if type(prov.get("epoch")) is int else None
+    epochs = (prov.get("recipe") or {}).get("epochs")
+    best_epoch = prov.get("best_epoch") if type(prov.get("best_epoch")) is int else None
+    return CheckpointChoice(path=path, requested=requested, which=which, epoch=epoch,
+                            epochs=epochs if type(epochs) is int else None, best_epoch=best_epoch,
+                            selected_on=_selection_from_provenance(prov) if which == "best" else None)
+
+
+def choose_checkpoint(weights: str, dataset: str, data_root: str, split: str, fold: int | None = None) -> CheckpointChoice:
+    """The checkpoint to score for ``weights`` (a path or a weights name) on a split.
+
+    A run's ``best`` checkpoint selected on the split being scored (e.g. a DFEW fold trained
+    with the test fold as validation) is replaced by the ``last.safetensors`` next to it,
+    with a one-line ``note``; when there is none, ValueError naming the fix. A best whose
+    epoch is the run's last epoch is the last checkpoint already and is kept."""
+    import os
+
+    from dfer_cli.checkpoint import CheckpointError
+    from dfer_cli.weights import find_weights
+
+    try:
+        path = str(find_weights(weights))
+    except FileNotFoundError as e:
+        raise CheckpointError(str(e)) from None
+    choice = _read_choice(path, path)
+    if choice.which != "best" or not selected_on_split(choice.selected_on, dataset, data_root, split, fold):
+        return choice
+    if choice.epochs and choice.epoch is not None and choice.epoch >= choice.epochs:
+        return choice  # the best is the last epoch: no selection happened
+    where = describe_selection(choice.selected_on)
+    last = os.path.join(os.path.dirname(path), "last.safetensors")
+    if not os.path.isfile(last):
+        raise ValueError(f"{path} was selected on {where}, the split being scored, and there is no last.safetensors "
+                         "next to it: score the run's last checkpoint, or retrain with --holdout 0.1 to select on "
+                         "held-out training data")
+    chosen = _read_choice(last, path)
+    chosen.note = (f"{path} was selected (epoch {choice.epoch}) on {where}, the split being scored; "
+                   f"scoring {last} instead")
+    return chosen
 
 
 @dataclass
@@ -106,7 +259,9 @@ class FoldSummary:
 
         (uar_m, uar_s), (war_m, war_s) = self.stat("uar"), self.stat("war")
         return {
-            "folds": [{"fold": f.fold, "weights": f.weights, **f.scores.to_dict()} for f in self.folds],
+            "folds": [{"fold": f.fold, "weights": f.weights, **f.scores.to_dict(),
+                       **({"checkpoint": f.checkpoint.to_dict()} if f.checkpoint is not None else {})}
+                      for f in self.folds],
             "mean": {"uar": num(uar_m), "war": num(war_m)},
             "std": {"uar": num(uar_s), "war": num(war_s)},
             "std_ddof": 1,
@@ -120,6 +275,19 @@ def evaluate(model, dataset, *, batch_size: int = 16, device="cpu", workers: int
                                     workers=workers, on_batch=on_batch, tta=tta)
     classes = getattr(model, "classes", None) or dataset.classes
     return score(probs, labels, classes)
+
+
+def run_checkpoint(weights: str, which: str = "best") -> str:
+    """``weights`` itself, or for a run folder (holding best/last.safetensors) its
+    ``{which}.safetensors``."""
+    import os
+
+    if os.path.isdir(weights):
+        path = os.path.join(weights, f"{which}.safetensors")
+        if not os.path.isfile(path):
+            raise ValueError(f"{weights} is a folder without {which}.safetensors: pass a run folder or a checkpoint file")
+        return path
+    return weights
 
 
 def fold_checkpoints(run_dir: str, which: str = "best") -> dict[int, str]:
@@ -161,12 +329,22 @@ def remap_to_classes(samples, classes) -> tuple[list, list]:
 
 def evaluate_checkpoint(weights, dataset: str, data_root: str, split: str, *, fold: int | None = None,
                         batch_size: int = 16, test_clips: int = 1, limit: int | None = None,
-                        device="cpu", workers: int = 0, on_batch=None, seed: int = 0, tta: str = "none"):
+                        device="cpu", workers: int = 0, on_batch=None, seed: int = 0, tta: str = "none",
+                        on_choice=None, guard: bool = True):
     """Load `weights` (path or name) and score it on a dataset split with the checkpoint's
-    own preprocessing and class order. Returns (Scores, DataReport)."""
+    own preprocessing, frame sampling and class order. Returns (Scores, DataReport).
+
+    With ``guard`` (the default) the checkpoint goes through :func:`choose_checkpoint`: a
+    ``best`` selected on this very split is replaced by its run's ``last``.
+    ``on_choice(CheckpointChoice)`` is told which checkpoint is scored, before scoring."""
     from dfer_cli.checkpoint import load_model
     from dfer_cli.data import ClipDataset, scan
 
+    if guard:
+        choice = choose_checkpoint(str(weights), dataset, data_root, split, fold)
+        weights = choice.path
+        if on_choice is not None:
+            on_choice(choice)
     model = load_model(weights, device=device)
     samples, report = scan(dataset, data_root, split, fold=fold, limit=limit, seed=seed)
     samples, dropped = remap_to_classes(samples, model.classes)
@@ -174,17 +352,26 @@ def evaluate_checkpoint(weights, dataset: str, data_root: str, split: str, *, fo
         report.add("class not in the checkpoint", s.path)
     if not samples:
         raise ValueError(f"no usable samples in {data_root} split {split!r}" + (f" fold {fold}" if fold else ""))
-    ds = ClipDataset(samples, model.preprocessing, train=False, classes=model.classes, test_clips=test_clips)
+    ds = ClipDataset(samples, model.preprocessing, train=False, classes=model.classes, test_clips=test_clips,
+                     sampling=getattr(model, "sampling", "uniform"))
     return evaluate(model, ds, batch_size=batch_size, device=device, workers=workers, on_batch=on_batch,
                     tta=tta), report
 
 
-def evaluate_folds(run_dir: str, data_root: str, *, which: str = "best", **kw) -> FoldSummary:
-    """The DFEW 5-fold protocol: ``run_dir/fold{k}/{which}.safetensors`` on test fold k."""
+def evaluate_folds(run_dir: str, data_root: str, *, which: str = "best", on_choice=None, **kw) -> FoldSummary:
+    """The DFEW 5-fold protocol: ``run_dir/fold{k}/{which}.safetensors`` on test fold k.
+
+    Per fold, a ``best`` selected on that fold's test split is replaced by the fold's
+    ``last`` (:func:`choose_checkpoint`; every fold is checked before any is scored, so a
+    refusal comes first). ``on_choice(fold, CheckpointChoice)`` is told each fold's choice."""
     summary = FoldSummary()
-    for k, path in fold_checkpoints(run_dir, which).items():
-        scores, _ = evaluate_checkpoint(path, "dfew", data_root, "test", fold=k, **kw)
-        summary.folds.append(FoldResult(k, path, scores))
+    choices = {k: choose_checkpoint(path, "dfew", data_root, "test", k)
+               for k, path in fold_checkpoints(run_dir, which).items()}
+    for k, choice in choices.items():
+        if on_choice is not None:
+            on_choice(k, choice)
+        scores, _ = evaluate_checkpoint(choice.path, "dfew", data_root, "test", fold=k, guard=False, **kw)
+        summary.folds.append(FoldResult(k, choice.path, scores, choice))
     return summary
 
 

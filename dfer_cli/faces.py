@@ -41,8 +41,10 @@ class FaceDetector:
     """MTCNN face detector with the speed policy above.
 
     detect_size: longest side (pixels) of the copy detection runs on (None: full size).
-    min_face: smallest face to find, as a fraction of the frame's shorter side (<= 1), or in
-    source pixels (> 1). min_score: drop detections below this probability. device: torch
+    min_face: smallest face kept, as a fraction of the frame's shorter side (<= 1), or in
+    source pixels (> 1): MTCNN does not look for smaller faces, and a detection whose box has
+    a side shorter than that is dropped. min_score: drop detections whose MTCNN probability
+    is below this (0..1). device: torch
     device for MTCNN (default CPU). Thread count follows torch's setting.
     """
 
@@ -62,6 +64,10 @@ class FaceDetector:
         if self.detect_size and max(h, w) > self.detect_size:
             return self.detect_size / max(h, w)
         return 1.0
+
+    def min_face_side(self, h: int, w: int) -> float:
+        """The shortest box side kept, in source pixels, for an h x w frame."""
+        return self.min_face * min(h, w) if self.min_face <= 1 else self.min_face
 
     def min_face_pixels(self, h: int, w: int) -> int:
         """MTCNN min_face_size, in pixels of the downscaled detection copy, for an h x w frame."""
@@ -87,6 +93,7 @@ class FaceDetector:
         else:
             small = np.stack(frames)
         sy, sx = h / small.shape[1], w / small.shape[2]
+        min_side = self.min_face_side(h, w)
         self.mtcnn.min_face_size = self.min_face_pixels(h, w)
         with torch.inference_mode():
             boxes, probs, points = self.mtcnn.detect(small, landmarks=True)
@@ -102,6 +109,8 @@ class FaceDetector:
                         continue
                     box = bi * np.array([sx, sy, sx, sy])
                     box = np.clip(box, 0, [w, h, w, h])
+                    if min(box[2] - box[0], box[3] - box[1]) < min_side:
+                        continue  # smaller than --min-face
                     dets.append(Detection(box, float(pi), li * np.array([sx, sy])))
             dets.sort(key=lambda d: -d.score)
             out.append(dets)

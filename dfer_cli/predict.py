@@ -7,15 +7,19 @@
         print(clip.start, clip.end, clip.track, clip.label, clip.confidence)
 
 How it runs (one decode, in order, memory bounded by one window):
-1. `clips.WindowPlan` lays windows (default 2 s, stride 1 s) with `num_frames` sample times
-   each on a shared time grid; only grid frames are converted to RGB.
+1. `clips.WindowPlan` lays a time grid of `num_frames` samples per window (default 2 s);
+   only grid frames are converted to RGB.
 2. Each distinct grid frame is handled once: batched through `faces.FaceDetector` (every
    `detect_every`-th frame; landmarks in between are interpolated along each track), linked
    into tracks (`tracking.IoUTracker`, scene cuts end tracks) and aligned to the model's
    input size. A video slower than the grid puts one frame in several grid slots; they
    share its faces.
-3. When a window's frames are in, each face track seen in it becomes a clip; clips are
-   classified in batches and handed to `on_clip` as soon as they are done.
+3. Windows are laid on each face track's own span of grid slots (`clips.track_windows`:
+   from the track's first slot every stride, the last one aligned to the track's end), so
+   a face in view for at least half a window gets a clip. When a window's frames are in it
+   becomes a clip; clips are classified in batches and handed to `on_clip` in time order
+   (start, then track) as soon as no earlier clip can still come. With a stride longer than
+   the window (gaps between windows) the video-wide windows of the plan are used instead.
 """
 from __future__ import annotations
 
@@ -26,7 +30,7 @@ import numpy as np
 
 from dfer_cli import faces as _faces
 from dfer_cli import tracking as _tracking
-from dfer_cli.clips import WindowPlan, sample_on_grid
+from dfer_cli.clips import WindowPlan, sample_on_grid, track_windows
 from dfer_cli.results import ClipPrediction, TrackSummary, VideoResult
 
 MIN_COVERAGE = 0.5   # a clip is classified only if its face was found in at least this share of frames
@@ -43,6 +47,34 @@ def get_detector(detect_size=_faces.DETECT_SIZE, min_face=_faces.MIN_FACE,
         _DETECTORS[key] = _faces.FaceDetector(detect_size=detect_size, min_face=min_face,
                                               min_score=min_score, device=device)
     return _DETECTORS[key]
+
+
+def model_identity(model) -> tuple[str, str | None]:
+    """(name, sha256) recorded for `model` in the `video` records.
+
+    For a model from `load_model`: the checkpoint file's name without `.safetensors` (for a
+    named checkpoint that is its registry name; never a path, which would only say where it
+    was on one machine) and the sha256 of that file, computed once per model object and kept
+    on it. For a model not loaded from a file: its registered architecture name and None.
+    """
+    path = getattr(model, "checkpoint_path", None)
+    cached = getattr(model, "_dfer_identity", None)
+    if cached is not None and cached[0] == path:
+        return cached[1]
+    if path:
+        from pathlib import Path
+
+        from dfer_cli.weights import SUFFIX, file_sha256
+
+        name = Path(path).name
+        identity = (name[: -len(SUFFIX)] if name.endswith(SUFFIX) else Path(path).stem, file_sha256(path))
+    else:
+        identity = (str(getattr(model, "model_name", None) or type(model).__name__), None)
+    try:
+        model._dfer_identity = (path, identity)
+    except AttributeError:  # an object that takes no attributes: computed again next time
+        pass
+    return identity
 
 
 @dataclass
@@ -89,12 +121,14 @@ def predict_video(
 
     model: a classifier as returned by `dfer_cli.load_model` (has `.preprocessing` and
     `.classes`). window / stride: clip length and hop in seconds; each clip holds
-    `preprocessing.num_frames` frames spaced uniformly in its window. all_faces: report every
-    face track; by default each window reports one face, the largest / most persistent track
-    in view (greatest accumulated face area). batch_size: clips per model forward. device:
-    torch device for the model and detector (default: where the model already is).
-    on_clip(ClipPrediction): called as each clip is done, in time order. progress(t, duration):
-    called as decoding advances (seconds).
+    `preprocessing.num_frames` frames spaced uniformly in its window. Windows start where
+    each face track starts and end-align to where it ends (see the module docstring).
+    all_faces: report every face track; by default only the main face of each window is
+    reported, the largest / most persistent track in view (greatest accumulated face area)
+    among those that fill at least `min_coverage` of it. batch_size: clips per model forward.
+    device: torch device for the model and detector (default: where the model already is).
+    on_clip(ClipPrediction): called as each clip is done, in time order (start, then track).
+    progress(t, duration): called as decoding advances (seconds).
 
     Detector options: detect_size (longest side of the copy MTCNN runs on, pixels; None = full
     size), min_face (smallest face, fraction of the shorter side, or pixels if > 1),
@@ -107,6 +141,11 @@ def predict_video(
     timings: optional dict that receives seconds spent per stage (decode, detect, align, model).
     tta: "flip" averages each clip's probabilities with its mirror image's (twice the model
     cost; see evaluate.clip_probs).
+
+    The result also says where it came from: the model's name and weights' sha256
+    (`model_identity`), the window and stride as used, and the video's frame rate; each clip
+    carries the indices of the first and last video frames it was sampled from, and
+    `result.faces` where each track's face was seen (for `render.annotate_video`).
 
     A video without faces gives a VideoResult with no clips and no tracks. Raises
     `video.VideoError` when the file cannot be read, and ValueError when the model's
@@ -146,86 +185,144 @@ def predict_video(
     plan = WindowPlan(duration, window, stride, T)
     max_tail = max(plan.step, 1.5 / info.fps if info.fps > 0 else 0.1)
     tracker = _tracking.IoUTracker(iou_threshold, max_gap)
-    result = VideoResult(video=str(path), duration=duration,
-                         model=str(getattr(model, "checkpoint_path", None) or getattr(model, "model_name", type(model).__name__)),
-                         classes=classes)
+    name, sha256 = model_identity(model)
+    result = VideoResult(video=str(path), duration=duration, model=name, classes=classes,
+                         weights_sha256=sha256, fps=info.fps if info.fps > 0 else None,
+                         window=plan.window, stride=plan.stride)
 
     slots: dict[int, dict[int, _Face]] = {}   # grid index -> {track id: aligned face}
+    slot_frame: dict[int, int] = {}           # grid index -> index of the video frame sampled there
     seen: set[int] = set()                    # grid indices that had a frame
-    queue: list[tuple[ClipPrediction, object]] = []  # clips waiting for the model, in time order
-    state = {"next_window": 0, "done_k": -1}
+    span: dict[int, list[int]] = {}           # track id -> [first, last] grid index with its face
+    laid: dict[int, int] = {}                 # track id -> windows laid so far (see clips.track_windows)
+    open_tracks: set[int] = set()             # tracks that may still go on
+    queue: list[tuple[int, ClipPrediction, object]] = []  # (window's first grid index, clip, input or None)
+                                              # waiting for the model, in the order made
+    ready: list[tuple[tuple[int, int], ClipPrediction]] = []  # classified, waiting for earlier clips
+    state = {"next_window": 0, "done_k": -1, "done_time": -1.0}
 
-    def emit(clip: ClipPrediction):
-        result.clips.append(clip)
-        if on_clip is not None:
-            on_clip(clip)
+    def put_slot(k: int, faces: dict, frame) -> None:
+        slots[k] = faces
+        slot_frame[k] = frame.index
+        for tid, face in faces.items():
+            if tid not in span:
+                span[tid] = [k, k]
+                open_tracks.add(tid)
+            span[tid][1] = k
+            seen_at = result.faces.setdefault(tid, [])
+            if not seen_at or seen_at[-1][0] != frame.time:
+                seen_at.append((frame.time, [round(float(v), 1) for v in face.box]))
+
+    def emit_ready(bound: float) -> None:
+        """Hand out the classified clips whose window starts before grid index `bound`, in
+        (start, track) order: no clip made later can start earlier than that."""
+        if queue:
+            bound = min(bound, min(first for first, _, _ in queue))
+        ready.sort(key=lambda r: r[0])
+        while ready and ready[0][0][0] < bound:
+            clip = ready.pop(0)[1]
+            result.clips.append(clip)
+            if on_clip is not None:
+                on_clip(clip)
 
     def run_model(force: bool = False):
-        n_tensors = sum(1 for _, x in queue if x is not None)
+        n_tensors = sum(1 for _, _, x in queue if x is not None)
         if not queue or (n_tensors < batch_size and not force):
             return
         t0 = time.perf_counter()
-        xs = [x for _, x in queue if x is not None]
+        xs = [x for _, _, x in queue if x is not None]
         if xs:
             batch = torch.stack(xs).to(dev)  # (B, T, 3, S, S)
             with torch.inference_mode():
                 with torch.autocast("cuda", dtype=torch.float16, enabled=dev.type == "cuda"):
                     probs = clip_probs(model, batch, tta).cpu().numpy()  # (B, C)
             if not np.isfinite(probs).all():
+                where = getattr(model, "checkpoint_path", None) or result.model
                 raise ValueError(f"the model gave non-finite probabilities (NaN/Inf); its checkpoint "
-                                 f"{result.model} is likely damaged -- re-download it or re-save it")
+                                 f"{where} is likely damaged -- re-download it or re-save it")
         tm["model"] += time.perf_counter() - t0
         i = 0
-        for clip, x in queue:
+        for first, clip, x in queue:
             if x is not None:
                 p = probs[i]
                 i += 1
                 top = int(p.argmax())
                 clip.probabilities = {c: round(float(v), 4) for c, v in zip(classes, p)}
                 clip.label, clip.confidence = classes[top], round(float(p[top]), 4)
-            emit(clip)
+            ready.append(((first, clip.track), clip))
         queue.clear()
 
+    def make_clip(first: int, tid: int) -> None:
+        """The clip of track `tid` over the window starting at grid index `first` (in the
+        default mode only if `tid` is the main face of that window)."""
+        ks = range(first, first + T)
+        present: dict[int, list[int]] = {}
+        for k in ks:
+            for t in slots.get(k, {}):
+                present.setdefault(t, []).append(k)
+        if tid not in present:
+            return
+        if not all_faces:
+            need = min_coverage * T
+            main = max(sorted(present), key=lambda t: (len(present[t]) >= need, tracker.tracks[t].area_sum))
+            if main != tid:
+                return  # another face is the main one in this window; it reports it
+        have = present[tid]
+        box = np.mean([slots[k][tid].box for k in have], axis=0).tolist()
+        sampled = [slot_frame[k] for k in ks if k in slot_frame]
+        start, end = first * plan.step, min((first + T) * plan.step, max(duration, plan.window))
+        clip = ClipPrediction(video=str(path), track=tid, start=start, end=end, box=box,
+                              probabilities=None, label=None, confidence=None,
+                              frames=(min(sampled), max(sampled)))
+        if len(have) < min_coverage * T:
+            clip.status = f"face missing in {T - len(have)}/{T} frames"
+            queue.append((first, clip, None))
+            return
+        t0 = time.perf_counter()
+        crops = [slots[min(have, key=lambda h: (abs(h - k), h))][tid].crop for k in ks]
+        x = frames_to_tensor(np.stack(crops), pre)  # (T, 3, S, S)
+        tm["align"] += time.perf_counter() - t0
+        queue.append((first, clip, x))
+
     def close_windows(final: bool):
-        """Turn every window whose frames are all in into clips."""
-        while state["next_window"] < len(plan.windows):
-            w = plan.windows[state["next_window"]]
-            last = w.first + T - 1
-            if not final and state["done_k"] < last:
-                break
-            state["next_window"] += 1
-            ks = list(plan.slots(w))
-            if not any(k in seen for k in ks):
-                continue  # past the end of a truncated video
-            present: dict[int, list[int]] = {}
-            for k in ks:
-                for tid in slots.get(k, {}):
-                    present.setdefault(tid, []).append(k)
-            if not present:
-                continue  # no face in this window
-            tids = sorted(present)
-            if not all_faces:
-                need = min_coverage * T
-                tids = [max(tids, key=lambda t: (len(present[t]) >= need, tracker.tracks[t].area_sum))]
-            for tid in tids:
-                have = present[tid]
-                box = np.mean([slots[k][tid].box for k in have], axis=0).tolist()
-                clip = ClipPrediction(video=str(path), track=tid, start=w.start, end=w.end, box=box,
-                                      probabilities=None, label=None, confidence=None)
-                if len(have) < min_coverage * T:
-                    clip.status = f"face missing in {T - len(have)}/{T} frames"
-                    queue.append((clip, None))
-                    continue
-                t0 = time.perf_counter()
-                crops = [slots[min(have, key=lambda h: (abs(h - k), h))][tid].crop for k in ks]
-                x = frames_to_tensor(np.stack(crops), pre)  # (T, 3, S, S)
-                tm["align"] += time.perf_counter() - t0
-                queue.append((clip, x))
-            run_model()
+        """Make the clips of every window that is now decided, classify them in batches and
+        hand them out in time order."""
+        if plan.spaced:
+            # Windows with gaps between them: only their grid slots are decoded, so the clips
+            # are those of the video-wide windows, one per track seen in each.
+            while state["next_window"] < len(plan.windows):
+                w = plan.windows[state["next_window"]]
+                if not final and state["done_k"] < w.first + T - 1:
+                    break
+                state["next_window"] += 1
+                for tid in sorted({t for k in plan.slots(w) for t in slots.get(k, {})}):
+                    make_clip(w.first, tid)
+            bound = plan.windows[state["next_window"]].first if state["next_window"] < len(plan.windows) else 10**12
+        else:
+            # Windows laid on each track's own span (clips.track_windows): a face in view for
+            # half a window gets a clip however the video-wide grid would cut its time.
+            made = []
+            for tid in sorted(open_tracks):
+                tr = tracker.tracks[tid]
+                ended = final or not tr.alive or state["done_time"] - tr.last_time > tracker.max_gap + 1e-9
+                firsts = track_windows(span[tid][0], span[tid][1], T, plan.stride_slots, ended=ended)
+                made += [(f, tid) for f in firsts[laid.get(tid, 0):]]
+                laid[tid] = len(firsts)
+                if ended:
+                    open_tracks.discard(tid)
+            for f, tid in sorted(made):
+                make_clip(f, tid)
+            # a later window can start no earlier than: the end-aligned window of a track that
+            # goes on, or that of a track that appears after the slots done so far
+            bound = min([state["done_k"] + 2 - T] + [span[t][1] - T + 1 for t in open_tracks])
+            if final:
+                bound = 10**12
+        run_model(force=final)
+        emit_ready(bound)
         # slots no later window needs are dropped (memory stays at about one window)
-        keep_from = plan.windows[state["next_window"]].first if state["next_window"] < len(plan.windows) else 10**12
-        for k in [k for k in slots if k < keep_from]:
+        for k in [k for k in slots if k < bound]:
             del slots[k]
+            slot_frame.pop(k, None)
 
     pending: list[_Pending] = []   # distinct frames waiting for detection, in time order
     anchor: _Pending | None = None  # the last detected entry of the previous batch (left neighbour)
@@ -276,9 +373,10 @@ def predict_video(
                        for tid, lm, box in faces_}
             tm["align"] += time.perf_counter() - t0
             for k in p.ks:
-                slots[k] = p.faces
+                put_slot(k, p.faces, p.frame)
         anchor = det_entries[-1]
         state["done_k"] = todo[-1].ks[-1]
+        state["done_time"] = todo[-1].frame.time
         if progress is not None:
             progress(todo[-1].frame.time, duration)
         close_windows(final=False)
@@ -290,15 +388,15 @@ def predict_video(
     frames = sample_on_grid(_video.iter_frames(path), plan.grid_times(), max_distance=max_tail)
     for k, frame in frames:
         last_time = frame.time
-        if not plan.needed(k):
-            continue
+        if plan.spaced and not plan.needed(k):
+            continue  # between spaced-out windows (otherwise every slot may be in a track's window)
         seen.add(k)
         if last is not None and frame is last.frame:
             # a video slower than the grid: this slot repeats the latest frame and shares its
             # faces (the frame is detected, tracked and aligned once)
             last.ks.append(k)
             if last.faces is not None:
-                slots[k] = last.faces
+                put_slot(k, last.faces, last.frame)
                 state["done_k"] = k
                 close_windows(final=False)
             continue
@@ -329,7 +427,6 @@ def predict_video(
     process(final=True)
     state["done_k"] = plan.num_grid
     close_windows(final=True)
-    run_model(force=True)
     if seen:
         result.duration = max(duration, last_time)
     result.tracks = summarize(result.clips, classes)

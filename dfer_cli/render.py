@@ -3,10 +3,15 @@
 Both take a `VideoResult` from `predict_video`; neither needs torch.
 
 - `annotate_video` re-decodes the input and writes every frame (same count, same
-  timestamps) with each tracked face boxed and labelled with its current top expression.
-  The face box at time t is interpolated between the centres of the clips of its track, and
-  the label is that of the classified clip whose centre is nearest to t among those that
-  cover t. Audio is not copied.
+  timestamps) with each tracked face boxed and labelled with its current top expression,
+  and the input's first audio stream (copied as it is when the container takes its codec,
+  else re-encoded to AAC). A track is drawn at time t only where its face is: at a
+  sampled frame where it was detected (or interpolated between two detections), or between
+  two such frames less than a short gap apart (`DRAW_GAP`); never before the face appears,
+  after it leaves, across a scene cut (a cut starts a new track) or over a longer stretch
+  without it (e.g. black frames). Its box there is interpolated between those frames' boxes;
+  its label is that of the classified clip whose centre is nearest to t among those that
+  cover t (no covering classified clip: nothing drawn).
 - `plot_timeline` draws each class's probability over time (clip centres), one panel per
   face track, with matplotlib's Agg canvas (no display needed).
 """
@@ -70,25 +75,60 @@ def plot_format(dst: str | Path) -> str:
 PALETTE = ((255, 196, 0), (0, 200, 255), (255, 64, 160), (120, 255, 80), (255, 120, 40), (170, 120, 255))
 
 
-class _TrackTimeline:
-    """The classified clips of one track, ordered by centre time."""
+# Seconds between two sampled frames with a track's face across which its box is still
+# drawn (a missed detection or two); at least 4.5 sampling steps, for coarse sampling grids.
+DRAW_GAP = 0.5
 
-    def __init__(self, track: int, clips: list[ClipPrediction]):
+
+class _TrackTimeline:
+    """The classified clips of one track, ordered by centre time, and where its face was.
+
+    seen: [(time, box), ...] of the sampled frames that had the face (`VideoResult.faces`);
+    None for a result without that record (one made by hand): then the box is interpolated
+    between clip centres and drawn wherever a classified clip covers t.
+    """
+
+    def __init__(self, track: int, clips: list[ClipPrediction], seen=None):
         self.track = track
         self.clips = sorted(clips, key=lambda c: (c.start + c.end) / 2)
         self.mids = np.array([(c.start + c.end) / 2 for c in self.clips])
         self.boxes = np.array([c.box for c in self.clips], dtype=float)  # (N, 4)
         self.first = min(c.start for c in self.clips)
         self.last = max(c.end for c in self.clips)
+        self.seen_times = self.seen_boxes = None
+        self.gap = DRAW_GAP
+        if seen:
+            seen = sorted(seen, key=lambda s: s[0])
+            self.seen_times = np.array([s[0] for s in seen], dtype=float)
+            self.seen_boxes = np.array([s[1] for s in seen], dtype=float).reshape(-1, 4)
+            steps = np.diff(self.seen_times)
+            steps = steps[steps > 0]
+            if len(steps):
+                self.gap = max(DRAW_GAP, 4.5 * float(steps.min()))
+
+    def face_at(self, t: float, tol: float = 1e-6) -> np.ndarray | None:
+        """The face box at time t when the face is there (see the module docstring), else None."""
+        ts = self.seen_times
+        i = int(np.searchsorted(ts, t - tol))  # first sampled frame at or after t
+        if i < len(ts) and abs(ts[i] - t) <= tol:
+            return self.seen_boxes[i]
+        if i == 0 or i == len(ts) or ts[i] - ts[i - 1] > self.gap:
+            return None  # before the face appears, after it left, or a long gap
+        a = (t - ts[i - 1]) / (ts[i] - ts[i - 1])
+        return (1 - a) * self.seen_boxes[i - 1] + a * self.seen_boxes[i]
 
     def at(self, t: float) -> tuple[np.ndarray, ClipPrediction] | None:
-        """(box, clip) to show at time t, or None when no classified clip covers t."""
+        """(box, clip) to show at time t, or None when the face is not there or no
+        classified clip covers t."""
         if not (self.first <= t <= self.last):
             return None
         covering = [i for i, c in enumerate(self.clips) if c.start <= t <= c.end]
         if not covering:
             return None
         i = min(covering, key=lambda k: abs(self.mids[k] - t))
+        if self.seen_times is not None:
+            box = self.face_at(t)
+            return None if box is None else (box, self.clips[i])
         box = np.array([np.interp(t, self.mids, self.boxes[:, k]) for k in range(4)])
         return box, self.clips[i]
 
@@ -99,7 +139,8 @@ def track_timelines(result: VideoResult) -> list[_TrackTimeline]:
     for c in result.clips:
         if c.probabilities and c.label is not None:
             by_track.setdefault(c.track, []).append(c)
-    return [_TrackTimeline(k, v) for k, v in sorted(by_track.items())]
+    faces = getattr(result, "faces", None) or {}
+    return [_TrackTimeline(k, v, faces.get(k)) for k, v in sorted(by_track.items())]
 
 
 def draw_annotations(img: np.ndarray, t: float, timelines: list[_TrackTimeline]) -> np.ndarray:
@@ -127,15 +168,120 @@ def draw_annotations(img: np.ndarray, t: float, timelines: list[_TrackTimeline])
     return img
 
 
-def annotate_video(src: str | Path, dst: str | Path, result: VideoResult, *, codec: str | None = None) -> Path:
+# Audio codecs each container takes as they are (stream copy); any other is re-encoded to
+# AAC, which all of them take. Matroska takes every codec FFmpeg knows.
+AUDIO_COPY = {
+    "mp4": {"aac", "mp3", "alac", "ac3", "eac3", "opus", "flac"},
+    "ipod": {"aac", "alac", "ac3", "eac3"},
+    "mov": {"aac", "mp3", "alac", "ac3", "eac3", "pcm_s16le", "pcm_s16be", "pcm_s24le", "pcm_f32le"},
+    "avi": {"mp3", "ac3", "aac", "pcm_s16le", "pcm_u8"},
+}
+
+
+# Containers that keep audio starting before the video (e.g. AAC's priming packet at a
+# negative time) without shifting the video; elsewhere that audio is left out.
+NEGATIVE_TS = {"mp4", "ipod", "mov"}
+
+
+class _Audio:
+    """The first audio stream of `src`, muxed into `out` alongside the annotated frames.
+
+    Packets are read from a second demuxer on the same file, one at a time, and written
+    before the first video frame that follows them, so the output is interleaved and
+    memory does not grow. Times are shifted like the video's (`video.iter_frames` counts
+    from the video stream's start); audio before that start is left out.
+    """
+
+    def __init__(self, src: Path, out, container: str):
+        import av
+
+        self.inp = av.open(str(src), metadata_errors="ignore")
+        self.stream = self.inp.streams.audio[0] if self.inp.streams.audio else None
+        self.out_stream = None
+        if self.stream is None:
+            self.inp.close()
+            return
+        video = self.inp.streams.video[0]
+        v0 = float((video.start_time or 0) * video.time_base) if video.time_base else 0.0
+        self.tb = self.stream.time_base
+        self.offset = int(round(v0 / self.tb)) if self.tb else 0
+        self.negative_ok = container in NEGATIVE_TS
+        allowed = AUDIO_COPY.get(container)
+        self.copy = allowed is None or self.stream.codec_context.name in allowed
+        if self.copy:
+            self.out_stream = out.add_stream_from_template(self.stream)
+        else:
+            rate = self.stream.codec_context.sample_rate or 48000
+            channels = self.stream.codec_context.channels or 2
+            # by channel count: a source may name its layout only as "N channels", which AAC refuses
+            layout = {1: "mono", 2: "stereo"}.get(channels, self.stream.codec_context.layout.name)
+            self.out_stream = out.add_stream("aac", rate=rate, layout=layout)
+        self.out = out
+        self.packets = self.inp.demux(self.stream)
+        self.held = None   # the next packet, read but not yet written
+
+    def _next(self):
+        for packet in self.packets:
+            if packet.dts is None and packet.pts is None:
+                continue  # the demuxer's flush packet
+            return packet
+        return None
+
+    def _time(self, packet) -> float:
+        pts = packet.pts if packet.pts is not None else packet.dts
+        return float((pts - self.offset) * self.tb)
+
+    def _write(self, packet) -> None:
+        if self._time(packet) < 0 and not self.negative_ok:
+            return
+        if self.copy:
+            for attr in ("pts", "dts"):
+                if getattr(packet, attr) is not None:
+                    setattr(packet, attr, getattr(packet, attr) - self.offset)
+            packet.stream = self.out_stream
+            self.out.mux(packet)
+        else:
+            for frame in packet.decode():
+                frame.pts = None  # the encoder counts samples from the first one kept
+                for p in self.out_stream.encode(frame):
+                    self.out.mux(p)
+
+    def until(self, t: float | None) -> None:
+        """Write every audio packet that starts before `t` seconds (None: all that are left)."""
+        if self.out_stream is None:
+            return
+        while True:
+            if self.held is None:
+                self.held = self._next()
+                if self.held is None:
+                    break
+            if t is not None and self._time(self.held) >= t:
+                return
+            packet, self.held = self.held, None
+            self._write(packet)
+        if not self.copy:
+            for p in self.out_stream.encode():
+                self.out.mux(p)
+        self.out_stream = None
+        self.close()
+
+    def close(self) -> None:
+        if self.stream is not None:
+            self.stream = None
+            self.inp.close()
+
+
+def annotate_video(src: str | Path, dst: str | Path, result: VideoResult, *, codec: str | None = None,
+                   audio: bool = True) -> Path:
     """Write `dst`: every frame of `src` with the faces of `result` boxed and labelled.
 
     Frames come from `dfer_cli.video.iter_frames`, the decoder the pipeline uses, so times
     and rotation match the result's. The output has the same frames at the same times; its
     container follows dst's suffix (one of `VIDEO_CONTAINERS`; another raises ValueError
     before any frame is decoded) and the codec is H.264 when the FFmpeg build has libx264,
-    else MPEG-4 Part 2. It is written to a temporary file first, so a failure never leaves a
-    half-written dst.
+    else MPEG-4 Part 2. With `audio`, the first audio stream of `src` goes along (copied
+    when the container takes its codec, see `AUDIO_COPY`, else re-encoded to AAC). It is
+    written to a temporary file first, so a failure never leaves a half-written dst.
     """
     import av
 
@@ -148,28 +294,39 @@ def annotate_video(src: str | Path, dst: str | Path, result: VideoResult, *, cod
         codec = "libx264" if "libx264" in av.codecs_available else "mpeg4"
     rate = Fraction(probe(src).fps or 25.0).limit_denominator(1001)
     tb = Fraction(1, 90000)  # fine enough for any frame time; pts are taken from frame times
-    with atomic_path(dst) as tmp, av.open(str(tmp), "w", format=container) as out:
-        ostream = None
-        last_pts = -1
-        for frame in iter_frames(src):
-            img = frame.rgb
-            if ostream is None:
-                h, w = img.shape[:2]
-                ostream = out.add_stream(codec, rate=rate)
-                # yuv420p needs even sides: an odd last row/column is dropped.
-                ostream.width, ostream.height = max(2, w - w % 2), max(2, h - h % 2)
-                ostream.pix_fmt = "yuv420p"
-                ostream.codec_context.time_base = tb
-                ostream.time_base = tb
-            img = draw_annotations(img[: ostream.height, : ostream.width].copy(), frame.time, timelines)
-            vf = av.VideoFrame.from_ndarray(np.ascontiguousarray(img), format="rgb24")
-            vf.pts = max(int(round(frame.time / tb)), last_pts + 1)
-            vf.time_base = tb
-            last_pts = vf.pts
-            for packet in ostream.encode(vf):
+    sound = None
+    try:
+        with atomic_path(dst) as tmp, av.open(str(tmp), "w", format=container) as out:
+            ostream = None
+            last_pts = -1
+            for frame in iter_frames(src):
+                img = frame.rgb
+                if ostream is None:
+                    h, w = img.shape[:2]
+                    ostream = out.add_stream(codec, rate=rate)
+                    # yuv420p needs even sides: an odd last row/column is dropped.
+                    ostream.width, ostream.height = max(2, w - w % 2), max(2, h - h % 2)
+                    ostream.pix_fmt = "yuv420p"
+                    ostream.codec_context.time_base = tb
+                    ostream.time_base = tb
+                    if audio:  # streams are all added before the first packet is written
+                        sound = _Audio(src, out, container)
+                img = draw_annotations(img[: ostream.height, : ostream.width].copy(), frame.time, timelines)
+                vf = av.VideoFrame.from_ndarray(np.ascontiguousarray(img), format="rgb24")
+                vf.pts = max(int(round(frame.time / tb)), last_pts + 1)
+                vf.time_base = tb
+                last_pts = vf.pts
+                if sound is not None:
+                    sound.until(frame.time)
+                for packet in ostream.encode(vf):
+                    out.mux(packet)
+            for packet in ostream.encode():
                 out.mux(packet)
-        for packet in ostream.encode():
-            out.mux(packet)
+            if sound is not None:
+                sound.until(None)
+    finally:
+        if sound is not None:
+            sound.close()
     return dst
 
 

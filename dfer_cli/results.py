@@ -24,6 +24,11 @@ def strict_json(value, **kwargs) -> str:
     return json.dumps(finite_or_null(value), allow_nan=False, **kwargs)
 
 
+# Version of the record layout (docs/schema/records.schema.json). The major number changes
+# when a field is removed or changes meaning, the minor number when fields are added.
+SCHEMA_VERSION = "1.0"
+
+
 @dataclass
 class ClipPrediction:
     video: str                      # path as given
@@ -35,11 +40,14 @@ class ClipPrediction:
     label: str | None               # top class, None when not classified
     confidence: float | None        # probability of the top class
     status: str = "ok"              # "ok" or why it was not classified, e.g. "face missing in 12/16 frames"
+    frames: tuple[int, int] | None = None  # indices (0-based, decoding order) of the first and last
+                                    # video frames sampled for the clip
 
     def to_record(self) -> dict:
         return {
             "type": "clip", "video": self.video, "track": self.track,
             "start": round(self.start, 3), "end": round(self.end, 3),
+            "frames": [int(v) for v in self.frames] if self.frames is not None else None,
             "box": [round(float(v), 1) for v in self.box],
             "label": self.label, "confidence": self.confidence,
             "probabilities": self.probabilities, "status": self.status,
@@ -66,19 +74,43 @@ class TrackSummary:
 class VideoResult:
     video: str
     duration: float                 # seconds
-    model: str                      # checkpoint name or path
+    model: str                      # the model's name: its checkpoint's file stem (a registry name for a
+                                    # named checkpoint), never a path
     classes: list[str]
     clips: list[ClipPrediction] = field(default_factory=list)
     tracks: list[TrackSummary] = field(default_factory=list)
+    truncated: bool = False         # the file ended early (cut or damaged); duration is the decoded part
+    weights_sha256: str | None = None  # sha256 of the checkpoint file (None: not loaded from a file)
+    fps: float | None = None        # the video's average frame rate (None when the file does not say)
+    window: float | None = None     # clip length in seconds, as used (a video shorter than --window: its duration)
+    stride: float | None = None     # seconds between clip starts, as used (snapped to the sampling grid)
+    # Not in the records: where each track's face was seen, {track: [(time, [x1, y1, x2, y2]), ...]}
+    # (frame times in seconds, one entry per sampled frame that had the face, detected or
+    # interpolated), for drawing boxes only where there is a face (render.annotate_video).
+    faces: dict[int, list[tuple[float, list[float]]]] = field(default_factory=dict)
 
     def to_record(self) -> dict:
         return {
             "type": "video", "video": self.video, "duration": round(self.duration, 3),
-            "model": self.model, "tracks": [t.to_record() for t in self.tracks],
+            "fps": round(self.fps, 3) if self.fps else None,
+            "window": round(self.window, 4) if self.window is not None else None,
+            "stride": round(self.stride, 4) if self.stride is not None else None,
+            "model": self.model, "weights_sha256": self.weights_sha256,
+            "dfer_version": _dfer_version(), "schema_version": SCHEMA_VERSION,
+            "tracks": [t.to_record() for t in self.tracks],
             "status": self.status,
         }
 
     @property
     def status(self) -> str:
-        """'ok' when at least one face was tracked, else 'no face'."""
+        """'truncated' when the file ended early, else 'ok' when at least one face was
+        tracked, else 'no face'."""
+        if self.truncated:
+            return "truncated"
         return "ok" if self.tracks else "no face"
+
+
+def _dfer_version() -> str:
+    from dfer_cli import __version__
+
+    return __version__

@@ -9,7 +9,6 @@ relative to the stream's start time, so the first frame is at (about) 0. Rotatio
 from __future__ import annotations
 
 import math
-import os
 import struct
 import warnings
 from dataclasses import dataclass
@@ -18,9 +17,26 @@ from typing import Iterator
 
 import numpy as np
 
+from dfer_cli.fsutil import path_problem
+
 
 class VideoError(ValueError):
     """A video that cannot be opened or decoded; the message names the file and the fix."""
+
+
+class TruncatedVideoWarning(RuntimeWarning):
+    """Decoding ended before the end of the video: the file was cut (an interrupted copy or
+    download) or its data is damaged part-way. The frames decoded so far were yielded.
+
+    Attributes: `path`; `frames`, the number of frames decoded; `decoded`, the end of the
+    decoded part in seconds (last frame's time plus one frame); `expected`, the duration the
+    header states (0.0 when it states none). The message is one line naming the file and
+    the fix.
+    """
+
+    def __init__(self, message: str, path: str, frames: int, decoded: float, expected: float):
+        super().__init__(message)
+        self.path, self.frames, self.decoded, self.expected = path, frames, decoded, expected
 
 
 @dataclass
@@ -60,16 +76,12 @@ class Frame:
 
 
 def _check_path(path) -> Path:
-    p = Path(path)
-    if not p.exists():
-        raise VideoError(f"{path}: no such file; check the path")
-    if p.is_dir():
-        raise VideoError(f"{path}: is a directory, not a video; pass a video file")
-    if not os.access(p, os.R_OK):
-        raise VideoError(f"{path}: permission denied; make the file readable")
-    if p.stat().st_size == 0:
-        raise VideoError(f"{path}: file is empty (0 bytes); re-export or re-copy the video")
-    return p
+    """The path, after checking it names a readable, non-empty regular file (a FIFO or a
+    device would make the demuxer block or read forever); else VideoError with the reason."""
+    problem = path_problem(path)
+    if problem is not None:
+        raise VideoError(f"{path}: {problem}")
+    return Path(path)
 
 
 def _open(path):
@@ -149,8 +161,10 @@ def iter_frames(path) -> Iterator[Frame]:
     """Decode a video in order, yielding `Frame`s with PTS times in seconds.
 
     Raises VideoError before yielding anything when the file cannot be opened or no frame
-    can be decoded. If decoding fails part-way (corrupt or truncated data), the frames
-    decoded so far are kept: one warning names the file and the time where it stopped.
+    can be decoded. If decoding fails part-way (corrupt or truncated data), or the frames
+    end well before the duration the header states (a file cut short), the frames decoded
+    so far are kept and one TruncatedVideoWarning (a RuntimeWarning) names the file, the
+    decoded duration and the fix.
     """
     container, stream = _open(path)
     return _decode(path, container, stream)
@@ -166,13 +180,20 @@ def _decode(path, container, stream) -> Iterator[Frame]:
     header_duration = (float(stream.duration * tb) if (stream.duration and tb)
                        else (container.duration or 0) / 1_000_000)
 
+    def truncated(message: str, stacklevel: int) -> None:
+        decoded = (last_time or 0.0) + 1.0 / fps
+        warnings.warn(TruncatedVideoWarning(
+            f"{path}: {message}; {n} frame(s) decoded, {decoded:.2f} s"
+            + (f" of {header_duration:.2f} s" if header_duration > 0 else "")
+            + ": the file was cut short or is damaged, re-copy or re-export it for the rest",
+            str(path), n, decoded, header_duration), stacklevel=stacklevel)
+
     def warn(err):
         nonlocal warned
         if not warned:
             warned = True
             at = f"{last_time:.2f} s" if last_time is not None else "the start"
-            warnings.warn(f"{path}: corrupt or truncated video data after {at} ({_reason(err)}); "
-                          f"using the {n} frame(s) decoded so far", RuntimeWarning, stacklevel=3)
+            truncated(f"truncated or corrupt video data after {at} ({_reason(err)})", 4)
 
     def frames_of(packet):
         try:
@@ -219,8 +240,7 @@ def _decode(path, container, stream) -> Iterator[Frame]:
                          "or uses an unsupported codec")
     if not warned and header_duration > 0 and last_time is not None \
             and last_time + 3.0 / fps < header_duration - 0.5:
-        warnings.warn(f"{path}: frames end at {last_time:.2f} s but the header says "
-                      f"{header_duration:.2f} s; the file is probably truncated", RuntimeWarning, stacklevel=2)
+        truncated(f"truncated: frames end at {last_time:.2f} s", 3)
 
 
 def read_frames(path) -> tuple[np.ndarray, np.ndarray]:

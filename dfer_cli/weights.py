@@ -24,6 +24,11 @@ from dfer_cli.fsutil import atomic_path
 DEFAULT_WEIGHTS = "logo_former_fer2013"
 SUFFIX = ".safetensors"
 
+# sha256 of the bundled weights/logo_former_fer2013.safetensors. Replacing that file means
+# updating this line (and the hash in weights/README.md): tests/test_weights.py compares it
+# with the file and fails until they agree.
+BUNDLED_SHA256 = "eed4c30a6b61954f03fdd638d1060e46fac89d86619938fa5f5e39ee426b426d"
+
 
 @dataclass(frozen=True)
 class KnownWeights:
@@ -34,11 +39,13 @@ class KnownWeights:
 
 
 # Names dfer knows. Bundled ones live in weights/; an entry with a url may be fetched on
-# request with `dfer weights download NAME`.
+# request with `dfer weights download NAME`. An entry's sha256 is checked whenever a file
+# standing for that name is loaded (see verify_registered).
 KNOWN: dict[str, KnownWeights] = {
     DEFAULT_WEIGHTS: KnownWeights(
         DEFAULT_WEIGHTS,
         "LOGO-Former (ResNet-18 trunk), trained on FER2013 stills with synthetic motion; bundled",
+        sha256=BUNDLED_SHA256,
     ),
 }
 
@@ -76,18 +83,23 @@ def looks_like_path(spec: str) -> bool:
 def find_weights(spec: str | os.PathLike | None = None) -> Path:
     """Resolve a name or a path to an existing checkpoint file.
 
-    Raises FileNotFoundError with a one-line message saying how to get weights.
+    Raises FileNotFoundError with a one-line message saying how to get weights, and its
+    subclass WeightsMismatchError when the file stands for a registered name but its sha256
+    is not the registered one (see verify_registered).
     """
     spec = str(spec) if spec is not None else DEFAULT_WEIGHTS
     if looks_like_path(spec):
-        p = Path(spec).expanduser()
+        try:
+            p = Path(spec).expanduser()
+        except RuntimeError:  # ~user that does not exist
+            p = Path(spec)
         if p.is_file():
-            return p
+            return verify_registered(p)
         raise FileNotFoundError(f"{spec}: no such checkpoint file; pass an existing .safetensors path to --weights")
     for d in search_dirs():
         p = d / (spec + SUFFIX)
         if p.is_file():
-            return p
+            return verify_registered(p)
     where = ", ".join(str(d) for d in search_dirs())
     hint = ((f"run `dfer weights download {spec}`, " if spec in KNOWN and KNOWN[spec].url else "")
             + "train one with `dfer train`, or pass --weights PATH to a .safetensors checkpoint "
@@ -103,6 +115,69 @@ def list_weights() -> list[tuple[str, Path]]:
             for p in sorted(d.glob("*" + SUFFIX)):
                 seen.setdefault(p.name[: -len(SUFFIX)], p)
     return sorted(seen.items())
+
+
+class WeightsMismatchError(FileNotFoundError):
+    """A file standing for a registered name whose sha256 is not the one in the registry
+    (damaged, or replaced by other bytes). A FileNotFoundError, so that every caller that
+    handles "no usable checkpoint" handles it; the message is one line naming the file, the
+    expected and actual hashes and the fix."""
+
+
+# (resolved path, size, mtime in ns) -> sha256, for cached_sha256.
+_DIGESTS: dict[tuple[str, int, int], str] = {}
+
+
+def cached_sha256(path: str | os.PathLike) -> str:
+    """file_sha256, computed once per process for a given file: the digest is kept under the
+    file's resolved path, size and mtime, so a later call for the same unchanged file costs a
+    stat (the CLI resolves a name, then loads the path; both check the same file)."""
+    st = os.stat(path)
+    key = (os.path.realpath(path), st.st_size, st.st_mtime_ns)
+    digest = _DIGESTS.get(key)
+    if digest is None:
+        digest = _DIGESTS[key] = file_sha256(path)
+    return digest
+
+
+def registered_name(path: str | os.PathLike) -> str | None:
+    """The registry name `path` stands for, or None: a file ``NAME.safetensors`` in one of
+    the search folders (``$DFER_WEIGHTS_DIR``, the user cache, the bundled folder) whose
+    NAME is in KNOWN with a sha256. A file elsewhere (a run folder, ``--weights PATH``) is
+    the user's own and is not checked against the registry, whatever its name."""
+    p = Path(path)
+    if not p.name.endswith(SUFFIX):
+        return None
+    name = p.name[: -len(SUFFIX)]
+    entry = KNOWN.get(name)
+    if entry is None or not entry.sha256:
+        return None
+    parent = p.parent.resolve()  # the folder, not the file: a symlinked file still counts
+    if not any(parent == d.resolve() for d in search_dirs()):
+        return None
+    return name
+
+
+def verify_registered(path: Path) -> Path:
+    """Return `path` after checking, when it stands for a registered name (see
+    registered_name), that its sha256 is the registry's; raise WeightsMismatchError if not.
+
+    The digest is computed once per process for a given file (see cached_sha256): 12 ms of
+    CPU for the 10 MB bundled checkpoint here, and a stat for every later lookup."""
+    name = registered_name(path)
+    if name is None:
+        return path
+    expected = KNOWN[name].sha256.lower()
+    actual = cached_sha256(path)
+    if actual != expected:
+        if path.parent.resolve() == bundled_dir().resolve():
+            fix = "the bundled weights are damaged or were replaced: reinstall dfer (or restore the file from git)"
+        elif KNOWN[name].url:
+            fix = f"delete it and run `dfer weights download {name}`"
+        else:
+            fix = "delete it so that the bundled copy is used"
+        raise WeightsMismatchError(f"{path}: sha256 {actual} is not the {expected} registered for {name!r}; {fix}")
+    return path
 
 
 class DownloadError(RuntimeError):

@@ -13,7 +13,9 @@ and ``close()`` at the end. Records are those of `dfer_cli.results` (see docs/pr
   the ``video`` record with its clip records under ``"clips"``, or the ``error`` record.
 - ``csv``: one row per clip (streamed), one ``track`` row per face track when the video is
   done, a ``video`` row for a video with no face, an ``error`` row for a failed input.
-  Probabilities are one column per class, named ``p_<class>``.
+  Probabilities are one column per class, named ``p_<class>``; the ``video`` record's
+  provenance (``PROVENANCE``: frame rate, window, stride, model, weights' sha256, dfer and
+  schema versions) fills the last columns of the ``track`` and ``video`` rows.
 - ``table``: a rich table per video and a one-line summary (for people, not programs).
 
 JSON output is strict JSON: a non-finite number (NaN, infinity) is written as null, and
@@ -28,6 +30,9 @@ from typing import IO, Sequence
 from dfer_cli.results import ClipPrediction, VideoResult, strict_json
 
 FORMATS = ("table", "json", "jsonl", "csv")
+
+# Fields of the `video` record that say where a result came from (CSV: the last columns).
+PROVENANCE = ("fps", "window", "stride", "model", "weights_sha256", "dfer_version", "schema_version")
 
 
 def error_record(video: str, message: str) -> dict:
@@ -92,8 +97,9 @@ class JsonWriter(Writer):
 class CsvWriter(Writer):
     def __init__(self, stream: IO[str], classes: Sequence[str]):
         super().__init__(stream, classes)
-        self.columns = (["type", "video", "track", "start", "end", "x1", "y1", "x2", "y2",
-                         "label", "confidence"] + [f"p_{c}" for c in self.classes] + ["status"])
+        self.columns = (["type", "video", "track", "start", "end", "first_frame", "last_frame",
+                         "x1", "y1", "x2", "y2", "label", "confidence"]
+                        + [f"p_{c}" for c in self.classes] + ["status", *PROVENANCE])
         self.csv = csv.DictWriter(stream, fieldnames=self.columns, lineterminator="\n")
         self.csv.writeheader()
         self.stream.flush()
@@ -111,20 +117,24 @@ class CsvWriter(Writer):
     def clip(self, clip: ClipPrediction) -> None:
         r = clip.to_record()
         x1, y1, x2, y2 = r["box"]
+        first, last = r["frames"] if r["frames"] is not None else (None, None)
         self._row(type="clip", video=r["video"], track=r["track"], start=r["start"], end=r["end"],
+                  first_frame=first, last_frame=last,
                   x1=x1, y1=y1, x2=x2, y2=y2, label=r["label"], confidence=r["confidence"],
                   probabilities=r["probabilities"], status=r["status"])
 
     def video(self, result: VideoResult) -> None:
         r = result.to_record()
+        provenance = {k: r[k] for k in PROVENANCE}
         if not r["tracks"]:
-            self._row(type="video", video=r["video"], start=0.0, end=r["duration"], status=r["status"])
+            self._row(type="video", video=r["video"], start=0.0, end=r["duration"], status=r["status"],
+                      **provenance)
         for t in r["tracks"]:
             probs = t["probabilities"]
             conf = probs[t["label"]] if probs and t["label"] in probs else None
             self._row(type="track", video=r["video"], track=t["track"], start=t["start"], end=t["end"],
                       label=t["label"], confidence=conf, probabilities=probs,
-                      status=f"{t['clips']} clips")
+                      status=f"{t['clips']} clips", **provenance)
 
     def error(self, video: str, message: str) -> None:
         self._row(type="error", video=video, status=message)

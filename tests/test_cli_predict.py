@@ -148,7 +148,9 @@ def test_annotate_and_plot(face_runs, media):
         frames = [f.to_ndarray(format="rgb24") for f in b.decode(video=0)]
     assert len(frames) == n_in == 16 and frames[0].shape == (136, 240, 3)
     src = np.asarray(Image.fromarray(face_image()).resize((240, 136))).astype(float)
-    assert np.abs(frames[0].astype(float) - src).max() > 100  # something was drawn on it
+    # boxes are drawn only on frames where the face was detected (or inside a short gap)
+    drawn = [np.abs(f.astype(float) - src).max() > 100 for f in frames]
+    assert sum(drawn) >= len(frames) // 2, drawn
     png = Image.open(out / "t.png")
     assert png.format == "PNG" and png.size[0] > 300
 

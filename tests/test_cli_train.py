@@ -124,3 +124,36 @@ def test_prepare_cli_names_a_bad_video_once_and_a_file_src(tmp_path):
     assert all(line.count("bad.mp4") == 1 for line in lines)
     r = runner.invoke(app, ["prepare", str(src / "bad.mp4"), str(tmp_path / "dst2")])
     assert r.exit_code == 1 and "is a file: SRC is the folder holding the videos" in r.stderr
+
+
+def test_recipe_paper_is_recorded_explicit_flags_win_and_a_random_trunk_is_warned_once(tmp_path):
+    from dfer_cli.checkpoint import read_metadata
+    from dfer_cli.train import RANDOM_TRUNK_WARNING
+
+    data = make_dataset(tmp_path / "data", per_class=2, val_per_class=1)
+    out = tmp_path / "paper"
+    r = runner.invoke(app, ["train", "--data-root", str(data), "--recipe", "paper", "--epochs", "1", "--lr", "0.02",
+                            "--output", str(out), *TINY])
+    assert r.exit_code == 0, r.output
+    cfg = json.loads((out / "config.json").read_text())
+    assert (cfg["recipe"], cfg["sampling"], cfg["optimizer"], cfg["batch_size"], cfg["momentum"], cfg["rho"]) == \
+        ("paper", "segments8x2", "sam", 32, 0.9, 0.05)
+    assert (cfg["lr"], cfg["epochs"], cfg["frames"], cfg["input_size"]) == (0.02, 1, 2, 32)  # given flags win
+    assert read_metadata(out / "last.safetensors")["sampling"] == "segments8x2"
+    assert r.stderr.splitlines() == [RANDOM_TRUNK_WARNING]  # --quiet, but the warning is one line, once
+    assert "--backbone-weights" in RANDOM_TRUNK_WARNING and "MS-Celeb-1M" in RANDOM_TRUNK_WARNING
+
+    # from a checkpoint: no warning; the default recipe is dfer's
+    r = runner.invoke(app, ["train", "--data-root", str(data), "--epochs", "1", "--batch-size", "4", "--optimizer",
+                            "sgd", "--init", str(out / "last.safetensors"), "--output", str(tmp_path / "dfer"), *TINY])
+    assert r.exit_code == 0, r.output
+    assert r.stderr == ""
+    cfg = json.loads((tmp_path / "dfer" / "config.json").read_text())
+    assert (cfg["recipe"], cfg["sampling"]) == ("dfer", "uniform")
+
+    r = runner.invoke(app, ["train", "--data-root", str(data), "--recipe", "paper", "--frames", "3", "--quiet"])
+    assert r.exit_code == 2 and "use --frames 16 or --sampling uniform" in r.output
+    r = runner.invoke(app, ["train", "--data-root", str(data), "--recipe", "fast", "--quiet"])
+    assert r.exit_code == 2 and "--recipe 'fast': choose one of dfer, paper" in r.output
+    r = runner.invoke(app, ["train", "--help"], env={"COLUMNS": "250"})
+    assert "Default from --recipe: uniform (dfer), segments8x2 (paper)." in r.stdout

@@ -71,3 +71,34 @@ def test_sample_on_grid_stops_past_the_end_and_streams():
     assert max(consumed) <= 2  # only reads as far as needed
     out = list(sample_on_grid(iter(_frames([0.0, 0.1])), [0.05, 0.2, 0.5], max_distance=0.15))
     assert [k for k, _ in out] == [0, 1]
+
+
+def test_track_windows_start_at_the_track_and_end_on_it():
+    from dfer_cli.clips import track_windows
+
+    assert track_windows(0, 31, 16, 8) == [0, 8, 16]            # the regular windows end on the track's end
+    assert track_windows(0, 34, 16, 8) == [0, 8, 16, 19]        # else one more, aligned to the end
+    assert track_windows(5, 40, 16, 8) == [5, 13, 21, 25]       # from the track's own start, not the grid's
+    assert track_windows(25, 34, 16, 8) == [19]                 # shorter than a window: one, ending on it
+    assert track_windows(2, 9, 16, 8) == [0]                    # ... not before the video's start
+    assert track_windows(0, 34, 16, 8, ended=False) == [0, 8, 16]  # still going: only the regular ones
+    assert track_windows(7, 3, 16, 8) == []
+
+
+def test_track_windows_give_a_face_seen_for_half_a_window_a_window_half_full():
+    from dfer_cli.clips import track_windows
+
+    T = 16
+    for first in range(0, 40, 3):
+        for length in range(T // 2, 3 * T):
+            last = first + length - 1
+            for stride in (4, 8, 16):
+                wins = track_windows(first, last, T, stride)
+                assert wins == sorted(set(wins)) and all(f >= 0 for f in wins)
+                assert max(f + T - 1 for f in wins) == max(last, T - 1)   # the last one ends on the track
+                best = max(min(f + T - 1, last) - max(f, first) + 1 for f in wins)
+                assert best >= T // 2, (first, last, stride, wins)
+                # growing the track only ever adds windows to those already laid
+                assert track_windows(first, last + 5, T, stride, ended=False)[:len(
+                    track_windows(first, last, T, stride, ended=False))] == track_windows(first, last, T, stride,
+                                                                                          ended=False)

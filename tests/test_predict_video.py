@@ -48,6 +48,17 @@ def test_two_faces_moving_apart_keep_two_tracks(tmp_path, model, face_crop, fps)
     assert len(single.clips) == 2 and len({c.track for c in single.clips}) == 1
 
 
+def face_throughout_windows(duration, window, stride, num_frames=16):
+    """(start, end) of the clips of a face seen on every grid slot of a video: windows laid
+    on its span, the whole grid (clips.track_windows)."""
+    from dfer_cli.clips import track_windows
+
+    plan = WindowPlan(duration, window, stride, num_frames)
+    end = max(duration, plan.window)
+    return [(f * plan.step, min((f + num_frames) * plan.step, end))
+            for f in track_windows(0, plan.num_grid - 1, num_frames, plan.stride_slots)]
+
+
 def rolling_face(n):
     """n frames of the real face (240x136), shifted 1 px right per frame."""
     small = cv2.resize(face_image(), (240, 136), interpolation=cv2.INTER_AREA)
@@ -77,8 +88,7 @@ def test_slow_video_frames_repeating_on_the_grid_are_classified(tmp_path, model,
     path = make_video(tmp_path / "slow.mp4", rolling_face(n), fps=fps)
     det = RecordingDetector()
     res = dfer_cli.predict_video(model, path, window=window, stride=window / 2, detector=det)
-    plan = WindowPlan(n / fps, window, window / 2, 16)
-    assert [(c.start, c.end) for c in res.clips] == [(w.start, w.end) for w in plan.windows]
+    assert [(c.start, c.end) for c in res.clips] == face_throughout_windows(n / fps, window, window / 2)
     assert all(c.status == "ok" and c.label in CLASSES for c in res.clips)
     assert {c.track for c in res.clips} == {0} and [t.track for t in res.tracks] == [0]
     # each distinct frame is detected once at most (the tracker never gets the same time twice):
@@ -92,8 +102,7 @@ def test_sparse_detection_keeps_a_slow_face_in_one_track(tmp_path, model):
     # tracker's max_gap (1 s), splitting the face in two tracks; the frame before is detected too
     path = make_video(tmp_path / "slow.mp4", rolling_face(6), fps=2)
     res = dfer_cli.predict_video(model, path, window=1.0, stride=0.5, detect_every=3)
-    plan = WindowPlan(3.0, 1.0, 0.5, 16)
-    assert [(c.start, c.end) for c in res.clips] == [(w.start, w.end) for w in plan.windows]
+    assert [(c.start, c.end) for c in res.clips] == face_throughout_windows(3.0, 1.0, 0.5)
     assert all(c.status == "ok" for c in res.clips) and {c.track for c in res.clips} == {0}
 
 
@@ -101,13 +110,17 @@ def test_cut_to_no_face_gives_no_clips_there(model):
     path = DATA_DIR / "face_then_no_face_hevc.mov"  # real HEVC: a face, a cut at ~2.4 s, a title card
     res = dfer_cli.predict_video(model, path, all_faces=True)
     assert res.duration == pytest.approx(6.42, abs=0.05)
-    ok = [c for c in res.clips if c.status == "ok"]
-    assert ok and all(c.start < 2.4 for c in ok)
-    assert all(c.start < 2.4 for c in res.clips)  # windows after the cut: no clip at all
-    # the window straddling the cut sees the face in too few frames: reported, not classified
-    straddle = [c for c in res.clips if c.start < 2.4 < c.end and c.status != "ok"]
-    assert straddle and straddle[0].label is None and "face missing in" in straddle[0].status
-    assert len(res.tracks) == 1 and res.tracks[0].clips == len(ok)
+    # windows are laid on the face's own span: none straddles the cut (the video-wide 2-4 s
+    # window used to, unclassified, "face missing in 13/16 frames"), and the last one ends
+    # where the face does
+    assert res.clips and all(c.status == "ok" for c in res.clips)
+    assert all(c.end <= 2.4 + 0.125 for c in res.clips)
+    assert res.clips[-1].end > 2.2
+    assert [c.start for c in res.clips] == sorted(c.start for c in res.clips)
+    assert len(res.tracks) == 1 and res.tracks[0].clips == len(res.clips)
+    # where the face was, for --annotate: only before the cut
+    (seen,) = res.faces.values()
+    assert seen and max(t for t, _ in seen) < 2.4 and min(t for t, _ in seen) < 0.2
 
 
 def test_video_without_faces_is_not_an_error(tmp_path, model):
@@ -152,3 +165,60 @@ def test_track_summary_span_covers_unclassified_clips_as_documented():
     doc = (Path(__file__).resolve().parents[1] / "docs" / "predict.md").read_text()
     row = next(line for line in doc.split("Track summary", 1)[1].splitlines() if line.startswith("| `start`"))
     assert "classified or not" in row and "face missing" in row
+
+
+def face_from(n, appear, fps=10):
+    """n frames of a grey 240x136 background; the real face (shifted 1 px per frame) from
+    frame `appear` on."""
+    faces = rolling_face(n)
+    return [f if i >= appear else np.full_like(f, 90) for i, f in enumerate(faces)]
+
+
+def test_face_seen_only_at_the_end_gets_a_classified_clip(tmp_path, model):
+    # 4.4 s (44 frames at 10 fps); the face is there for the last 1.2 s (from 3.2 s). The
+    # video-wide windows (2 s, stride 1 s) end at 4.0 s (the 0.4 s tail is less than half a
+    # stride), and the best of them, 2-4 s, sees the face in 7 of its 16 frames: "face
+    # missing in 9/16", no label at all for that face.
+    path = make_video(tmp_path / "late.mp4", face_from(44, 32), fps=10)
+    plan = WindowPlan(4.4, 2.0, 1.0, 16)
+    assert plan.windows[-1].end == 4.0
+    assert max(sum(plan.time(k) > 3.15 for k in plan.slots(w)) for w in plan.windows) == 7  # nearest frame >= 3.2 s
+    for all_faces in (False, True):
+        res = dfer_cli.predict_video(model, path, all_faces=all_faces)
+        (clip,) = res.clips
+        assert clip.status == "ok" and clip.label in CLASSES
+        assert clip.end == pytest.approx(4.375) and clip.start == pytest.approx(2.375)  # aligned to the face's end
+        assert clip.frames == (24, 43)
+        assert res.tracks[0].clips == 1
+    (seen,) = res.faces.values()
+    assert min(t for t, _ in seen) >= 3.2 - 1e-6
+
+    # --annotate: no box before the face appears, though the clip starts at 2.375 s
+    from dfer_cli.render import annotate_video
+
+    out = annotate_video(path, tmp_path / "late.annotated.mp4", res)
+    src, ann = _decode(path), _decode(out)
+    assert len(src) == len(ann) == 44
+    diff = [np.abs(a.astype(int) - b.astype(int)).max(axis=2) for a, b in zip(src, ann)]
+    assert all((d > 80).sum() == 0 for d in diff[:32]), [int((d > 80).sum()) for d in diff[:32]]
+    assert all((d > 80).sum() > 50 for d in diff[33:44])
+
+
+def _decode(path):
+    import av
+
+    with av.open(str(path)) as c:
+        return [f.to_ndarray(format="rgb24") for f in c.decode(video=0)]
+
+
+def test_windows_with_gaps_between_them_stay_on_the_video_grid(tmp_path, model):
+    # stride 2 s > window 1 s: only the windows' own frames are decoded and detected, so the
+    # clips are the video-wide windows (0-1 s, 2-3 s), not windows laid on the face's span
+    # (the face appears at 0.5 s: laid on its span, the first window would be 0.5-1.5 s)
+    path = make_video(tmp_path / "spaced.mp4", face_from(24, 4), fps=8)
+    det = RecordingDetector()
+    res = dfer_cli.predict_video(model, path, window=1.0, stride=2.0, detector=det)
+    assert WindowPlan(3.0, 1.0, 2.0, 16).spaced
+    assert [(c.start, c.end) for c in res.clips] == [(0.0, 1.0), (2.0, 3.0)]
+    assert res.clips[1].status == "ok"
+    assert len(det.frames) < 12  # about half the 18 distinct frames of the two windows, not of all 24

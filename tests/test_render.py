@@ -128,3 +128,111 @@ def test_annotate_other_containers(tmp_path, suffix):
     out = annotate_video(src, tmp_path / f"out{suffix}", result_for(src, []))
     times, frames = decode(out)
     assert len(frames) == 4 and frames[0].shape == (48, 64, 3)
+
+
+def test_annotate_draws_a_track_only_where_its_face_was_seen(tmp_path):
+    """A classified clip covers 0-2 s, but the face was seen only 0.0-0.5 s and 1.5-1.9 s
+    (between: 1 s without it, e.g. black frames): no box there, none after 1.9 s."""
+    src = make_video(tmp_path / "in.mp4", frames=22, fps=10, size=(96, 64), background=(40, 40, 40))
+    clip = ClipPrediction(str(src), 0, 0.0, 2.0, [20, 16, 70, 56], probs("happy"), "happy", 0.8)
+    res = result_for(src, [clip])
+    res.faces = {0: [(k / 10, [20, 16, 70, 56]) for k in (*range(0, 6), *range(15, 20))]}
+    tl = track_timelines(res)[0]
+    assert tl.at(0.25) is not None and tl.at(1.0) is None and tl.at(1.95) is None
+    _, frames = decode(annotate_video(src, tmp_path / "out.mp4", res))
+    drawn = [bool(frame[56, 30:60].astype(float).mean(axis=0)[0] > 170) for frame in frames]
+    assert drawn == [k <= 5 or 15 <= k <= 19 for k in range(22)], drawn
+
+
+def test_annotate_box_follows_the_detections_between_sampled_frames(tmp_path):
+    clip = ClipPrediction("v", 0, 0.0, 1.0, [0, 0, 10, 10], probs("happy"), "happy", 0.8)
+    res = result_for("v", [clip])
+    res.faces = {0: [(0.0, [0, 0, 10, 10]), (0.2, [10, 0, 20, 10]), (0.3, [10, 0, 20, 10])]}
+    (tl,) = track_timelines(res)
+    assert np.allclose(tl.at(0.1)[0], [5, 0, 15, 10]) and np.allclose(tl.at(0.3)[0], [10, 0, 20, 10])
+    assert tl.at(0.31) is None  # after the last sighting
+
+
+def make_av(path, *, audio_codec="aac", container=None, seconds=2.0, fps=10, tone=440.0, rate=44100):
+    """A small video (grey frames, H.264) with a sine tone audio track, written with PyAV."""
+    import av
+
+    with av.open(str(path), "w", format=container) as out:
+        v = out.add_stream("libx264", rate=fps)
+        v.width, v.height, v.pix_fmt = 96, 64, "yuv420p"
+        a = out.add_stream(audio_codec, rate=rate)
+        a.layout = "mono"
+        n = int(seconds * fps)
+        for i in range(n):
+            img = np.full((64, 96, 3), 40 + 5 * i, np.uint8)
+            for p in v.encode(av.VideoFrame.from_ndarray(img, format="rgb24")):
+                out.mux(p)
+        t = np.arange(int(seconds * rate)) / rate
+        pcm = (0.5 * np.sin(2 * np.pi * tone * t) * 32767).astype(np.int16)
+        step = 1024
+        for k in range(0, len(pcm), step):
+            frame = av.AudioFrame.from_ndarray(pcm[None, k:k + step], format="s16", layout="mono")
+            frame.sample_rate = rate
+            frame.pts = k
+            for p in a.encode(frame):
+                out.mux(p)
+        for s in (v, a):
+            for p in s.encode():
+                out.mux(p)
+    return path
+
+
+def audio_of(path):
+    """(codec name, mono float samples, sample rate, packet payloads) of the first audio stream."""
+    import av
+
+    with av.open(str(path)) as c:
+        if not c.streams.audio:
+            return None
+        s = c.streams.audio[0]
+        payloads = [bytes(p) for p in c.demux(s) if p.size]
+    with av.open(str(path)) as c:
+        s = c.streams.audio[0]
+        chunks = [f.to_ndarray().astype(float).reshape(f.to_ndarray().shape[0], -1).mean(axis=0)
+                  for f in c.decode(s)]
+        return s.codec_context.name, np.concatenate(chunks), s.codec_context.sample_rate, payloads
+
+
+def dominant_hz(samples, rate):
+    spec = np.abs(np.fft.rfft(samples - samples.mean()))
+    return np.fft.rfftfreq(len(samples), 1 / rate)[int(spec.argmax())]
+
+
+@pytest.mark.parametrize("suffix", [".mp4", ".mov", ".avi", ".mkv"])
+def test_annotate_keeps_the_audio_as_it_is(tmp_path, suffix):
+    src = make_av(tmp_path / "talk.mp4")
+    out = annotate_video(src, tmp_path / f"out{suffix}", result_for(src, []))
+    codec, samples, rate, payloads = audio_of(out)
+    codec0, samples0, rate0, payloads0 = audio_of(src)
+    assert codec == codec0 == "aac" and rate == rate0
+    # copied packet for packet, not re-encoded; AAC's priming packet (before the video's
+    # start) is kept where the container can hold a negative time, else left out
+    dropped = 0 if suffix in (".mp4", ".mov") else 1
+    assert len(payloads0) > 50 and payloads == payloads0[dropped:]
+    assert abs(len(samples) - len(samples0)) <= 2048 and dominant_hz(samples, rate) == pytest.approx(440, abs=2)
+    t_in, _ = decode(src)
+    t_out, frames = decode(out)
+    assert len(frames) == 20
+    if suffix != ".avi":  # AVI has no frame times of its own (PyAV guesses them, with or without audio)
+        assert np.allclose(t_out, t_in, atol=1e-3)  # the video's frames keep their times
+
+
+def test_annotate_reencodes_audio_the_container_cannot_take(tmp_path):
+    src = make_av(tmp_path / "talk.mkv", audio_codec="pcm_s16le", container="matroska")
+    out = annotate_video(src, tmp_path / "out.mp4", result_for(src, []))
+    codec, samples, rate, _ = audio_of(out)
+    assert codec == "aac" and rate == 44100
+    assert abs(len(samples) / rate - 2.0) < 0.1 and dominant_hz(samples, rate) == pytest.approx(440, abs=2)
+    assert len(decode(out)[1]) == 20
+
+
+def test_annotate_without_audio(tmp_path):
+    src = make_av(tmp_path / "talk.mp4")
+    assert audio_of(annotate_video(src, tmp_path / "mute.mp4", result_for(src, []), audio=False)) is None
+    silent = make_video(tmp_path / "silent.mp4", frames=4, fps=8, size=(64, 48))
+    assert audio_of(annotate_video(silent, tmp_path / "out.mp4", result_for(silent, []))) is None

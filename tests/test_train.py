@@ -422,3 +422,37 @@ def test_resume_rebuilds_the_model_the_run_was_saved_with(data, tmp_path):
     train(TrainConfig(output=str(out), data_root=str(data), threads=1), resume=True, progress=False)
     _, meta = read_checkpoint(out / "last.safetensors")
     assert meta["provenance"]["epoch"] == 2 and meta["config"]["window"] == [2, 1, 1]
+
+
+def test_recipes_dfer_is_the_config_defaults_and_paper_pins_the_papers_settings():
+    from dfer_cli.train import PAPER_STATED, RECIPES, recipe_values
+
+    defaults = TrainConfig()
+    assert {k: getattr(defaults, k) for k in RECIPES["dfer"]} == RECIPES["dfer"]
+    assert defaults.recipe == "dfer" and defaults.sampling == "uniform"
+    paper = RECIPES["paper"]
+    assert {k: paper[k] for k in PAPER_STATED} == {
+        "optimizer": "sam", "lr": 1e-3, "batch_size": 32, "epochs": 100, "frames": 16, "input_size": 112,
+        "loss": "compact", "sampling": "segments8x2"}
+    # today the recipes differ in the frame sampling only
+    assert {k for k in paper if paper[k] != RECIPES["dfer"][k]} == {"sampling"}
+    got = recipe_values("paper", lr=0.01, frames=None, sampling=None)
+    assert (got["lr"], got["frames"], got["sampling"], got["recipe"]) == (0.01, 16, "segments8x2", "paper")
+    with pytest.raises(ValueError, match="--recipe 'fast': choose one of dfer, paper"):
+        recipe_values("fast")
+
+
+def test_a_config_json_from_before_recipes_keeps_its_behaviour():
+    """Runs started before --recipe/--sampling existed resume with today's behaviour: the
+    new fields come back as the dfer recipe and uniform sampling."""
+    old = dataclasses_asdict_without(TrainConfig(data_root="x", frames=1), "recipe", "sampling")
+    cfg = TrainConfig.from_dict(old)
+    cfg.validate()
+    assert (cfg.recipe, cfg.sampling) == ("dfer", "uniform")
+
+
+def dataclasses_asdict_without(cfg, *drop):
+    d = cfg.to_dict()
+    for k in drop:
+        d.pop(k)
+    return d

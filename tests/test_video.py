@@ -74,6 +74,31 @@ def test_truncated_stream_keeps_decoded_frames_and_warns_once(tmp_path):
     assert 0 < len(frames) < 60
     msgs = [str(w.message) for w in caught if issubclass(w.category, RuntimeWarning)]
     assert len(msgs) == 1 and "t.mkv" in msgs[0] and f"{frames[-1].time:.2f} s" in msgs[0]
+    (w,) = [w.message for w in caught if isinstance(w.message, video.TruncatedVideoWarning)]
+    assert w.path == str(p) and w.frames == len(frames)
+    assert w.decoded == pytest.approx(frames[-1].time + 0.1)  # the last frame lasts 1/fps
+    assert w.expected == pytest.approx(6.0, abs=0.01)  # what the header still says
+    assert "\n" not in str(w) and "re-copy" in str(w)
+
+
+def test_file_cut_short_without_a_decode_error_is_reported(tmp_path):
+    """A cut whose last packets still decode: the frames end long before the header says."""
+    p = make_video(tmp_path / "cut.mkv", frames=64, fps=8, size=(64, 48), draw=moving_blobs())
+    full = p.read_bytes()
+    ok = None
+    for keep in (0.8, 0.7, 0.6, 0.9):  # a cut point between packets that ends decoding cleanly
+        p.write_bytes(full[: int(len(full) * keep)])
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            frames = list(video.iter_frames(p))
+        got = [w.message for w in caught if isinstance(w.message, video.TruncatedVideoWarning)]
+        if got and "frames end at" in str(got[0]):
+            ok = (frames, got)
+            break
+    assert ok is not None, "no cut point gave a clean early end"
+    frames, (w,) = ok
+    assert w.decoded == pytest.approx(frames[-1].time + 1 / 8) and w.decoded < w.expected
+    assert w.expected == pytest.approx(8.0, abs=0.01) and w.frames == len(frames) < 64
 
 
 def test_streaming_does_not_keep_frames(tmp_path):

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 
 import pytest
 from typer.testing import CliRunner
@@ -201,3 +202,86 @@ def test_cli_weights_export_prior_shift_moves_the_bias_by_alpha_log_prior(tmp_pa
     bare = save_checkpoint(tmp_path / "c.safetensors", m, classes=CLASSES, preprocessing=pre)
     res = CliRunner().invoke(app, ["weights", "export", str(bare), str(dst), "--prior-shift", "1"])
     assert res.exit_code == 1 and "train_class_counts" in res.output
+
+
+# --- sha256 of registered checkpoints, checked on load -----------------------------------
+
+def test_registry_records_the_bundled_files_real_hash():
+    """Replacing weights/logo_former_fer2013.safetensors without updating BUNDLED_SHA256
+    fails here (and every load of the default would refuse the file)."""
+    bundled = W.bundled_dir() / f"{W.DEFAULT_WEIGHTS}.safetensors"
+    assert W.KNOWN[W.DEFAULT_WEIGHTS].sha256 == W.BUNDLED_SHA256
+    assert W.file_sha256(bundled) == W.BUNDLED_SHA256
+    assert W.registered_name(bundled) == W.DEFAULT_WEIGHTS  # so it is checked when loaded ...
+    assert W.find_weights(str(bundled)) == bundled         # ... and passes
+
+
+@pytest.fixture
+def registered(dirs, monkeypatch):
+    """'demo' registered with the sha256 of good bytes, and installed in $DFER_WEIGHTS_DIR."""
+    env, _ = dirs
+    good = b"the registered checkpoint bytes" * 1000
+    monkeypatch.setitem(W.KNOWN, "demo", W.KnownWeights("demo", "test", None, hashlib.sha256(good).hexdigest()))
+    monkeypatch.setattr(W, "_DIGESTS", {})
+    path = env / "demo.safetensors"
+    path.write_bytes(good)
+    return path, good
+
+
+def test_tampered_registered_copy_is_refused_with_both_hashes(registered, tmp_path):
+    path, good = registered
+    assert W.find_weights("demo") == path  # intact: accepted
+    tampered = bytearray(good)
+    tampered[100] ^= 1
+    path.write_bytes(bytes(tampered))
+    os.utime(path, ns=(1, 1))  # a new mtime: the cached digest of the good bytes is not reused
+    for spec in ("demo", str(path)):  # by name, and by the path of the registered file
+        with pytest.raises(W.WeightsMismatchError) as e:
+            W.find_weights(spec)
+        msg = str(e.value)
+        assert "\n" not in msg and str(path) in msg
+        assert hashlib.sha256(good).hexdigest() in msg and hashlib.sha256(tampered).hexdigest() in msg
+        assert "delete it" in msg
+    # the same bytes under the same name outside the search folders are the user's own file
+    own = tmp_path / "mine" / "demo.safetensors"
+    own.parent.mkdir()
+    own.write_bytes(bytes(tampered))
+    assert W.find_weights(str(own)) == own
+
+
+def test_tampered_bundled_file_says_reinstall(dirs, tmp_path, monkeypatch):
+    bundled = tmp_path / "bundled"
+    bundled.mkdir()
+    data = bytearray((W.bundled_dir() / f"{W.DEFAULT_WEIGHTS}.safetensors").read_bytes())
+    data[-1] ^= 0xFF
+    (bundled / f"{W.DEFAULT_WEIGHTS}.safetensors").write_bytes(bytes(data))
+    monkeypatch.setattr(W, "bundled_dir", lambda: bundled)
+    with pytest.raises(W.WeightsMismatchError, match=f"sha256 {hashlib.sha256(data).hexdigest()} is not the "
+                                                      f"{W.BUNDLED_SHA256}.*reinstall dfer"):
+        W.find_weights(W.DEFAULT_WEIGHTS)
+
+
+def test_registered_file_is_hashed_once_per_process(registered, monkeypatch):
+    path, _ = registered
+    calls = []
+    real = W.file_sha256
+    monkeypatch.setattr(W, "file_sha256", lambda p, *a: calls.append(p) or real(p, *a))
+    for _ in range(3):
+        W.find_weights("demo")
+        W.find_weights(str(path))
+    assert len(calls) == 1
+
+
+def test_cli_refuses_a_tampered_registered_checkpoint(registered, tmp_path):
+    path, good = registered
+    path.write_bytes(good[:-1] + b"!")
+    video = tmp_path / "v.mp4"
+    video.write_bytes(b"not decoded: the checkpoint is refused first")
+    r = CliRunner().invoke(app, ["predict", str(video), "--weights", "demo"])
+    assert r.exit_code == 1 and r.stdout == ""
+    (line,) = r.stderr.strip().splitlines()
+    assert line.startswith("dfer: no usable checkpoint: ") and "is not the" in line and str(path) in line
+    from dfer_cli.checkpoint import CheckpointError, load_model
+
+    with pytest.raises(CheckpointError, match="is not the"):  # the library refuses it too
+        load_model("demo")

@@ -10,7 +10,7 @@ import pytest
 
 from dfer_cli.labels import CLASSES
 from dfer_cli.results import ClipPrediction, TrackSummary, VideoResult
-from dfer_cli.writers import FORMATS, make_writer, summary_line
+from dfer_cli.writers import FORMATS, PROVENANCE, make_writer, summary_line
 
 
 def probs(top: str, p: float) -> dict[str, float]:
@@ -20,18 +20,24 @@ def probs(top: str, p: float) -> dict[str, float]:
 
 def two_track_result(video="clips/a.mp4") -> VideoResult:
     clips = [
-        ClipPrediction(video, 0, 0.0, 2.0, [10, 20, 110, 140], probs("happy", 0.7), "happy", 0.7),
-        ClipPrediction(video, 0, 1.0, 3.0, [12, 22, 112, 142], probs("sad", 0.55), "sad", 0.55),
-        ClipPrediction(video, 1, 0.5, 2.5, [200, 30, 260, 100], None, None, None, "face missing in 12/16 frames"),
+        ClipPrediction(video, 0, 0.0, 2.0, [10, 20, 110, 140], probs("happy", 0.7), "happy", 0.7, frames=(2, 58)),
+        ClipPrediction(video, 0, 1.0, 3.0, [12, 22, 112, 142], probs("sad", 0.55), "sad", 0.55, frames=(32, 88)),
+        ClipPrediction(video, 1, 0.5, 2.5, [200, 30, 260, 100], None, None, None, "face missing in 12/16 frames",
+                       frames=(17, 73)),
     ]
     mean = {c: (clips[0].probabilities[c] + clips[1].probabilities[c]) / 2 for c in CLASSES}
     tracks = [TrackSummary(0, 0.0, 3.0, 2, max(mean, key=mean.get), mean),
               TrackSummary(1, 0.5, 2.5, 0, None, None)]
-    return VideoResult(video, 3.04, "tiny.safetensors", list(CLASSES), clips, tracks)
+    return VideoResult(video, 3.04, "tiny", list(CLASSES), clips, tracks, weights_sha256=SHA, fps=29.97,
+                       window=2.0, stride=1.0)
+
+
+SHA = "0123456789abcdef" * 4
 
 
 def no_face_result(video="b.mp4") -> VideoResult:
-    return VideoResult(video, 1.5, "tiny.safetensors", list(CLASSES), [], [])
+    return VideoResult(video, 1.5, "tiny", list(CLASSES), [], [], weights_sha256=SHA, fps=25.0,
+                       window=1.5, stride=1.0)
 
 
 def run(fmt: str, results, errors=()) -> str:
@@ -53,8 +59,9 @@ def test_jsonl_schema_and_order():
     recs = [json.loads(line) for line in lines]
     assert [x["type"] for x in recs] == ["clip", "clip", "clip", "video", "video", "error"]
     clip = recs[0]
-    assert set(clip) == {"type", "video", "track", "start", "end", "box", "label", "confidence",
+    assert set(clip) == {"type", "video", "track", "start", "end", "frames", "box", "label", "confidence",
                          "probabilities", "status"}
+    assert list(clip)[:6] == ["type", "video", "track", "start", "end", "frames"] and clip["frames"] == [2, 58]
     assert list(clip["probabilities"]) == list(CLASSES)  # canonical class order
     assert math.isclose(sum(clip["probabilities"].values()), 1.0, abs_tol=1e-9)
     assert clip["label"] == "happy" and clip["confidence"] == 0.7 and clip["status"] == "ok"
@@ -64,6 +71,13 @@ def test_jsonl_schema_and_order():
     assert unclassified["status"].startswith("face missing")
     video = recs[3]
     assert video["duration"] == 3.04 and video["status"] == "ok" and len(video["tracks"]) == 2
+    from dfer_cli import __version__
+    from dfer_cli.results import SCHEMA_VERSION
+
+    assert {k: video[k] for k in ("fps", "window", "stride", "model", "weights_sha256", "dfer_version",
+                                  "schema_version")} == {
+        "fps": 29.97, "window": 2.0, "stride": 1.0, "model": "tiny", "weights_sha256": SHA,
+        "dfer_version": __version__, "schema_version": SCHEMA_VERSION}
     assert video["tracks"][0]["label"] == "happy" and video["tracks"][0]["clips"] == 2
     assert recs[4]["tracks"] == [] and recs[4]["status"] == "no face"
     assert recs[5] == {"type": "error", "video": "bad.mp4", "error": "invalid data"}
@@ -101,6 +115,8 @@ def test_csv_rows_agree_with_jsonl():
     jl = [json.loads(x) for x in run("jsonl", [r]).splitlines() if '"clip"' in x]
     for row, rec in zip(rows[:3], jl):
         assert float(row["start"]) == rec["start"] and int(row["track"]) == rec["track"]
+        assert [int(row["first_frame"]), int(row["last_frame"])] == rec["frames"]
+        assert all(row[k] == "" for k in PROVENANCE)  # provenance is on the rows written per video
         assert [float(row[k]) for k in ("x1", "y1", "x2", "y2")] == rec["box"]
         if rec["probabilities"] is None:
             assert row["label"] == "" and all(row[f"p_{c}"] == "" for c in CLASSES)
@@ -109,6 +125,10 @@ def test_csv_rows_agree_with_jsonl():
             assert [float(row[f"p_{c}"]) for c in CLASSES] == [rec["probabilities"][c] for c in CLASSES]
     track0 = rows[3]
     assert track0["label"] == r.tracks[0].label and track0["status"] == "2 clips"
+    video = r.to_record()
+    for row in (rows[3], rows[4]):
+        assert [row[k] for k in PROVENANCE] == [str(video[k]) for k in PROVENANCE]
+    assert rows[5]["model"] == "tiny" and float(rows[5]["window"]) == 1.5 and rows[5]["first_frame"] == ""
     assert math.isclose(float(track0["confidence"]), r.tracks[0].probabilities[r.tracks[0].label])
     assert rows[5]["video"] == "b.mp4" and rows[5]["status"] == "no face"
     assert rows[6]["video"] == "bad.mp4" and rows[6]["status"] == "boom"
@@ -190,3 +210,30 @@ def test_docs_schema_tables_match_the_records():
     assert ", ".join(CLASSES) in text  # the documented class order is the real one
     header = run("csv", []).splitlines()[0]
     assert f"Columns: `{header.replace(',', ', ')}`" in " ".join(text.split())
+
+
+def test_every_record_follows_the_json_schema_in_docs():
+    """docs/schema/records.schema.json describes exactly what the writers write (real
+    `dfer predict` output is checked against it in test_predict_records.py)."""
+    jsonschema = pytest.importorskip("jsonschema")
+    from pathlib import Path
+
+    schema = json.loads((Path(__file__).resolve().parent.parent / "docs" / "schema" / "records.schema.json")
+                        .read_text())
+    v = jsonschema.Draft202012Validator(schema)
+    lines = run("jsonl", [two_track_result(), no_face_result()], [("bad.mp4", "invalid data")]).splitlines()
+    for rec in [json.loads(x) for x in lines] + json.loads(run("json", [two_track_result()])):
+        assert not [e.message for e in v.iter_errors(rec)], rec
+    # so do the example records in docs/predict.md
+    doc = (Path(__file__).resolve().parent.parent / "docs" / "predict.md").read_text()
+    example = doc.split("\nExample: ", 1)[1].split("```json\n", 1)[1].split("```", 1)[0]
+    recs = [json.loads(x) for x in example.splitlines()]
+    assert [x["type"] for x in recs] == ["clip", "video"]
+    for rec in recs:
+        assert not [e.message for e in v.iter_errors(rec)], rec
+    # the schema names every field the records have, for each record type
+    r = two_track_result()
+    for name, rec in (("clip", r.clips[0].to_record()), ("video", r.to_record()),
+                      ("track", r.tracks[0].to_record())):
+        props = schema["$defs"][name]["properties"]
+        assert set(rec) <= set(props) and set(schema["$defs"][name]["required"]) == set(rec)

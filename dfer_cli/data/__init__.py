@@ -22,6 +22,7 @@ import numpy as np
 
 from dfer_cli.labels import CLASSES
 from dfer_cli.preprocess import Preprocessing
+from dfer_cli.data.sampling import DEFAULT_SAMPLING, check_sampling, frame_indices
 from dfer_cli.data.transforms import Augment, ClipTransform
 
 IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
@@ -123,14 +124,18 @@ class ClipDataset:
     or process, and a resumed run sees the same data as an uninterrupted one. Call
     :meth:`set_epoch` before each epoch. With ``test_clips > 1`` (evaluation only) an item
     is (K, T, 3, S, S): K clips at evenly shifted segment positions, for averaging.
+    ``sampling`` chooses the frames of a clip (:mod:`dfer_cli.data.sampling`: ``uniform``,
+    one frame per segment, or ``segments8x2``, two consecutive frames from each of 8).
     Still images are decoded once and kept in memory (``cache_images``).
     """
 
     def __init__(self, samples: list[Sample], pre: Preprocessing, *, train: bool,
                  classes=CLASSES, augment: Augment | None = None, seed: int = 0,
-                 test_clips: int = 1, cache_images: bool = True):
+                 test_clips: int = 1, cache_images: bool = True, sampling: str = DEFAULT_SAMPLING):
         if not samples:
             raise ValueError("the dataset has no usable samples")
+        check_sampling(sampling, pre.num_frames)
+        self.sampling = sampling
         self.samples = samples
         self.classes = list(classes)
         self.pre = pre
@@ -173,7 +178,7 @@ class ClipDataset:
             return [img if img is not None else read_image(s.path, gray)], True
         if s.kind == "frames":
             paths = self._frame_list(i)
-            idx = self._indices(len(paths), t, rng, shift)
+            idx = frame_indices(len(paths), t, self.sampling, rng, shift)
             cache: dict[int, np.ndarray] = {}
             for j in idx:
                 if j not in cache:
@@ -182,15 +187,7 @@ class ClipDataset:
         frames = read_video(s.path, gray)
         if not frames:
             raise ValueError(f"empty clip {s.path}: the video has no frames")
-        return [frames[j] for j in self._indices(len(frames), t, rng, shift)], False
-
-    @staticmethod
-    def _indices(n: int, t: int, rng, shift: float) -> np.ndarray:
-        if rng is not None:
-            return segment_indices(n, t, rng)
-        edges = np.linspace(0.0, n, t + 1)
-        pos = edges[:-1] + shift * (edges[1:] - edges[:-1])
-        return np.clip(np.floor(pos).astype(int), 0, n - 1)
+        return [frames[j] for j in frame_indices(len(frames), t, self.sampling, rng, shift)], False
 
     def __getitem__(self, i: int):
         import torch
@@ -237,6 +234,20 @@ def scan(name: str, root: str | os.PathLike, split: str, *, fold: int | None = N
         keep = np.sort(np.random.default_rng(seed).choice(len(samples), size=limit, replace=False))
         samples = [samples[i] for i in keep]
     return samples, report
+
+
+def canonical_split(dataset: str, split: str | None) -> str | None:
+    """The split a dataset adapter actually reads for ``split``: DFEW and FERV39K have no
+    validation split ('val' reads 'test'), AFEW's 'test' reads 'val' (names compared in
+    lower case); a folder layout's split is its sub-folder name, kept as written."""
+    if split is None or dataset == "folder":
+        return split
+    s = split.strip().lower()
+    if dataset in ("dfew", "ferv39k"):
+        return "test" if s == "val" else s
+    if dataset == "afew":
+        return "val" if s == "test" else s
+    return s
 
 
 def class_counts(samples: list[Sample], num_classes: int = len(CLASSES)) -> list[int]:

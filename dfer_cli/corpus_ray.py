@@ -1,0 +1,185 @@
+"""The Ray backend of corpus runs (``dfer predict ... --output-dir OUT --ray [ADDRESS]``).
+
+Videos are spread over a pool of Ray *actors*, each a process that loads the model once
+(and MTCNN once) and then predicts video after video; a task per video would pay the model
+and detector load, a second or more, for every video. Only the results' text comes back to
+the driver, which alone writes the output folder and the manifest (`dfer_cli.corpus`).
+
+Failures: a video that raises inside a worker is an ordinary failed video (no retry: it
+would fail again). A worker process that dies (killed, out of memory, a crash in native
+code) is restarted by Ray (``max_restarts=-1``) and the video it was doing is given to it
+again, up to `retries` more times; the attempts and the reasons are recorded in the
+manifest line. Ray must be installed: ``pip install 'dfer[ray]'``.
+"""
+from __future__ import annotations
+
+import os
+from collections import deque
+from typing import Callable, Optional
+
+from dfer_cli.corpus import CorpusError, one_line, process_video
+
+try:
+    import ray
+except ImportError:  # pragma: no cover - exercised only without the extra
+    ray = None
+
+LOCAL_OBJECT_STORE = 128 * 1024 * 1024   # bytes; results are small texts, 128 MB is plenty
+
+
+class CorpusWorker:
+    """One Ray actor: a model in memory, one video per `run` call."""
+
+    def __init__(self, ckpt: str, device: str, threads: int, predict: Optional[Callable]):
+        import torch
+
+        from dfer_cli.checkpoint import load_model
+        from dfer_cli.device import resolve_device
+
+        torch.set_num_threads(threads)
+        self.device = resolve_device(device)
+        self.model = load_model(ckpt, device=self.device)
+        self.predict = predict
+        self.name = f"ray:{ray.util.get_node_ip_address()}:{os.getpid()}"
+
+    def ready(self) -> str:
+        return self.name
+
+    def run(self, path: str, key: str, fmt: str, opts: dict) -> dict:
+        out = process_video(self.model, path, key, fmt, dict(opts, device=self.device), self.predict)
+        out["worker"] = self.name
+        return out
+
+
+def start_local_ray(attempts: int = 2, **init_kwargs) -> None:
+    """``ray.init`` a new local Ray instance, trying again when it fails to start.
+
+    On a busy machine Ray's node can miss its own start-up deadlines (the raylet waits a
+    fixed 15 s for its agent processes, the driver 30 s for the raylet). A failed attempt's
+    processes are stopped before the next one. Raises the last error."""
+    for attempt in range(1, attempts + 1):
+        try:
+            ray.init(**init_kwargs)
+            return
+        except Exception as e:
+            _stop_half_started_node(e)
+            if attempt == attempts:
+                raise
+
+
+def _stop_half_started_node(exc: BaseException) -> None:
+    """Stop the processes of a Ray node whose start failed: ray.init does not keep the
+    half-built node object, but the failed constructor's frame in the traceback does."""
+    tb = exc.__traceback__
+    node_cls = getattr(getattr(getattr(ray, "_private", None), "node", None), "Node", None)
+    while tb is not None:
+        node = tb.tb_frame.f_locals.get("self")
+        if node_cls is not None and isinstance(node, node_cls):
+            try:
+                node.kill_all_processes(check_alive=False, allow_graceful=False)
+            except Exception:
+                pass
+            return
+        tb = tb.tb_next
+
+
+def _connect(address: str) -> bool:
+    """Start or join Ray unless this process already did; True when we did (and so shut down)."""
+    if ray.is_initialized():
+        return False
+    kw = dict(include_dashboard=False, log_to_driver=False, logging_level="ERROR")
+    try:
+        if address == "local":
+            start_local_ray(object_store_memory=LOCAL_OBJECT_STORE, **kw)
+        else:
+            ray.init(address=address, **kw)
+    except Exception as e:
+        if address == "local":
+            raise CorpusError(f"--ray: could not start a local Ray ({one_line(e)}); on a busy machine start it "
+                              "yourself (ray start --head) and use --ray-address auto") from None
+        raise CorpusError(f"--ray-address {address}: could not join the Ray cluster: {one_line(e)}") from None
+    return True
+
+
+def _death_reason(e: BaseException) -> str:
+    """A short reason for a worker's death out of Ray's long message."""
+    text = str(e)
+    for marker in ("The actor died unexpectedly", "The actor is dead", "Worker exit", "exit_code", "OOM",
+                   "killed"):
+        i = text.find(marker)
+        if i >= 0:
+            return one_line(Exception(text[i:]))
+    return f"{type(e).__name__}: {one_line(e)}"
+
+
+def run_ray(jobs, ckpt, fmt: str, opts: dict, record: Callable, *, address: str = "local",
+            workers: Optional[int] = None, gpus_per_worker: float = 0.0, device: str = "auto",
+            threads: Optional[int] = None, retries: int = 2, predict: Optional[Callable] = None,
+            log: Callable[[str], None] = print) -> None:
+    """Predict `jobs` (corpus.Job) on Ray actors; `record(job, outcome, worker)` is called
+    in this process as each video finishes, in completion order."""
+    if ray is None:
+        raise CorpusError("--ray needs Ray, which is not installed: pip install 'dfer[ray]'")
+    if retries < 0:
+        raise CorpusError(f"retries {retries}: must be >= 0")
+    started = _connect(address)
+    try:
+        cpus = int(threads or 1)
+        resources = ray.cluster_resources()
+        if gpus_per_worker > 0:
+            if resources.get("GPU", 0) < gpus_per_worker:
+                raise CorpusError(f"--gpus-per-worker {gpus_per_worker}: the Ray cluster has "
+                                  f"{resources.get('GPU', 0):g} GPUs; lower it or use a cluster with GPUs")
+            fit = int(resources["GPU"] // gpus_per_worker)
+            if device == "auto":
+                device = "cuda"
+        else:
+            fit = int(resources.get("CPU", 1) // cpus)
+        n = max(1, min(workers or fit or 1, len(jobs)))
+        actor_cls = ray.remote(num_cpus=cpus, num_gpus=gpus_per_worker, max_restarts=-1,
+                               max_task_retries=0)(CorpusWorker)
+        actors = [actor_cls.remote(str(ckpt), device, cpus, predict) for _ in range(n)]
+        try:
+            ray.get([a.ready.remote() for a in actors])
+        except Exception as e:
+            cause = getattr(e, "cause", None) or e
+            raise CorpusError(f"cannot use checkpoint {ckpt} on the Ray workers: {one_line(cause, ckpt)}") from None
+
+        queue = deque(jobs)
+        pending: dict = {}
+
+        def submit(actor, job, attempt: int, errors: list) -> None:
+            pending[actor.run.remote(job.path, job.key, fmt, opts)] = (job, actor, attempt, errors)
+
+        for actor in actors:
+            if queue:
+                submit(actor, queue.popleft(), 1, [])
+        while pending:
+            (ref,), _ = ray.wait(list(pending), num_returns=1)
+            job, actor, attempt, errors = pending.pop(ref)
+            try:
+                outcome = ray.get(ref)
+            except ray.exceptions.RayActorError as e:  # the worker process died
+                reason = _death_reason(e)
+                errors = errors + [reason]
+                if attempt <= retries:
+                    log(f"dfer: a worker died on {job.path} ({reason}); trying again "
+                        f"(attempt {attempt + 1} of {retries + 1})")
+                    submit(actor, job, attempt + 1, errors)
+                    continue
+                outcome = {"status": "failed", "seconds": None,
+                           "error": f"the worker died on each of {attempt} attempts: {reason}"}
+            except ray.exceptions.RayError as e:
+                cause = getattr(e, "cause", None) or e
+                outcome = {"status": "failed", "seconds": None, "error": one_line(cause, job.key, job.path)}
+            outcome["attempts"] = attempt
+            if errors:
+                outcome["retried_after"] = errors
+            record(job, outcome, outcome.pop("worker", "ray"))
+            if queue:
+                submit(actor, queue.popleft(), 1, [])
+        for actor in actors:
+            ray.kill(actor)
+    finally:
+        if started:
+            ray.shutdown()

@@ -1,0 +1,559 @@
+"""Corpus runs (`dfer predict ... --output-dir OUT`, `--shard K/N`, `--ray`): one result file
+per video, a manifest, resume after a SIGKILL, shards whose union is the whole run, and a
+local Ray instance giving the same records.
+
+The corpus is built here: 6 short face videos (a real face from tests/data, shifted
+differently in each so the records differ), 2 blank videos (no face) and a file that is not
+a video; a tiny checkpoint (1-block LOGO-Former, 8 frames of 32 px) is saved here.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from synth import face_image, make_video
+from typer.testing import CliRunner
+
+from dfer_cli.cli import app
+from dfer_cli.corpus import (ManifestWriter, parse_shard, plan_corpus, read_manifests, result_name,
+                             run_corpus, shard_of)
+
+OPTS = ["--window", "1.0", "--stride", "0.5", "--threads", "1", "--device", "cpu"]
+N_FACES, N_BLANK = 6, 2
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory):
+    import torch
+
+    from dfer_cli.checkpoint import save_checkpoint
+    from dfer_cli.labels import CLASSES
+    from dfer_cli.models import create_model
+    from dfer_cli.preprocess import Preprocessing
+
+    torch.manual_seed(0)
+    model = create_model("logo_former", dim=32, depth=1, heads=2, input_size=32, num_frames=8)
+    pre = Preprocessing(input_size=32, num_frames=8)
+    path = tmp_path_factory.mktemp("ckpt") / "tiny.safetensors"
+    return save_checkpoint(path, model, classes=CLASSES, preprocessing=pre, provenance={"test": True})
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    """The corpus folder; videos are 1.5 s (12 frames at 8 fps)."""
+    from PIL import Image
+
+    d = tmp_path_factory.mktemp("corpus")
+    small = np.asarray(Image.fromarray(face_image()).resize((240, 136)))
+    for i in range(N_FACES):
+        sub = d / ("a" if i % 2 else "b")   # two folders, and two videos named the same in them
+        sub.mkdir(exist_ok=True)
+        make_video(sub / f"face{i // 2}.mp4", [np.roll(small, 7 * i + j, axis=1) for j in range(12)], fps=8)
+    for i in range(N_BLANK):
+        make_video(d / f"blank{i}.mp4", frames=12, fps=8, size=(96, 64))
+    (d / "broken.mp4").write_bytes(b"\x00\x01 this is not a video " * 50)
+    return d
+
+
+def invoke(args, **kw):
+    r = CliRunner().invoke(app, ["predict", *args], **kw)
+    if r.exception and not isinstance(r.exception, SystemExit):
+        raise r.exception
+    return r
+
+
+def results(out: Path) -> dict[str, str]:
+    """Result files of an output folder: name -> text (hidden temporary files excluded)."""
+    return {p.name: p.read_text() for p in sorted(out.iterdir())
+            if p.suffix in (".jsonl", ".json", ".csv") and not p.name.startswith((".", "manifest"))}
+
+
+def latest(out: Path) -> dict[str, dict]:
+    """The last manifest record of each input (by its resolved path)."""
+    return {r["key"]: r for r in read_manifests(out)}
+
+
+@pytest.fixture(scope="module")
+def clean(ckpt, corpus, tmp_path_factory):
+    """One uninterrupted, unsharded run of the corpus: the reference."""
+    out = tmp_path_factory.mktemp("clean")
+    r = invoke([str(corpus), "-r", "-w", str(ckpt), *OPTS, "--output-dir", str(out)])
+    return r, out
+
+
+# --------------------------------------------------------------------------- no pipeline
+
+def test_parse_shard():
+    assert parse_shard("1/4") == (1, 4) and parse_shard(" 4 / 4 ") == (4, 4) and parse_shard("1/1") == (1, 1)
+    for bad, needle in (("0/4", "K counts from 1"), ("5/4", "between 1 and 4"), ("1/0", "N must be"),
+                        ("x", "expected K/N"), ("1-4", "expected K/N"), ("-1/4", "between 1 and 4")):
+        with pytest.raises(ValueError) as e:
+            parse_shard(bad)
+        assert str(e.value).startswith(f"--shard {bad}: ") and needle in str(e.value) and "\n" not in str(e.value)
+
+
+def test_shards_partition_the_inputs_whatever_their_order(tmp_path):
+    keys = [str(tmp_path / f"v{i}.mp4") for i in range(200)]
+    for n in (1, 2, 3, 7):
+        shards = [[k for k in keys if shard_of(k, n) == s] for s in range(1, n + 1)]
+        assert sorted(sum(shards, [])) == sorted(keys)
+        assert all(len(s) > 200 / n / 2 for s in shards)  # no shard starved
+    items = [(k, None) for k in keys[:40]]
+    for k in keys[:40]:
+        Path(k).write_bytes(b"x")
+    fwd = plan_corpus(items, tmp_path, "jsonl", "sha", {}, shard=(2, 3))
+    rev = plan_corpus(items[::-1], tmp_path, "jsonl", "sha", {}, shard=(2, 3))
+    assert sorted(j.key for j in fwd.todo) == sorted(j.key for j in rev.todo)
+    assert len(fwd.todo) + fwd.other_shards == 40 and 0 < len(fwd.todo) < 40
+
+
+def test_result_names_do_not_collide(tmp_path):
+    a, b = str(tmp_path / "a" / "x.mp4"), str(tmp_path / "b" / "x.mp4")
+    na, nb = result_name(a, "jsonl"), result_name(b, "jsonl")
+    assert na != nb and na.startswith("x-") and na.endswith(".jsonl") and result_name(a, "csv").endswith(".csv")
+    assert result_name(a, "json") == result_name(a, "json")
+    assert "/" not in result_name(str(tmp_path / "we ird\nname;.mp4"), "json")
+
+
+def test_manifest_survives_a_cut_line(tmp_path):
+    m = tmp_path / "manifest.jsonl"
+    m.write_text('{"key": "a", "status": "ok"}\n{"key": "b", "sta')  # killed mid-line
+    assert [r["key"] for r in read_manifests(tmp_path)] == ["a"]
+    w = ManifestWriter(m)
+    w.append({"key": "c", "status": "ok"})
+    w.close()
+    assert [r["key"] for r in read_manifests(tmp_path)] == ["a", "c"]
+    assert m.read_text().endswith('"sta\n{"key": "c", "status": "ok"}\n')
+
+
+def test_plan_skips_only_what_is_done_with_this_model_and_input(tmp_path):
+    video = tmp_path / "v.mp4"
+    video.write_bytes(b"12345")
+    out = tmp_path / "out"
+    out.mkdir()
+    items = [(str(video), None)]
+    settings = {"window": 1.0}
+    assert len(plan_corpus(items, out, "jsonl", "m1", settings).todo) == 1
+    job = plan_corpus(items, out, "jsonl", "m1", settings).todo[0]
+    rec = {"key": job.key, "size": job.size, "mtime_ns": job.mtime_ns, "model_sha256": "m1", "settings": settings,
+           "result": job.result, "status": "ok"}
+    (out / "manifest.jsonl").write_text(json.dumps(rec) + "\n")
+    assert len(plan_corpus(items, out, "jsonl", "m1", settings).todo) == 1  # result file missing: redo
+    (out / job.result).write_text("{}\n")
+    assert len(plan_corpus(items, out, "jsonl", "m1", settings).skipped) == 1
+    assert len(plan_corpus(items, out, "jsonl", "m1", settings, force=True).todo) == 1
+    assert len(plan_corpus(items, out, "jsonl", "m2", settings).todo) == 1            # another model
+    assert len(plan_corpus(items, out, "jsonl", "m1", {"window": 2.0}).todo) == 1     # other settings
+    assert len(plan_corpus(items, out, "csv", "m1", settings).todo) == 1              # other format
+    os.utime(video, ns=(job.mtime_ns, job.mtime_ns + 10**9))
+    assert len(plan_corpus(items, out, "jsonl", "m1", settings).todo) == 1            # input changed
+    (out / "manifest.jsonl").write_text(json.dumps(dict(rec, status="failed")) + "\n")
+    os.utime(video, ns=(job.mtime_ns, job.mtime_ns))
+    assert len(plan_corpus(items, out, "jsonl", "m1", settings).todo) == 1            # failed: redo
+
+
+def test_progress_line_counts_and_estimates(monkeypatch):
+    from dfer_cli import corpus
+
+    clock = iter([100.0, 160.0])  # start, then one minute later
+    monkeypatch.setattr(corpus.time, "monotonic", lambda: next(clock))
+    s = corpus.Summary(total=10, skipped=2)
+    p = corpus.CorpusProgress(s, todo=8, enabled=False)
+    s.done, s.failed = 3, 1
+    assert p.stats() == "done 3 · failed 1 · skipped 2 · left 4 · 4.0 videos/min · ETA 0:01:00"
+    s.seconds = 60.0
+    assert s.line("out") == ("dfer: 10 inputs: 3 done, 2 already done (skipped), 1 failed; 4.0 videos/min; "
+                             "results in out")
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["--shard", "1/2"], "--shard works on an output folder: add --output-dir OUT"),
+    (["--ray"], "--ray works on an output folder"),
+    (["--output-dir", "{out}", "--shard", "3/2"], "--shard 3/2: K counts from 1"),
+    (["--output-dir", "{out}", "-o", "{out}/x.jsonl"], "--output and --output-dir: choose one"),
+    (["--output-dir", "{out}", "-f", "table"], "--format table: an --output-dir gets one file per video"),
+    (["--output-dir", "{out}", "--workers", "2"], "add --ray"),
+    (["--output-dir", "{out}", "--plot", "p.png"], "--annotate / --plot are not available with --output-dir"),
+    (["--output-dir", "{out}", "--ray-address", "no/nsense"], "--ray-address no/nsense: not a Ray address"),
+    (["--output-dir", "{file}"], "exists and is not a folder"),
+])
+def test_usage_errors_are_one_line_before_any_work(ckpt, corpus, tmp_path, monkeypatch, args, needle):
+    import dfer_cli.predict
+
+    def no_work(*a, **k):
+        raise AssertionError("a video was processed before the usage error")
+
+    monkeypatch.setattr(dfer_cli.predict, "predict_video", no_work)
+    (tmp_path / "file").write_text("x")
+    args = [a.replace("{out}", str(tmp_path / "out")).replace("{file}", str(tmp_path / "file")) for a in args]
+    r = invoke([str(corpus / "blank0.mp4"), "-w", str(ckpt), *args])
+    assert r.exit_code == 2, r.output
+    assert r.stderr.startswith("dfer: ") and needle in r.stderr and r.stderr.count("\n") == 1
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+
+# --------------------------------------------------------------------------- the pipeline
+
+def test_clean_run_writes_one_file_per_video_and_a_manifest(clean, ckpt, corpus):
+    r, out = clean
+    assert r.exit_code == 1  # broken.mp4 failed; the rest were done
+    assert f"dfer: skipping {corpus / 'broken.mp4'}: " in r.stderr
+    assert f"dfer: {N_FACES + N_BLANK + 1} inputs: {N_FACES + N_BLANK} done, 0 already done (skipped), 1 failed" \
+        in r.stderr
+    assert r.stdout == ""
+    files = results(out)
+    assert len(files) == N_FACES + N_BLANK
+    man = latest(out)
+    assert len(man) == N_FACES + N_BLANK + 1
+    from dfer_cli import __version__
+    from dfer_cli.weights import file_sha256
+
+    statuses = {}
+    for rec in man.values():
+        assert rec["model_sha256"] == file_sha256(ckpt) and rec["dfer_version"] == __version__
+        assert rec["size"] == os.path.getsize(rec["key"]) and rec["mtime_ns"] == os.stat(rec["key"]).st_mtime_ns
+        statuses[Path(rec["input"]).name + ("@" + Path(rec["input"]).parent.name)] = rec["status"]
+        if rec["status"] == "failed":
+            assert rec["result"] is None and rec["error"] and "broken.mp4" not in rec["error"]
+            continue
+        recs = [json.loads(x) for x in files[rec["result"]].splitlines()]
+        assert recs[-1]["type"] == "video" and recs[-1]["video"] == rec["input"] == recs[0]["video"]
+        assert recs[-1]["status"] == rec["status"]
+    assert sorted(statuses.values()) == sorted(["ok"] * N_FACES + ["no face"] * N_BLANK + ["failed"])
+    assert sum(name.startswith("face0-") for name in files) == 2  # a/face0.mp4 and b/face0.mp4 both kept
+
+
+def test_result_file_is_what_predict_prints_for_the_video(clean, ckpt, corpus):
+    _, out = clean
+    video = str(corpus / "a" / "face1.mp4")
+    r = invoke([video, "-w", str(ckpt), *OPTS, "-f", "jsonl"])
+    assert r.exit_code == 0, r.output
+    from dfer_cli.corpus import input_key
+
+    assert (out / result_name(input_key(video), "jsonl")).read_text() == r.stdout
+
+
+def test_rerun_skips_done_videos_and_redoes_failed_and_changed(clean, ckpt, corpus, tmp_path):
+    _, ref = clean
+    out = tmp_path / "out"
+    shutil.copytree(ref, out)
+    before = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
+    r = invoke([str(corpus), "-r", "-w", str(ckpt), *OPTS, "--output-dir", str(out)])
+    assert r.exit_code == 1  # broken.mp4 is tried again and fails again
+    assert f"0 done, {N_FACES + N_BLANK} already done (skipped), 1 failed" in r.stderr
+    assert {p.name: p.stat().st_mtime_ns for p in out.iterdir() if p.name != "manifest.jsonl"} == \
+        {k: v for k, v in before.items() if k != "manifest.jsonl"}
+    assert len(read_manifests(out)) == len(read_manifests(ref)) + 1  # only the failure appended
+
+    # a changed input is redone; --force redoes everything
+    changed = corpus / "blank1.mp4"
+    st = changed.stat()
+    os.utime(changed, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+    try:
+        r = invoke([str(corpus), "-r", "-w", str(ckpt), *OPTS, "--output-dir", str(out), "-q"])
+        assert r.exit_code == 1 and r.stderr.count("\n") == 1  # --quiet: the failure line only
+        new = [x for x in read_manifests(out)[len(read_manifests(ref)) + 1:] if x["status"] != "failed"]
+        assert [x["input"] for x in new] == [str(changed)]
+        assert results(out) == results(ref)
+    finally:
+        os.utime(changed, ns=(st.st_atime_ns, st.st_mtime_ns))
+
+
+def test_killed_run_resumes_without_redoing_and_matches_the_clean_run(clean, ckpt, corpus, tmp_path):
+    _, ref = clean
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "dfer_cli", "predict", str(corpus), "-r", "-w", str(ckpt), *OPTS,
+           "--output-dir", str(out)]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
+    try:
+        deadline = time.monotonic() + 600
+        while time.monotonic() < deadline and proc.poll() is None:
+            if out.is_dir() and sum(r["status"] != "failed" for r in read_manifests(out)) >= 2:
+                break
+            time.sleep(0.05)
+        assert proc.poll() is None, "the run ended before it could be killed: " + proc.stderr.read().decode()
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    done_before = {r["key"]: r for r in read_manifests(out) if r["status"] != "failed"}
+    assert 2 <= len(done_before) < N_FACES + N_BLANK  # killed half-way
+    # every result file present is complete: it is the clean run's file, byte for byte
+    partial = results(out)
+    assert partial and all(text == results(ref)[name] for name, text in partial.items())
+    mtimes = {r["result"]: (out / r["result"]).stat().st_mtime_ns for r in done_before.values()}
+
+    r = invoke([str(corpus), "-r", "-w", str(ckpt), *OPTS, "--output-dir", str(out)])
+    assert r.exit_code == 1, r.output
+    assert f"{N_FACES + N_BLANK - len(done_before)} done, {len(done_before)} already done (skipped)" in r.stderr
+    assert {name: (out / name).stat().st_mtime_ns for name in mtimes} == mtimes  # not redone
+    ok_lines = [x for x in read_manifests(out) if x["status"] != "failed"]
+    assert len(ok_lines) == N_FACES + N_BLANK  # each video finished exactly once
+    assert results(out) == results(ref)
+
+
+def test_two_shards_make_the_whole_run(clean, ckpt, corpus, tmp_path):
+    _, ref = clean
+    out = tmp_path / "out"
+    runs = [invoke([str(corpus), "-r", "-w", str(ckpt), *OPTS, "--output-dir", str(out), "--shard", f"{k}/2"])
+            for k in (1, 2)]
+    assert sorted(r.exit_code for r in runs) == [0, 1]  # broken.mp4 fails in exactly one shard
+    per_shard = [{x["key"] for x in read_manifests(out) if x in _lines(out / f"manifest.shard-{k}-of-2.jsonl")}
+                 for k in (1, 2)]
+    assert per_shard[0] and per_shard[1] and not per_shard[0] & per_shard[1]
+    assert per_shard[0] | per_shard[1] == set(latest(ref))
+    for k, r in zip((1, 2), runs):
+        assert f"{len(per_shard[2 - k])} in other shards" in r.stderr
+    assert results(out) == results(ref)
+    assert not (out / "manifest.jsonl").exists()
+    # an unsharded rerun over the shards' folder finds everything done
+    r = invoke([str(corpus), "-r", "-w", str(ckpt), *OPTS, "--output-dir", str(out)])
+    assert f"0 done, {N_FACES + N_BLANK} already done (skipped), 1 failed" in r.stderr
+
+
+def _lines(path: Path) -> list[dict]:
+    return [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
+
+
+def test_csv_and_json_result_files(ckpt, corpus, tmp_path):
+    import csv
+    import io
+
+    video = corpus / "b" / "face0.mp4"
+    for fmt in ("csv", "json"):
+        out = tmp_path / fmt
+        r = invoke([str(video), str(corpus / "blank0.mp4"), "-w", str(ckpt), *OPTS, "--output-dir", str(out),
+                    "-f", fmt, "-q"])
+        assert r.exit_code == 0 and r.stderr == "", r.output
+        direct = invoke([str(video), "-w", str(ckpt), *OPTS, "-f", fmt]).stdout
+        files = results(out)
+        assert len(files) == 2 and all(n.endswith("." + fmt) for n in files)
+        from dfer_cli.corpus import input_key
+
+        text = files[result_name(input_key(str(video)), fmt)]
+        assert text == direct
+        if fmt == "csv":
+            assert {row["type"] for row in csv.DictReader(io.StringIO(text))} == {"clip", "track"}
+        else:
+            assert json.loads(text)[0]["type"] == "video"
+
+
+# --------------------------------------------------------------------------- Ray
+
+class _FakeRay:
+    """An in-process stand-in for the few Ray calls `corpus_ray.run_ray` makes, so that its
+    scheduling (one video in flight per actor), retry-on-worker-death bookkeeping and the
+    driver-side writes are checked on any machine; the real Ray is the next test.
+    An actor method that raises `_FakeRay.Died` is a worker process that died."""
+
+    class Died(BaseException):  # like os._exit in a real worker: no `except Exception` stops it
+        pass
+
+    class exceptions:
+        class RayError(Exception):
+            pass
+
+        class RayActorError(RayError):
+            pass
+
+    class util:
+        @staticmethod
+        def get_node_ip_address():
+            return "127.0.0.1"
+
+    def __init__(self):
+        self.actors = []
+        self.options = None
+
+    def is_initialized(self):
+        return True
+
+    def cluster_resources(self):
+        return {"CPU": 2.0}
+
+    def remote(self, **options):
+        self.options = options
+        fake = self
+
+        def wrap(cls):
+            class Handle:
+                @staticmethod
+                def remote(*args):
+                    actor = _FakeActor(fake, cls, args)
+                    fake.actors.append(actor)
+                    return actor
+            return Handle
+        return wrap
+
+    def wait(self, refs, num_returns=1):
+        return refs[:num_returns], refs[num_returns:]
+
+    def get(self, ref):
+        if isinstance(ref, list):
+            return [self.get(r) for r in ref]
+        if isinstance(ref.value, BaseException):
+            raise ref.value
+        return ref.value
+
+    def kill(self, actor):
+        actor.killed = True
+
+
+class _FakeRef:
+    """An object reference: hashable by identity, holding the call's result or error."""
+    value = None
+
+
+class _FakeActor:
+    def __init__(self, fake, cls, args):
+        self.fake, self.obj, self.killed, self.calls = fake, cls(*args), False, 0
+
+    def __getattr__(self, name):
+        method = getattr(self.obj, name)
+        fake = self.fake
+        actor = self
+
+        class Method:
+            @staticmethod
+            def remote(*args):
+                actor.calls += 1
+                ref = _FakeRef()
+                try:
+                    ref.value = method(*args)
+                except _FakeRay.Died as e:
+                    ref.value = fake.exceptions.RayActorError(f"The actor died unexpectedly: {e}")
+                return ref
+        return Method
+
+
+def test_ray_driver_retries_dead_workers_and_writes_like_a_local_run(clean, ckpt, corpus, tmp_path, monkeypatch):
+    from dfer_cli import corpus_ray
+    from dfer_cli.predict import predict_video
+
+    _, ref = clean
+    fake = _FakeRay()
+    monkeypatch.setattr(corpus_ray, "ray", fake)
+    deaths = {}
+
+    def flaky(model, path, **kw):  # face1 videos kill their worker once; doomed.mp4 every time
+        name = os.path.basename(path)
+        if "doomed" in name or ("face1" in name and path not in deaths):
+            deaths[path] = deaths.get(path, 0) + 1
+            raise _FakeRay.Died(f"exit code 3 on {name}")
+        return predict_video(model, path, **kw)
+
+    doomed = tmp_path / "doomed.mp4"
+    shutil.copy(corpus / "blank0.mp4", doomed)
+    out = tmp_path / "out"
+    s = run_corpus([str(corpus), str(doomed)], out, weights=ckpt, ray="local", workers=2, retries=2,
+                   recursive=True, threads=1, device="cpu", window=1.0, stride=0.5, predict=flaky)
+    assert (s.done, s.failed) == (N_FACES + N_BLANK, 2)
+    assert fake.options == {"num_cpus": 1, "num_gpus": 0.0, "max_restarts": -1, "max_task_retries": 0}
+    assert len(fake.actors) == 2 and all(a.killed for a in fake.actors)
+    assert sum(a.calls for a in fake.actors) == 2 + (N_FACES + N_BLANK + 2) + 2 + 2  # ready, videos, retries
+    man = latest(out)
+    dead = man[str(doomed.resolve())]
+    assert dead["status"] == "failed" and dead["attempts"] == 3 and deaths[str(doomed.resolve())] == 3
+    assert dead["error"].startswith("the worker died on each of 3 attempts: The actor died unexpectedly")
+    assert len(dead["retried_after"]) == 3
+    retried = [r for r in man.values() if "face1" in r["input"]]
+    assert len(retried) == 2 and all(r["status"] == "ok" and r["attempts"] == 2 for r in retried)
+    assert all(r["worker"].startswith("ray:127.0.0.1:") for r in man.values() if r["status"] != "failed")
+    assert results(out) == results(ref)
+
+
+class CrashOnce:
+    """A `predict` for run_corpus that kills its worker process the first time it sees a video
+    whose name contains `once`, and every time for `always`; otherwise predict_video."""
+
+    def __init__(self, marks: str, once: str, always: str):
+        self.marks, self.once, self.always = marks, once, always
+
+    def __call__(self, model, path, **kw):
+        import os
+
+        from dfer_cli.predict import predict_video
+
+        name = os.path.basename(path)
+        mark = os.path.join(self.marks, path.replace(os.sep, "_") + ".crashed")
+        if self.always in name or (self.once in name and not os.path.exists(mark)):
+            open(mark, "w").close()
+            os._exit(3)
+        return predict_video(model, path, **kw)
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    ray = pytest.importorskip("ray", reason="Ray is not installed (pip install 'dfer[ray]')")
+    import ray.cloudpickle
+
+    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # CrashOnce travels to the workers
+    from dfer_cli.corpus_ray import start_local_ray
+
+    try:
+        start_local_ray(attempts=2, num_cpus=2, include_dashboard=False, object_store_memory=80 * 1024 * 1024,
+                        log_to_driver=False, logging_level="ERROR")
+    except Exception as e:  # Ray's own start-up deadlines (15 s for its agents) missed on a starved CPU
+        if "timed out during startup" not in str(e):
+            raise
+        pytest.skip(f"a local Ray could not start on this machine: {str(e).splitlines()[0]} "
+                    "(its agents missed Ray's fixed 15 s start-up limit: the CPU is busy)")
+    yield ray
+    ray.shutdown()
+
+
+def test_ray_run_matches_the_local_run_and_retries_dead_workers(clean, ckpt, corpus, local_ray, tmp_path):
+    _, ref = clean
+    out = tmp_path / "out"
+    doomed = tmp_path / "doomed.mp4"
+    shutil.copy(corpus / "blank0.mp4", doomed)
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    inputs = [str(corpus), str(doomed)]
+    s = run_corpus(inputs, out, weights=ckpt, ray="local", workers=2, retries=1, recursive=True,
+                   threads=1, device="cpu", window=1.0, stride=0.5,
+                   predict=CrashOnce(str(marks), once="face1", always="doomed"))
+    assert (s.done, s.failed, s.skipped) == (N_FACES + N_BLANK, 2, 0)
+    man = latest(out)
+    dead = man[str(doomed.resolve())]
+    assert dead["status"] == "failed" and dead["attempts"] == 2
+    assert "the worker died on each of 2 attempts" in dead["error"]
+    retried = [r for r in man.values() if "face1" in r["input"]]
+    assert len(retried) == 2 and all(r["status"] == "ok" and r["attempts"] == 2 and r["retried_after"]
+                                     for r in retried)
+    assert all(r["worker"].startswith("ray:") for r in man.values() if r["status"] != "failed")
+    assert results(out) == results(ref)  # Ray's records are the local run's
+
+    # the CLI on the same folder: all done, nothing sent to Ray, exit 1 for the two failures again
+    r = invoke([str(corpus), "-r", "-w", str(ckpt), *OPTS, "--output-dir", str(out), "--ray", "--workers", "1"])
+    assert r.exit_code == 1 and f"{N_FACES + N_BLANK} already done (skipped), 1 failed" in r.stderr
+
+
+@pytest.mark.gpu
+def test_corpus_on_cuda_agrees_with_the_cpu_run(clean, ckpt, corpus, tmp_path):
+    """The model stays on the GPU for the whole corpus (float16 autocast): same labels, and
+    probabilities within 2e-2 of the CPU run."""
+    _, ref = clean
+    out = tmp_path / "cuda"
+    s = run_corpus([str(corpus)], out, weights=ckpt, recursive=True, device="cuda", window=1.0, stride=0.5)
+    assert (s.done, s.failed) == (N_FACES + N_BLANK, 1)
+    mine, theirs = results(out), results(ref)
+    assert sorted(mine) == sorted(theirs)
+    for name in mine:
+        a = [json.loads(x) for x in mine[name].splitlines()]
+        b = [json.loads(x) for x in theirs[name].splitlines()]
+        assert [(x["type"], x.get("label")) for x in a] == [(x["type"], x.get("label")) for x in b]
+        for x, y in zip(a, b):
+            for k, p in (x.get("probabilities") or {}).items():
+                assert p == pytest.approx(y["probabilities"][k], abs=2e-2)

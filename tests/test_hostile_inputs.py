@@ -1,0 +1,231 @@
+"""`dfer predict` against hostile and broken inputs, run the way users run it: bad paths
+(reported before the model is loaded), a reader that closes the pipe (`| head -1`), Ctrl-C
+(SIGINT) and a file cut short. Each case gives one clear line or a marked record and the
+documented exit status: no traceback, no raw Python warning, no NaN. See docs/security.md.
+
+The subprocess tests use the installed `dfer` script next to this interpreter; the model is
+a 1-block LOGO-Former on 8 frames of 32 px saved here, the videos are made here with PyAV
+from the credited face in tests/data.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from synth import face_image, make_video
+from typer.testing import CliRunner
+
+from dfer_cli.cli import app
+
+DFER = str(Path(sys.executable).with_name("dfer"))
+ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
+OPTS = ["--window", "1.0", "--stride", "0.5", "--threads", "1", "--device", "cpu"]
+NO_USER = "~no_such_user_dfer_test"
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory):
+    import torch
+
+    from dfer_cli.checkpoint import save_checkpoint
+    from dfer_cli.labels import CLASSES
+    from dfer_cli.models import create_model
+    from dfer_cli.preprocess import Preprocessing
+
+    torch.manual_seed(0)
+    model = create_model("logo_former", dim=32, depth=1, heads=2, input_size=32, num_frames=8)
+    pre = Preprocessing(input_size=32, num_frames=8)
+    path = tmp_path_factory.mktemp("ckpt") / "tiny.safetensors"
+    return save_checkpoint(path, model, classes=CLASSES, preprocessing=pre, provenance={"test": True})
+
+
+def face_frames(n: int) -> list[np.ndarray]:
+    from PIL import Image
+
+    small = np.asarray(Image.fromarray(face_image()).resize((240, 136)))
+    return [np.roll(small, i, axis=1) for i in range(n)]
+
+
+@pytest.fixture(scope="module")
+def media(tmp_path_factory):
+    d = tmp_path_factory.mktemp("media")
+    face = make_video(d / "face.mp4", face_frames(16), fps=8)                 # 2 s
+    longer = make_video(d / "long.mp4", face_frames(160), fps=8)              # 20 s
+    cut = make_video(d / "cut.mkv", face_frames(64), fps=8)                   # 8 s, then cut:
+    data = cut.read_bytes()
+    cut.write_bytes(data[: int(len(data) * 0.8)])  # the frames of what is left end at 3.5 s
+    return {"dir": d, "face": face, "long": longer, "cut": cut}
+
+
+def jsonl(text: str) -> list[dict]:
+    return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+
+def assert_clean(stderr: str) -> None:
+    """No traceback, no raw Python warning (file:line: Category: ... + a source excerpt)."""
+    assert "Traceback" not in stderr and "Warning:" not in stderr and "warnings.warn" not in stderr, stderr
+    assert all(line.startswith("dfer: ") for line in stderr.splitlines()), stderr
+
+
+# --- paths: reported before the model is loaded ----------------------------------------------
+
+def test_bad_paths_are_reported_before_the_model_is_loaded(tmp_path):
+    d = tmp_path / "videos"
+    d.mkdir()
+    (d / "dangling.mp4").symlink_to(tmp_path / "gone.mp4")
+    (d / "loop.mp4").symlink_to(d / "loop.mp4")
+    os.mkfifo(d / "fifo.mp4")
+    (d / "empty.mp4").write_bytes(b"")
+    (d / "notes.txt").write_text("not named like a video: passed over")
+    missing = str(tmp_path / "missing.mp4")
+    # A checkpoint that does not exist: had the model been loaded, this run would stop on it.
+    r = CliRunner().invoke(app, ["predict", str(d), missing, f"{NO_USER}/a.mp4", "-",
+                                 "--weights", str(tmp_path / "absent.safetensors")],
+                           input=f"{NO_USER}/b.mp4\n")
+    assert r.exit_code == 1, r.output
+    assert "no usable checkpoint" not in r.stderr
+    got = [(rec["video"], rec["error"]) for rec in jsonl(r.stdout)]
+    assert [rec["type"] for rec in jsonl(r.stdout)] == ["error"] * 7
+    expected = [
+        (str(d / "dangling.mp4"), f"broken symbolic link: its target {tmp_path / 'gone.mp4'} does not exist"),
+        (str(d / "empty.mp4"), "file is empty (0 bytes)"),
+        (str(d / "fifo.mp4"), "a FIFO (named pipe), not a regular file"),
+        (str(d / "loop.mp4"), "symlink loop"),
+        (missing, "no such file or directory"),
+        (f"{NO_USER}/a.mp4", f"cannot expand {NO_USER}: no such user"),
+        (f"{NO_USER}/b.mp4", f"cannot expand {NO_USER}: no such user"),
+    ]
+    assert [v for v, _ in got] == [v for v, _ in expected]
+    for (video, error), (_, needle) in zip(got, expected):
+        assert error.startswith(needle), (video, error)
+        assert f"dfer: skipping {video}: {error}" in r.stderr
+    assert r.stderr.strip().splitlines()[-1] == "dfer: 0 of 7 inputs done, 7 failed"
+    assert_clean(r.stderr)
+
+
+def test_bad_path_does_not_stop_the_batch(ckpt, media):
+    r = CliRunner().invoke(app, ["predict", f"{NO_USER}/x.mp4", str(media["face"]), "-w", str(ckpt), *OPTS])
+    assert r.exit_code == 1, r.output
+    recs = [rec for rec in jsonl(r.stdout) if rec["type"] != "clip"]
+    assert [(rec["type"], rec["video"]) for rec in recs] == [("error", f"{NO_USER}/x.mp4"),
+                                                            ("video", str(media["face"]))]
+    assert recs[1]["status"] == "ok" and recs[1]["tracks"]
+    assert "dfer: 1 of 2 inputs done, 1 failed" in r.stderr
+
+
+def test_missing_file_fails_fast_without_loading_torch(tmp_path):
+    """`dfer predict missing.mp4` as typed: one line, exit 1, and torch, PyAV and the face
+    detector are never imported (Python's own import log says what was imported)."""
+    env = {**ENV, "PYTHONPROFILEIMPORTTIME": "1"}
+    p = subprocess.run([DFER, "predict", "missing.mp4"], cwd=tmp_path, env=env, capture_output=True,
+                       text=True, timeout=600)
+    imported = [line.rsplit("|", 1)[-1].strip() for line in p.stderr.splitlines()
+                if line.startswith("import time:")]
+    assert "dfer_cli.cli_predict" in imported  # the log works
+    assert not {"torch", "av", "facenet_pytorch", "dfer_cli.predict"} & set(imported)
+    messages = [line for line in p.stderr.splitlines() if not line.startswith("import time:")]
+    assert p.returncode == 1 and messages == ["dfer: skipping missing.mp4: no such file or directory"]
+    assert jsonl(p.stdout) == [{"type": "error", "video": "missing.mp4", "error": "no such file or directory"}]
+
+
+# --- a file cut short ------------------------------------------------------------------------
+
+def test_truncated_video_is_one_line_a_marked_record_and_counted(ckpt, media, tmp_path):
+    out = tmp_path / "out.json"
+    p = subprocess.run([DFER, "predict", str(media["cut"]), str(media["face"]), "-w", str(ckpt), *OPTS,
+                        "-o", str(out)], env=ENV, capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stderr  # processed: what was decoded is classified
+    assert_clean(p.stderr)
+    lines = p.stderr.splitlines()
+    (note,) = [line for line in lines if str(media["cut"]) in line]
+    assert note.startswith(f"dfer: {media['cut']}: truncated") and "re-copy" in note
+    assert lines[-1] == "dfer: 2 of 2 inputs done, 1 truncated"
+    cut, face = json.loads(out.read_text())
+    assert cut["video"] == str(media["cut"]) and cut["status"] == "truncated"
+    assert cut["duration"] == pytest.approx(3.625, abs=0.13)  # decoded (frames end at 3.5 s), not the header's 8
+    assert cut["tracks"] and cut["clips"]  # the decoded part is classified
+    assert "NaN" not in out.read_text()
+    assert face["status"] == "ok"
+    assert sorted(os.listdir(tmp_path)) == ["out.json"]  # complete: renamed from out.json.partial
+
+
+# --- a reader that goes away -----------------------------------------------------------------
+
+def test_closed_stdout_ends_the_run_quietly_with_141(ckpt, media, tmp_path):
+    """`dfer predict ... | head -1`: head exits after the first record; dfer's next write
+    finds the pipe closed (the later videos take seconds) and the run ends there."""
+    videos = [media["face"]]
+    for i in range(2):
+        videos.append(tmp_path / f"copy{i}.mp4")
+        videos[-1].write_bytes(media["face"].read_bytes())
+    args = [DFER, "predict", *map(str, videos), "-w", str(ckpt), *OPTS, "--format", "jsonl"]
+    cmd = f"{shlex.join(args)} | head -1; echo \"dfer exit ${{PIPESTATUS[0]}}\" >&2"
+    p = subprocess.run(["bash", "-c", cmd], env=ENV, capture_output=True, text=True, timeout=600)
+    (record,) = jsonl(p.stdout)  # head's one line, a whole record
+    assert record["type"] == "clip"
+    assert p.stderr.splitlines() == ["dfer exit 141"], p.stderr  # nothing else: no error, no traceback
+
+
+# --- Ctrl-C ----------------------------------------------------------------------------------
+
+def test_ctrl_c_exits_130_and_leaves_a_named_partial_file(ckpt, media, tmp_path):
+    out = tmp_path / "out.jsonl"
+    partial = tmp_path / "out.jsonl.partial"
+    proc = subprocess.Popen([DFER, "predict", str(media["face"]), str(media["long"]), "-w", str(ckpt), *OPTS,
+                             "-o", str(out)],
+                            env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 600
+    try:
+        while not (partial.exists() and '"type": "video"' in partial.read_text()):
+            assert proc.poll() is None, proc.communicate()
+            assert time.monotonic() < deadline, "the first video was not done in time"
+            time.sleep(0.2)
+        proc.send_signal(signal.SIGINT)  # what Ctrl-C sends, while the long video is processed
+        stdout, stderr = proc.communicate(timeout=300)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, stderr
+    assert stdout == ""
+    assert stderr.splitlines() == [f"dfer: interrupted after 1 of 2 videos; partial output in {partial}"]
+    assert not out.exists()  # nothing that looks complete
+    recs = jsonl(partial.read_text())  # whole lines only
+    assert [r["type"] for r in recs if r["type"] != "clip"] == ["video"]
+
+
+def test_ctrl_c_json_output_never_looks_complete(ckpt, media, tmp_path, monkeypatch):
+    """--format json writes one array at the end: an interrupted run leaves the earlier
+    out.json as it was, and the videos done so far in out.json.partial; on stdout, nothing."""
+    import dfer_cli.predict as predict
+
+    real, calls = predict.predict_video, []
+
+    def interrupted_on_second(*args, **kwargs):
+        calls.append(args[1])
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(predict, "predict_video", interrupted_on_second)
+    out = tmp_path / "out.json"
+    out.write_text("the previous run's complete result\n")
+    args = ["predict", str(media["face"]), str(media["long"]), "-w", str(ckpt), *OPTS]
+    r = CliRunner().invoke(app, [*args, "-o", str(out)])
+    assert r.exit_code == 130, r.output
+    partial = tmp_path / "out.json.partial"
+    assert r.stderr.strip().splitlines() == [f"dfer: interrupted after 1 of 2 videos; partial output in {partial}"]
+    assert out.read_text() == "the previous run's complete result\n"
+    assert [rec["video"] for rec in json.loads(partial.read_text())] == [str(media["face"])]
+
+    calls.clear()
+    r = CliRunner().invoke(app, [*args, "-f", "json"])
+    assert r.exit_code == 130 and r.stdout == ""
+    assert "nothing written" in r.stderr and len(r.stderr.strip().splitlines()) == 1
