@@ -8,13 +8,17 @@ the driver, which alone writes the output folder and the manifest (`dfer_cli.cor
 Failures: a video that raises inside a worker is an ordinary failed video (no retry: it
 would fail again). A worker process that dies (killed, out of memory, a crash in native
 code) is restarted by Ray (``max_restarts=-1``) and the video it was doing is given to it
-again, up to `retries` more times; the attempts and the reasons are recorded in the
-manifest line. Ray must be installed: ``pip install 'dfer[ray]'``.
+again, once it answers, up to `retries` more times; the attempts and the reasons are recorded
+in the manifest line. A call that merely found its actor restarting (or unreachable) is not
+an attempt: it is sent again when the actor is back (see `_drive`). Ray must be installed: ``pip install 'dfer[ray]'``.
 """
 from __future__ import annotations
 
 import os
+import time
+import uuid
 from collections import deque
+from dataclasses import dataclass, field
 from typing import Callable, Optional
 
 from dfer_cli.corpus import CorpusError, one_line, process_video
@@ -25,6 +29,8 @@ except ImportError:  # pragma: no cover - exercised only without the extra
     ray = None
 
 LOCAL_OBJECT_STORE = 128 * 1024 * 1024   # bytes; results are small texts, 128 MB is plenty
+RESTART_TIMEOUT = 300.0   # seconds a worker may take to come back (restart and load the model)
+MAX_BOUNCES = 5           # failed calls in a row without a worker death before one counts as an attempt
 
 
 class CorpusWorker:
@@ -41,9 +47,12 @@ class CorpusWorker:
         self.model = load_model(ckpt, device=self.device)
         self.predict = predict
         self.name = f"ray:{ray.util.get_node_ip_address()}:{os.getpid()}"
+        self.incarnation = f"{self.name}/{uuid.uuid4().hex}"  # new each time Ray restarts the actor
 
     def ready(self) -> str:
-        return self.name
+        """Which process this actor is now; the driver compares it across a failed call to
+        tell a worker that died (a restarted actor answers anew) from one that did not."""
+        return self.incarnation
 
     def run(self, path: str, key: str, fmt: str, opts: dict) -> dict:
         out = process_video(self.model, path, key, fmt, dict(opts, device=self.device), self.predict)
@@ -112,6 +121,107 @@ def _death_reason(e: BaseException) -> str:
     return f"{type(e).__name__}: {one_line(e)}"
 
 
+@dataclass
+class _Video:
+    job: object
+    attempt: int = 1                            # the attempt it is on
+    errors: list = field(default_factory=list)  # why earlier attempts ended
+    bounces: int = 0                            # failed calls without a worker death, in a row
+    sent_to: str = ""                           # the worker incarnation the last call went to
+    reason: str = ""                            # why the last call failed
+
+
+def _drive(jobs, actors: list, incarnations: list, new_actor: Callable, fmt: str, opts: dict,
+           record: Callable, retries: int, log: Callable[[str], None]) -> None:
+    """Keep one video in flight on each actor until all are recorded.
+
+    A call that fails with a RayActorError does not say whether the video ran: the one that
+    killed its worker gets "Socket closed, may or may not have been executed", and a call
+    that reaches an actor Ray is restarting gets "the actor is restarting". So the driver
+    pings the actor (`ready`, which waits for a restart to finish, with backoff while Ray
+    reports it unavailable) and compares the answer with the incarnation the video was sent
+    to: a new incarnation means the worker died with the video on it, which counts as an
+    attempt; the same one means the video never ran there, and it is sent again as it was.
+    `actors` is updated in place when an actor that is gone for good is replaced."""
+    queue = deque(_Video(j) for j in jobs)
+    pending: dict = {}   # ref -> (kind, actor index, video, ping start)
+    later: list = []     # (when, actor index, video, tries, ping start): pings to send again
+    gone = getattr(ray.exceptions, "ActorDiedError", ())
+
+    def run(i: int, video: _Video) -> None:
+        video.sent_to = incarnations[i]
+        pending[actors[i].run.remote(video.job.path, video.job.key, fmt, opts)] = ("run", i, video, 0, 0.0)
+
+    def ping(i: int, video: _Video, tries: int, since: float) -> None:
+        pending[actors[i].ready.remote()] = ("ping", i, video, tries, since)
+
+    def finish(i: int, video: _Video, outcome: dict) -> None:
+        outcome["attempts"] = video.attempt
+        if video.errors:
+            outcome["retried_after"] = video.errors
+        record(video.job, outcome, outcome.pop("worker", "ray"))
+        if queue:
+            run(i, queue.popleft())
+
+    for i in range(len(actors)):
+        if queue:
+            run(i, queue.popleft())
+    while pending or later:
+        now = time.monotonic()
+        for item in [x for x in later if x[0] <= now]:
+            later.remove(item)
+            ping(*item[1:])
+        for kind, i, video, tries, since in pending.values():
+            if kind == "ping" and now - since > RESTART_TIMEOUT:
+                raise CorpusError(f"a Ray worker did not come back within {RESTART_TIMEOUT:g} s after "
+                                  f"failing on {video.job.path} ({video.reason})")
+        if not pending:
+            time.sleep(max(0.0, min(x[0] for x in later) - now))
+            continue
+        wait = min([x[0] - now for x in later] + [5.0])
+        done, _ = ray.wait(list(pending), num_returns=1, timeout=max(0.0, wait))
+        if not done:
+            continue
+        kind, i, video, tries, since = pending.pop(done[0])
+        if kind == "run":
+            try:
+                outcome = ray.get(done[0])
+            except ray.exceptions.RayActorError as e:  # died, or never ran: ask the actor
+                video.reason = _death_reason(e)
+                ping(i, video, 0, time.monotonic())
+                continue
+            except ray.exceptions.RayError as e:
+                cause = getattr(e, "cause", None) or e
+                outcome = {"status": "failed", "seconds": None, "error": one_line(cause, video.job.key, video.job.path)}
+            finish(i, video, outcome)
+            continue
+        try:
+            incarnations[i] = ray.get(done[0])
+        except ray.exceptions.RayActorError as e:
+            if gone and isinstance(e, gone):
+                actors[i] = new_actor()  # gone for good (not restartable): a new actor takes its place
+            later.append((time.monotonic() + min(0.5 * 2 ** tries, 10.0), i, video, tries + 1, since))
+            continue
+        if incarnations[i] == video.sent_to:  # the same worker: the video did not kill it
+            video.bounces += 1
+            if video.bounces < MAX_BOUNCES:
+                run(i, video)
+            else:
+                finish(i, video, {"status": "failed", "seconds": None,
+                                  "error": f"Ray failed to run it {MAX_BOUNCES} times in a row: {video.reason}"})
+            continue
+        video.bounces = 0
+        video.errors = video.errors + [video.reason]
+        if video.attempt <= retries:
+            log(f"dfer: a worker died on {video.job.path} ({video.reason}); trying again "
+                f"(attempt {video.attempt + 1} of {retries + 1})")
+            video.attempt += 1
+            run(i, video)
+        else:
+            finish(i, video, {"status": "failed", "seconds": None,
+                              "error": f"the worker died on each of {video.attempt} attempts: {video.reason}"})
+
+
 def run_ray(jobs, ckpt, fmt: str, opts: dict, record: Callable, *, address: str = "local",
             workers: Optional[int] = None, gpus_per_worker: float = 0.0, device: str = "auto",
             threads: Optional[int] = None, retries: int = 2, predict: Optional[Callable] = None,
@@ -140,44 +250,13 @@ def run_ray(jobs, ckpt, fmt: str, opts: dict, record: Callable, *, address: str 
                                max_task_retries=0)(CorpusWorker)
         actors = [actor_cls.remote(str(ckpt), device, cpus, predict) for _ in range(n)]
         try:
-            ray.get([a.ready.remote() for a in actors])
+            incarnations = ray.get([a.ready.remote() for a in actors])
         except Exception as e:
             cause = getattr(e, "cause", None) or e
             raise CorpusError(f"cannot use checkpoint {ckpt} on the Ray workers: {one_line(cause, ckpt)}") from None
 
-        queue = deque(jobs)
-        pending: dict = {}
-
-        def submit(actor, job, attempt: int, errors: list) -> None:
-            pending[actor.run.remote(job.path, job.key, fmt, opts)] = (job, actor, attempt, errors)
-
-        for actor in actors:
-            if queue:
-                submit(actor, queue.popleft(), 1, [])
-        while pending:
-            (ref,), _ = ray.wait(list(pending), num_returns=1)
-            job, actor, attempt, errors = pending.pop(ref)
-            try:
-                outcome = ray.get(ref)
-            except ray.exceptions.RayActorError as e:  # the worker process died
-                reason = _death_reason(e)
-                errors = errors + [reason]
-                if attempt <= retries:
-                    log(f"dfer: a worker died on {job.path} ({reason}); trying again "
-                        f"(attempt {attempt + 1} of {retries + 1})")
-                    submit(actor, job, attempt + 1, errors)
-                    continue
-                outcome = {"status": "failed", "seconds": None,
-                           "error": f"the worker died on each of {attempt} attempts: {reason}"}
-            except ray.exceptions.RayError as e:
-                cause = getattr(e, "cause", None) or e
-                outcome = {"status": "failed", "seconds": None, "error": one_line(cause, job.key, job.path)}
-            outcome["attempts"] = attempt
-            if errors:
-                outcome["retried_after"] = errors
-            record(job, outcome, outcome.pop("worker", "ray"))
-            if queue:
-                submit(actor, queue.popleft(), 1, [])
+        _drive(jobs, actors, incarnations, lambda: actor_cls.remote(str(ckpt), device, cpus, predict),
+               fmt, opts, record, retries, log)
         for actor in actors:
             ray.kill(actor)
     finally:

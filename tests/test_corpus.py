@@ -372,9 +372,11 @@ class _FakeRay:
         def get_node_ip_address():
             return "127.0.0.1"
 
-    def __init__(self):
+    def __init__(self, restarting_calls: int = 0):
         self.actors = []
         self.options = None
+        self.restarting_calls = restarting_calls  # calls refused after each death
+        self.refuse = set()                       # run(path) calls refused once, no death
 
     def is_initialized(self):
         return True
@@ -396,7 +398,7 @@ class _FakeRay:
             return Handle
         return wrap
 
-    def wait(self, refs, num_returns=1):
+    def wait(self, refs, num_returns=1, timeout=None):
         return refs[:num_returns], refs[num_returns:]
 
     def get(self, ref):
@@ -418,6 +420,8 @@ class _FakeRef:
 class _FakeActor:
     def __init__(self, fake, cls, args):
         self.fake, self.obj, self.killed, self.calls = fake, cls(*args), False, 0
+        self.cls, self.args = cls, args
+        self.restarting = 0  # calls still to refuse as Ray does while it restarts the actor
 
     def __getattr__(self, name):
         method = getattr(self.obj, name)
@@ -429,10 +433,18 @@ class _FakeActor:
             def remote(*args):
                 actor.calls += 1
                 ref = _FakeRef()
+                if actor.restarting or (name == "run" and args[0] in fake.refuse):
+                    actor.restarting = max(0, actor.restarting - 1)
+                    fake.refuse.discard(args[0] if name == "run" else None)
+                    ref.value = fake.exceptions.RayActorError("The actor is temporarily unavailable: "
+                                                              "IOError: The actor is restarting")
+                    return ref
                 try:
                     ref.value = method(*args)
                 except _FakeRay.Died as e:
                     ref.value = fake.exceptions.RayActorError(f"The actor died unexpectedly: {e}")
+                    actor.obj = actor.cls(*actor.args)  # Ray restarts it: a new incarnation
+                    actor.restarting = fake.restarting_calls
                 return ref
         return Method
 
@@ -461,7 +473,8 @@ def test_ray_driver_retries_dead_workers_and_writes_like_a_local_run(clean, ckpt
     assert (s.done, s.failed) == (N_FACES + N_BLANK, 2)
     assert fake.options == {"num_cpus": 1, "num_gpus": 0.0, "max_restarts": -1, "max_task_retries": 0}
     assert len(fake.actors) == 2 and all(a.killed for a in fake.actors)
-    assert sum(a.calls for a in fake.actors) == 2 + (N_FACES + N_BLANK + 2) + 2 + 2  # ready, videos, retries
+    # ready, videos, retries, and a ready ping after each of the 5 deaths
+    assert sum(a.calls for a in fake.actors) == 2 + (N_FACES + N_BLANK + 2) + 2 + 2 + 5
     man = latest(out)
     dead = man[str(doomed.resolve())]
     assert dead["status"] == "failed" and dead["attempts"] == 3 and deaths[str(doomed.resolve())] == 3
@@ -471,6 +484,55 @@ def test_ray_driver_retries_dead_workers_and_writes_like_a_local_run(clean, ckpt
     assert len(retried) == 2 and all(r["status"] == "ok" and r["attempts"] == 2 for r in retried)
     assert all(r["worker"].startswith("ray:127.0.0.1:") for r in man.values() if r["status"] != "failed")
     assert results(out) == results(ref)
+
+
+class _StubWorker:
+    """A model-less CorpusWorker for `_drive`: `crash*` kills it the first time, `doomed*`
+    every time."""
+    crashed: set = set()
+
+    def __init__(self):
+        import uuid
+
+        self.incarnation = uuid.uuid4().hex
+
+    def ready(self):
+        return self.incarnation
+
+    def run(self, path, key, fmt, opts):
+        if path.startswith("doomed") or (path.startswith("crash") and path not in self.crashed):
+            self.crashed.add(path)
+            raise _FakeRay.Died(f"exit code 3 on {path}")
+        return {"status": "ok", "seconds": 0.0, "worker": self.incarnation}
+
+
+def test_ray_driver_counts_attempts_only_when_the_worker_died(monkeypatch):
+    """Calls refused while Ray restarts an actor ("The actor is restarting") or refused by a
+    live actor are sent again without counting an attempt; a death counts one."""
+    from collections import namedtuple
+
+    from dfer_cli import corpus_ray
+
+    fake = _FakeRay(restarting_calls=2)   # the ping after each death is refused twice
+    monkeypatch.setattr(corpus_ray, "ray", fake)
+    monkeypatch.setattr(_StubWorker, "crashed", set())
+    fake.refuse = {"bounced"}
+    Job = namedtuple("Job", "path key")
+    jobs = [Job(p, p) for p in ("ok", "bounced", "crash", "doomed", "last")]
+    actor = fake.remote()(_StubWorker).remote()
+    actors, incarnations = [actor], [actor.obj.ready()]
+    got, logs = {}, []
+    corpus_ray._drive(jobs, actors, incarnations, None, "jsonl", {}, lambda job, o, w: got.update({job.path: o}),
+                      retries=1, log=logs.append)
+    assert list(got) == ["ok", "bounced", "crash", "doomed", "last"]
+    assert [got[p]["attempts"] for p in got] == [1, 1, 2, 2, 1]
+    assert [got[p]["status"] for p in got] == ["ok", "ok", "ok", "failed", "ok"]
+    assert "retried_after" not in got["bounced"] and len(got["crash"]["retried_after"]) == 1
+    assert got["doomed"]["error"].startswith("the worker died on each of 2 attempts: The actor died unexpectedly")
+    assert len(logs) == 2 and all("trying again (attempt 2 of 2)" in m for m in logs)
+    # runs: 5 videos, the bounced one again, the retries of crash and doomed; pings: one after
+    # the bounce, and after each of the 3 deaths two refused (restarting) and one answered
+    assert actor.calls == (5 + 1 + 2) + (1 + 3 * 3)
 
 
 class CrashOnce:
