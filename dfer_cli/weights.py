@@ -27,7 +27,7 @@ SUFFIX = ".safetensors"
 # sha256 of the bundled weights/logo_former_fer2013.safetensors. Replacing that file means
 # updating this line (and the hash in weights/README.md): tests/test_weights.py compares it
 # with the file and fails until they agree.
-BUNDLED_SHA256 = "eed4c30a6b61954f03fdd638d1060e46fac89d86619938fa5f5e39ee426b426d"
+BUNDLED_SHA256 = "6ebcb1f828143a9622a57eaac2ceade652228ca547a2761e5fd13950823bd290"
 
 
 @dataclass(frozen=True)
