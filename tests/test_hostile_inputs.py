@@ -179,7 +179,9 @@ def test_closed_stdout_ends_the_run_quietly_with_141(ckpt, media, tmp_path):
 def test_ctrl_c_exits_130_and_leaves_a_named_partial_file(ckpt, media, tmp_path):
     out = tmp_path / "out.jsonl"
     partial = tmp_path / "out.jsonl.partial"
-    proc = subprocess.Popen([DFER, "predict", str(media["face"]), str(media["long"]), "-w", str(ckpt), *OPTS,
+    # long enough (100 s of video) that an idle machine is still on it when SIGINT arrives
+    longest = make_video(tmp_path / "longest.mp4", face_frames(800), fps=8)
+    proc = subprocess.Popen([DFER, "predict", str(media["face"]), str(longest), "-w", str(ckpt), *OPTS,
                              "-o", str(out)],
                             env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 600
@@ -187,7 +189,7 @@ def test_ctrl_c_exits_130_and_leaves_a_named_partial_file(ckpt, media, tmp_path)
         while not (partial.exists() and '"type": "video"' in partial.read_text()):
             assert proc.poll() is None, proc.communicate()
             assert time.monotonic() < deadline, "the first video was not done in time"
-            time.sleep(0.2)
+            time.sleep(0.05)
         proc.send_signal(signal.SIGINT)  # what Ctrl-C sends, while the long video is processed
         stdout, stderr = proc.communicate(timeout=300)
     finally:
