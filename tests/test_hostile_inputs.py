@@ -183,7 +183,10 @@ def test_ctrl_c_exits_130_and_leaves_a_named_partial_file(ckpt, media, tmp_path)
     longest = make_video(tmp_path / "longest.mp4", face_frames(800), fps=8)
     proc = subprocess.Popen([DFER, "predict", str(media["face"]), str(longest), "-w", str(ckpt), *OPTS,
                              "-o", str(out)],
-                            env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            # a terminal's default: an ignored SIGINT is inherited across exec, and an
+                            # earlier test in the same pytest process (a local Ray driver) can leave it so
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + 600
     try:
         while not (partial.exists() and '"type": "video"' in partial.read_text()):
