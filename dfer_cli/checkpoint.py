@@ -377,7 +377,9 @@ def load_state_partial(model: torch.nn.Module, state_dict: dict) -> tuple[list[s
     For staged training (``dfer train --init``): e.g. a stage-1 model trained on stills
     (``num_frames=1``) initialising a 16-frame model. A temporal position embedding
     (``pos_time``, shape (1, T, 1, D)) of another length is resized along T by linear
-    interpolation (a length-1 embedding is repeated) rather than skipped, and a LOGO window
+    interpolation (a length-1 embedding is repeated) rather than skipped, a spatial one
+    (``pos_space``, (1, 1, g*g, D)) made for another input size is resized over the g x g
+    grid by bicubic interpolation (fine-tuning at a higher resolution), and a LOGO window
     pool kernel built for 1 frame is spread evenly over the window's frames; everything else
     with a different shape, or absent from the model, is skipped.
 
@@ -393,6 +395,10 @@ def load_state_partial(model: torch.nn.Module, state_dict: dict) -> tuple[list[s
         if v.shape != target.shape and k.split(".")[-1] == "pos_time" and v.ndim == 4 \
                 and v.shape[0] == target.shape[0] and v.shape[2:] == target.shape[2:]:
             v = resize_time_embedding(v, target.shape[1])
+        if v.shape != target.shape and k.split(".")[-1] == "pos_space" and v.ndim == 4 \
+                and v.shape[:2] == target.shape[:2] and v.shape[3] == target.shape[3] \
+                and _is_square(v.shape[2]) and _is_square(target.shape[2]):
+            v = resize_space_embedding(v, math.isqrt(target.shape[2]))
         if v.shape != target.shape and k.endswith("pool.weight") and v.ndim == 5 and v.shape[2] == 1 \
                 and v.shape[:2] == target.shape[:2] and v.shape[3:] == target.shape[3:]:
             # a LOGO window pool built for 1 frame: spread it evenly over the f frames
@@ -414,6 +420,22 @@ def resize_time_embedding(pos: torch.Tensor, length: int) -> torch.Tensor:
     seq = pos[:, :, 0].transpose(1, 2)                                   # (1, D, T)
     seq = torch.nn.functional.interpolate(seq.float(), size=length, mode="linear", align_corners=True)
     return seq.transpose(1, 2)[:, :, None].to(pos.dtype)                 # (1, length, 1, D)
+
+
+def resize_space_embedding(pos: torch.Tensor, side: int) -> torch.Tensor:
+    """(1, 1, g*g, D) -> (1, 1, side*side, D): bicubic resampling of the row-major g x g grid.
+
+    Corners map to corners (``align_corners=True``), so a grid cell keeps its place on the face.
+    """
+    g = math.isqrt(pos.shape[2])
+    grid = pos[0, 0].reshape(g, g, -1).permute(2, 0, 1)[None]           # (1, D, g, g)
+    grid = torch.nn.functional.interpolate(grid.float(), size=(side, side), mode="bicubic",
+                                           align_corners=True)           # (1, D, side, side)
+    return grid[0].permute(1, 2, 0).reshape(1, 1, side * side, -1).to(pos.dtype)
+
+
+def _is_square(n: int) -> bool:
+    return math.isqrt(n) ** 2 == n
 
 
 def _first_line(e: BaseException) -> str:

@@ -342,3 +342,23 @@ def test_non_finite_probabilities_fail_the_video_naming_the_checkpoint(tmp_path)
         dfer_cli.predict_video(load_model(path), video, detector=_FixedFace(), on_clip=emitted.append)
     assert "\n" not in str(e.value) and str(path) in str(e.value) and "checkpoint" in str(e.value)
     assert emitted == []  # no record with a NaN confidence and status ok
+
+
+def test_partial_load_resamples_space_embedding_for_a_larger_input():
+    # a 32 px model (2x2 grid) initialising a 48 px one (3x3): fine-tuning at a higher resolution
+    small = _model(input_size=32)
+    large = _model(input_size=48)
+    assert small.pos_space.shape[2] == 4 and large.pos_space.shape[2] == 9
+    with torch.no_grad():   # row-major cells a b / c d, distinct per channel
+        small.pos_space.copy_(torch.tensor([1.0, 2.0, 5.0, 11.0])[None, None, :, None]
+                              * torch.arange(1, small.config.dim + 1.0))
+    loaded, skipped = load_state_partial(large, small.state_dict())
+    assert "pos_space" in loaded and not any(s.startswith("pos_space") for s in skipped)
+    a, b, c, d = small.pos_space[0, 0]
+    new = large.pos_space[0, 0].reshape(3, 3, -1)
+    # bicubic, corners aligned: corners kept; a midpoint between two cells is their mean
+    # (cubic kernel weights 0.59375 and -0.09375 with the border replicated); centre = mean of 4
+    expected = torch.stack([torch.stack([a, (a + b) / 2, b]),
+                            torch.stack([(a + c) / 2, (a + b + c + d) / 4, (b + d) / 2]),
+                            torch.stack([c, (c + d) / 2, d])])
+    torch.testing.assert_close(new, expected)
