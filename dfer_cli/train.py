@@ -24,9 +24,7 @@ augmentation are functions of (seed, epoch, index), and the torch RNG is restore
 """
 from __future__ import annotations
 
-import csv
 import dataclasses
-import io
 import json
 import math
 import os
@@ -36,9 +34,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from dfer_cli.fsutil import atomic_write_bytes, atomic_write_text
+from dfer_cli.fsutil import atomic_write_text
 from dfer_cli.labels import CLASSES
 from dfer_cli.preprocess import DEFAULT_TEMPLATE, Preprocessing, zoom_template
+from dfer_cli.run_folder import (TrainState, append_metrics, load_state, open_tensorboard, save_state,
+                                 truncate_metrics, write_run_command)
 
 OPTIMIZERS = ("sam", "sgd", "adamw")
 LOSSES = ("compact", "ce")
@@ -493,22 +493,35 @@ def still_batches(train_ds, cfg: TrainConfig, order, sizes: list[int]):
                         sizes=sizes, num_classes=len(CLASSES))
 
 
-def write_run_command(out: str, argv: list[str] | None) -> None:
-    """Write ``command.sh`` into the run folder: the command that started the run and the
-    one that resumes it, so a background run can be picked up after a reboot."""
-    import shlex
+@dataclass
+class _Run:
+    """Everything one training run holds while its epochs run (built by :func:`train`)."""
+    cfg: TrainConfig
+    device: object                 # torch.device
+    rank: int
+    world: int                     # processes (torchrun); 1 for a single process
+    rep: _Reporter
+    model: object                  # the Former being trained
+    net: object                    # model, or its DistributedDataParallel wrapper
+    params: list                   # parameters that get gradients
+    optimizer: object
+    criterion: object
+    loader: object                 # yields (x (B, T, 3, S, S), y (B,) or soft targets (B, C))
+    counters: TrainState
+    scaler: object = None          # GradScaler under fp16 autocast on CUDA
+    log_prior: object = None       # (C,) logit adjustment added during training, or None
+    precision: str = "fp32"        # fp32 | bf16 | fp16 (autocast)
+    autocast_dtype: object = None
+    total_steps: int = 0
+    warmup_steps: int = 0
 
-    if not argv:
-        return
-    args = [a for a in argv if a != "--resume"]
-    started = " ".join(shlex.quote(a) for a in args)
-    if args[0] == "dfer":  # the same interpreter, whether or not its venv is active
-        args = [sys.executable, "-m", "dfer_cli", *args[1:]]
-    resume = " ".join(shlex.quote(a) for a in args) + ' --resume "$@"'
-    text = (f"#!/bin/sh\n# started with:\n# {started}\n"
-            "# resume (continues after the last finished epoch; same schedule, data order and RNG):\n"
-            f"cd {shlex.quote(os.getcwd())} && exec {resume}\n")
-    atomic_write_text(os.path.join(out, "command.sh"), text)
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world > 1
 
 
 def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True, rich_bar: bool | None = None,
@@ -521,65 +534,116 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True, rich
     """
     import torch
     import torch.distributed as dist
-    from torch.utils.data import DataLoader, DistributedSampler
 
-    from dfer_cli import checkpoint as ckpt
-    from dfer_cli.device import resolve_device
-    from dfer_cli.evaluate import predict_dataset, score
-    from dfer_cli.models import create_model
-
-    out = cfg.output
-    state_path = os.path.join(out, "state.pt")
     if resume:
-        if not os.path.isfile(state_path):
-            raise ValueError(f"cannot resume: {state_path} does not exist (start without --resume)")
-        saved = TrainConfig.from_dict(json.load(open(os.path.join(out, "config.json"))))
-        # a resumed run keeps its recipe and length; only the machine settings may change
-        for k in ("workers", "threads", "device", "log_every"):
-            setattr(saved, k, getattr(cfg, k))
-        # and its model: sizes the run left to defaults (e.g. the LOGO window, whose default
-        # changed) come from the config its last checkpoint was saved with
-        last = os.path.join(out, "last.safetensors")
-        if os.path.isfile(last):
-            from dfer_cli.checkpoint import read_metadata
-
-            built = read_metadata(last).get("config", {})
-            saved.model_opts = {**{k: v for k, v in built.items() if k not in
-                                   ("num_frames", "input_size", "num_classes", "backbone_weights")},
-                                **saved.model_opts}
-        cfg = saved
+        cfg = _resumed_config(cfg)
     cfg.validate()
+    rank, world, device = _setup_processes(cfg)
+    rep = _Reporter(progress and rank == 0, cfg.log_every, rich_bar)
+
+    torch.manual_seed(cfg.seed)  # before the model is built: its initial weights follow the seed
+    train_ds, val_ds, data_prov = load_datasets(cfg, rep.log)
+    model = _build_model(cfg, resume, device, rep, warn=rank == 0)
+    run = _build_run(cfg, model, train_ds, device, rank, world, rep)
+    state_path = os.path.join(cfg.output, "state.pt")
+    if resume:
+        run.counters = load_state(state_path, model, run.optimizer, device)
+        rep.log(f"resuming {cfg.output} after epoch {run.counters.epoch}")
+    if run.distributed:
+        run.net = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None)
+    sampler, batches = _make_loader(run, train_ds)
+
+    tb = _open_run_folder(cfg, resume, argv, run.counters.epoch) if run.is_main else None
+    padded = len(sampler) * world - len(train_ds)
+    rep.log(f"training {cfg.model} on {len(train_ds)} clips ({describe_batches(batches.sizes())}"
+            f"{f' x {world} processes' if run.distributed else ''}"
+            f"{f', {padded} repeated to even out the processes' if padded else ''}), validating on "
+            f"{len(val_ds) if val_ds else 0}; device {device}, {run.precision}; output {cfg.output}")
+
+    last_scores = None
+    for epoch in range(run.counters.epoch, cfg.epochs):
+        for source in (train_ds, sampler, run.loader):   # data order and augmentation of this epoch
+            if hasattr(source, "set_epoch"):
+                source.set_epoch(epoch)
+        row = train_one_epoch(run, epoch)
+        if val_ds is not None:
+            last_scores = validate(run, val_ds, row)
+        rep.log(_epoch_line(epoch + 1, cfg.epochs, row))
+        if run.is_main:
+            _finish_epoch(run, epoch, row, data_prov, argv, val_ds is not None, state_path, tb)
+        if run.distributed:
+            dist.barrier()
+
+    if tb is not None:
+        tb.close()
+    if run.distributed and dist.is_initialized():
+        dist.destroy_process_group()
+    best_epoch = run.counters.best_epoch
+    return {"output": cfg.output, "epochs": cfg.epochs, "best_epoch": best_epoch,
+            "best_uar": run.counters.best_uar if best_epoch else None,
+            "last": last_scores.to_dict() if last_scores is not None else None}
+
+
+def _resumed_config(cfg: TrainConfig) -> TrainConfig:
+    """The config a run in ``cfg.output`` was started with; only machine settings come from ``cfg``."""
+    out = cfg.output
+    if not os.path.isfile(os.path.join(out, "state.pt")):
+        raise ValueError(f"cannot resume: {os.path.join(out, 'state.pt')} does not exist (start without --resume)")
+    saved = TrainConfig.from_dict(json.load(open(os.path.join(out, "config.json"))))
+    for k in ("workers", "threads", "device", "log_every"):
+        setattr(saved, k, getattr(cfg, k))
+    # and its model: sizes the run left to defaults (e.g. the LOGO window, whose default
+    # changed) come from the config its last checkpoint was saved with
+    last = os.path.join(out, "last.safetensors")
+    if os.path.isfile(last):
+        from dfer_cli.checkpoint import read_metadata
+
+        built = read_metadata(last).get("config", {})
+        saved.model_opts = {**{k: v for k, v in built.items() if k not in _PER_RUN_SIZES}, **saved.model_opts}
+    return saved
+
+
+_PER_RUN_SIZES = ("num_frames", "input_size", "num_classes", "backbone_weights")
+
+
+def _setup_processes(cfg: TrainConfig):
+    """(rank, world size, torch device): threads set, and the process group joined under torchrun."""
+    import torch
+    import torch.distributed as dist
+
+    from dfer_cli.device import resolve_device
 
     rank, world, local_rank = _dist_info()
-    distributed = world > 1
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     device = resolve_device(cfg.device)
-    if distributed:
+    if world > 1:
         if device.type == "cuda":
             device = torch.device("cuda", local_rank)
             torch.cuda.set_device(device)
         if not dist.is_initialized():
             dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    is_main = rank == 0
-    rep = _Reporter(progress and is_main, cfg.log_every, rich_bar)
+    return rank, world, device
 
-    torch.manual_seed(cfg.seed)
-    pre = cfg.preprocessing()
-    train_ds, val_ds, data_prov = load_datasets(cfg, rep.log)
-    opts = dict(cfg.model_opts)
-    init_state = None
+
+def _build_model(cfg: TrainConfig, resume: bool, device, rep: _Reporter, warn: bool):
+    """The model to train, on ``device``: from ``--init`` (partial load) or fresh, trunk frozen
+    and channels-last as asked. Under ``--init`` the sizes follow that checkpoint unless
+    ``--model-opt`` overrides them (frames and input size always come from ``cfg``)."""
+    import torch
+
+    from dfer_cli import checkpoint as ckpt
+    from dfer_cli.models import create_model
+
+    opts, init_state = dict(cfg.model_opts), None
     if cfg.init and not resume:
-        # the model's sizes follow the --init checkpoint unless overridden by --model-opt;
-        # frames and input size always come from this run's flags
         init_state, init_meta = ckpt.read_checkpoint(cfg.init)
-        inherited = {k: v for k, v in init_meta.get("config", {}).items()
-                     if k not in ("num_frames", "input_size", "num_classes", "backbone_weights")}
-        opts = {**inherited, **opts}
-        cfg.model_opts = opts
+        inherited = {k: v for k, v in init_meta.get("config", {}).items() if k not in _PER_RUN_SIZES}
+        opts = cfg.model_opts = {**inherited, **opts}
     model = create_model(cfg.model, num_frames=cfg.frames, input_size=cfg.input_size,
                          num_classes=len(CLASSES), **opts)
-    if not resume and not cfg.init and not opts.get("backbone_weights") and is_main:
+    if not resume and not cfg.init and not opts.get("backbone_weights") and warn:
         print(RANDOM_TRUNK_WARNING, file=sys.stderr, flush=True)  # once, even with --quiet
     if init_state is not None:
         loaded, skipped = ckpt.load_state_partial(model, init_state)
@@ -589,264 +653,208 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True, rich
         # parameters without grad and inputs without grad: autograd records nothing in the
         # trunk, so it runs as under no_grad (no activations kept for backward)
         model.backbone.requires_grad_(False)
-    precision = resolve_precision(cfg.precision, device)
-    use_amp = precision in ("bf16", "fp16")
-    if use_amp:
+    if resolve_precision(cfg.precision, device) in ("bf16", "fp16"):
         # the trunk's 2-d convolutions only (the LOGO pool is a 3-d conv: no channels_last)
         model.backbone.to(memory_format=torch.channels_last)
-    model.to(device)
+    return model.to(device)
 
+
+def _build_run(cfg: TrainConfig, model, train_ds, device, rank: int, world: int, rep: _Reporter) -> _Run:
+    """Optimizer, loss, precision and logit adjustment around ``model``."""
+    import torch
+
+    precision = resolve_precision(cfg.precision, device)
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = _build_optimizer(params, cfg)
-    criterion = _build_loss(cfg, model)
-    scaler = torch.amp.GradScaler("cuda") if precision == "fp16" else None
-    if scaler is not None and cfg.optimizer == "sam":
-        raise ValueError("--precision fp16 with --optimizer sam is not supported (SAM's two steps "
-                         "and a GradScaler do not mix); use --precision bf16")
-    log_prior = None
+    run = _Run(cfg=cfg, device=device, rank=rank, world=world, rep=rep, model=model, net=model, params=params,
+               optimizer=_build_optimizer(params, cfg), criterion=_build_loss(cfg, model), loader=None,
+               counters=TrainState(), precision=precision,
+               autocast_dtype=torch.float16 if precision == "fp16" else torch.bfloat16)
+    if precision == "fp16":
+        if cfg.optimizer == "sam":
+            raise ValueError("--precision fp16 with --optimizer sam is not supported (SAM's two steps "
+                             "and a GradScaler do not mix); use --precision bf16")
+        run.scaler = torch.amp.GradScaler("cuda")
     if cfg.logit_adjust:
         from dfer_cli.losses import logit_adjustment
-        log_prior = logit_adjustment(class_counts_of(train_ds), cfg.logit_adjust).to(device)
+        run.log_prior = logit_adjustment(class_counts_of(train_ds), cfg.logit_adjust).to(device)
+    return run
 
-    start_epoch, step, best_uar, best_epoch = 0, 0, -1.0, None
-    if resume:
-        import pickle
 
-        # A truncated, damaged or foreign state.pt is one line naming the file; torch's own
-        # message for a pickle it refuses suggests weights_only=False, which must not be passed on.
-        try:
-            state = torch.load(state_path, map_location="cpu", weights_only=True)
-            model.load_state_dict(state["model"])
-            optimizer.load_state_dict(state["optimizer"])
-            start_epoch, step = int(state["epoch"]), int(state["step"])
-            best_uar, best_epoch = float(state["best_uar"]), state["best_epoch"]
-            if start_epoch < 0 or step < 0 or not (best_epoch is None or type(best_epoch) is int):
-                raise ValueError("its epoch, step or best epoch is out of range")
-            torch.set_rng_state(state["torch_rng"])
-            if device.type == "cuda" and "cuda_rng" in state:
-                torch.cuda.set_rng_state(state["cuda_rng"], device)
-        except Exception as e:  # noqa: BLE001 -- any unusable state becomes one clear line
-            text = str(e).strip()
-            reason = text.splitlines()[0][:200] if text else type(e).__name__
-            if isinstance(e, KeyError):
-                reason = f"it has no {e.args[0]!r} entry"
-            elif isinstance(e, pickle.UnpicklingError) or "weights" in reason.lower():
-                reason = "it holds something other than plain tensors and dicts"
-            raise ValueError(f"cannot resume: {state_path} is damaged or not a dfer train state ({reason}); "
-                             "start the run again without --resume, or restore the file") from None
-        rep.log(f"resuming {out} after epoch {start_epoch}")
+def _make_loader(run: _Run, train_ds):
+    """Set ``run.loader`` and the lr schedule's step counts; returns (sampler, batches).
 
-    net = model
-    if distributed:
-        net = torch.nn.parallel.DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None)
+    Every clip every epoch; under DDP the sampler repeats a few clips so that all processes
+    get the same number (and run the same number of steps).
+    """
+    from torch.utils.data import DataLoader, DistributedSampler
 
-    # every clip every epoch; under DDP the sampler repeats a few clips so that all
-    # processes get the same number (and run the same number of steps)
-    sampler = (DistributedSampler(train_ds, num_replicas=world, rank=rank, seed=cfg.seed, drop_last=False)
-               if distributed else EpochSampler(len(train_ds), cfg.seed))
+    cfg = run.cfg
+    sampler = (DistributedSampler(train_ds, num_replicas=run.world, rank=run.rank, seed=cfg.seed, drop_last=False)
+               if run.distributed else EpochSampler(len(train_ds), cfg.seed))
     # the trunk's BatchNorm sees B*T frames: only B = T = 1 cannot be normalised
     batches = EpochBatches(sampler, cfg.batch_size, merge_single=cfg.frames == 1)
     if cfg.frames == 1 and len(sampler) == 1:
         raise ValueError("one training clip with --frames 1 cannot be trained (BatchNorm needs at least "
                          "two frames per batch); add clips or use --frames 2 or more")
-    loader = None if distributed else still_batches(train_ds, cfg, sampler, batches.sizes())
+    loader = None if run.distributed else still_batches(train_ds, cfg, sampler, batches.sizes())
     if loader is None:
         loader = DataLoader(train_ds, batch_sampler=batches, num_workers=cfg.workers,
-                            pin_memory=device.type == "cuda")
-    steps_per_epoch = len(loader)
-    total_steps = steps_per_epoch * cfg.epochs
-    warmup_steps = int(round(cfg.warmup_epochs * steps_per_epoch))
+                            pin_memory=run.device.type == "cuda")
+    run.loader = loader
+    run.total_steps = len(loader) * cfg.epochs
+    run.warmup_steps = int(round(cfg.warmup_epochs * len(loader)))
+    return sampler, batches
 
-    tb = None
-    if is_main:
-        os.makedirs(out, exist_ok=True)
-        atomic_write_text(os.path.join(out, "config.json"), json.dumps(cfg.to_dict(), indent=2) + "\n")
-        if not (resume and os.path.exists(os.path.join(out, "command.sh"))):
-            write_run_command(out, argv)
-        _truncate_metrics(out, start_epoch)
-        try:
-            from torch.utils.tensorboard import SummaryWriter
-            tb = SummaryWriter(os.path.join(out, "tensorboard"))
-        except Exception:  # tensorboard not installed: scalars go to metrics.jsonl only
-            tb = None
-    padded = len(sampler) * world - len(train_ds)
-    rep.log(f"training {cfg.model} on {len(train_ds)} clips ({describe_batches(batches.sizes())}"
-            f"{f' x {world} processes' if distributed else ''}"
-            f"{f', {padded} repeated to even out the processes' if padded else ''}), validating on "
-            f"{len(val_ds) if val_ds else 0}; device {device}, {precision}; output {out}")
 
-    autocast_dtype = torch.float16 if precision == "fp16" else torch.bfloat16
-    last_scores = None
-    for epoch in range(start_epoch, cfg.epochs):
-        train_ds.set_epoch(epoch)
-        sampler.set_epoch(epoch)
-        if hasattr(loader, "set_epoch"):
-            loader.set_epoch(epoch)
-        net.train()
-        if cfg.freeze_backbone:
-            model.backbone.eval()  # frozen BN statistics
-        t0 = time.time()
-        loss_sum, correct, seen = 0.0, 0, 0
-        rep.start_epoch(epoch + 1, cfg.epochs, steps_per_epoch)
-        for i, (x, y) in enumerate(loader, 1):
-            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-            lr = lr_at(step, total_steps, warmup_steps, cfg)
-            for g in optimizer.param_groups:
-                g["lr"] = lr
+def _open_run_folder(cfg: TrainConfig, resume: bool, argv, done_epochs: int):
+    """Create the run folder, write config.json and command.sh, drop metric rows after the
+    last committed epoch; returns a tensorboard writer or None."""
+    out = cfg.output
+    os.makedirs(out, exist_ok=True)
+    atomic_write_text(os.path.join(out, "config.json"), json.dumps(cfg.to_dict(), indent=2) + "\n")
+    if not (resume and os.path.exists(os.path.join(out, "command.sh"))):
+        write_run_command(out, argv)
+    truncate_metrics(out, done_epochs)
+    return open_tensorboard(out)
 
-            def forward_loss():
-                with torch.autocast(device.type, dtype=autocast_dtype, enabled=use_amp):
-                    logits = net(x)
-                adjusted = logits.float() if log_prior is None else logits.float() + log_prior
-                return criterion(adjusted, y), logits
 
-            loss, logits = forward_loss()
-            optimizer.zero_grad(set_to_none=True)
-            if scaler is not None:
-                scaler.scale(loss).backward()
-                scaler.unscale_(optimizer)
-            else:
-                loss.backward()
-            if cfg.clip_grad:
-                torch.nn.utils.clip_grad_norm_(params, cfg.clip_grad)
-            if cfg.optimizer == "sam":
-                from dfer_cli.optim import frozen_bn_stats
+def train_one_epoch(run: _Run, epoch: int) -> dict:
+    """One pass over the training batches; returns the epoch's metrics row (loss, accuracy,
+    lr, time, throughput; summed over processes under DDP)."""
+    import torch
+    import torch.distributed as dist
 
-                optimizer.first_step(zero_grad=True)
-                # BatchNorm running statistics count the first pass only (optim.py)
-                with frozen_bn_stats(model):
-                    loss2 = forward_loss()[0]
-                loss2.backward()
-                if cfg.clip_grad:
-                    torch.nn.utils.clip_grad_norm_(params, cfg.clip_grad)
-                optimizer.second_step(zero_grad=True)
-            elif scaler is not None:
-                scaler.step(optimizer)
-                scaler.update()
-            else:
-                optimizer.step()
-            step += 1
-            if not math.isfinite(loss.item()):
-                raise FloatingPointError(f"loss is {loss.item()} at epoch {epoch + 1} batch {i}: "
-                                         "lower --lr or check the data")
-            loss_sum += loss.item() * len(y)
-            hard = y if y.ndim == 1 else y.argmax(-1)  # mixed batches: the larger share
-            correct += int((logits.argmax(-1) == hard).sum())
-            seen += len(y)
-            rep.batch(epoch + 1, cfg.epochs, i, steps_per_epoch, loss_sum / seen, lr,
-                      seen * world / max(1e-9, time.time() - t0))
-        rep.end_epoch()
-        train_time = time.time() - t0
-        stats = torch.tensor([loss_sum, correct, seen], dtype=torch.float64)
-        if distributed:
-            dist.all_reduce(stats)
-        row = {"epoch": epoch + 1, "step": step, "lr": lr, "train_loss": float(stats[0] / max(1, stats[2])),
-               "train_acc": float(stats[1] / max(1, stats[2])), "train_time": round(train_time, 2),
-               "clips_per_s": round(float(stats[2]) / max(1e-9, train_time), 2)}
+    cfg = run.cfg
+    run.net.train()
+    if cfg.freeze_backbone:
+        run.model.backbone.eval()  # frozen BN statistics
+    t0 = time.time()
+    loss_sum, correct, seen, lr = 0.0, 0, 0, cfg.lr
+    batches = len(run.loader)
+    run.rep.start_epoch(epoch + 1, cfg.epochs, batches)
+    for i, (x, y) in enumerate(run.loader, 1):
+        x, y = x.to(run.device, non_blocking=True), y.to(run.device, non_blocking=True)
+        lr = lr_at(run.counters.step, run.total_steps, run.warmup_steps, cfg)
+        for g in run.optimizer.param_groups:
+            g["lr"] = lr
+        loss, logits = training_step(run, x, y)
+        run.counters.step += 1
+        if not math.isfinite(loss.item()):
+            raise FloatingPointError(f"loss is {loss.item()} at epoch {epoch + 1} batch {i}: "
+                                     "lower --lr or check the data")
+        loss_sum += loss.item() * len(y)
+        hard = y if y.ndim == 1 else y.argmax(-1)  # mixed batches: the larger share
+        correct += int((logits.argmax(-1) == hard).sum())
+        seen += len(y)
+        run.rep.batch(epoch + 1, cfg.epochs, i, batches, loss_sum / seen, lr,
+                      seen * run.world / max(1e-9, time.time() - t0))
+    run.rep.end_epoch()
+    train_time = time.time() - t0
+    stats = torch.tensor([loss_sum, correct, seen], dtype=torch.float64)
+    if run.distributed:
+        dist.all_reduce(stats)
+    return {"epoch": epoch + 1, "step": run.counters.step, "lr": lr,
+            "train_loss": float(stats[0] / max(1, stats[2])), "train_acc": float(stats[1] / max(1, stats[2])),
+            "train_time": round(train_time, 2), "clips_per_s": round(float(stats[2]) / max(1e-9, train_time), 2)}
 
-        if val_ds is not None:
-            t1 = time.time()
-            idx = range(rank, len(val_ds), world)
-            probs, labels = predict_dataset(model, val_ds, batch_size=cfg.batch_size, device=device,
-                                            indices=idx, workers=cfg.workers)
-            cm = torch.from_numpy(score(probs, labels, CLASSES).confusion)
-            if distributed:
-                dist.all_reduce(cm)
-            from dfer_cli.metrics import Scores
-            last_scores = Scores(list(CLASSES), cm.numpy())
-            row.update(val_war=last_scores.war, val_uar=last_scores.uar,
-                       val_recall=last_scores.recall, val_time=round(time.time() - t1, 2))
-            rep.log(f"epoch {epoch + 1}/{cfg.epochs}  train loss {row['train_loss']:.4f} acc {row['train_acc']:.4f}  "
-                    f"val WAR {last_scores.war:.4f} UAR {last_scores.uar:.4f}  ({train_time:.0f}s)")
-        else:
-            rep.log(f"epoch {epoch + 1}/{cfg.epochs}  train loss {row['train_loss']:.4f} "
-                    f"acc {row['train_acc']:.4f}  ({train_time:.0f}s)")
 
-        if is_main:
-            uar_now = row.get("val_uar", -1.0)
-            improved = val_ds is not None and uar_now > best_uar
-            if improved:
-                best_uar, best_epoch = uar_now, epoch + 1
-            prov = {"recipe": cfg.to_dict(), "data": data_prov, "epoch": epoch + 1,
-                    "metrics": {k: v for k, v in row.items()}, "best_epoch": best_epoch,
-                    "world_size": world, "command": argv or []}
-            _append_metrics(out, row)
-            if tb is not None:
-                for k, v in row.items():
-                    if isinstance(v, (int, float)) and k != "epoch":
-                        tb.add_scalar(k, v, epoch + 1)
-                tb.flush()
-            if improved:
-                ckpt.save_checkpoint(os.path.join(out, "best.safetensors"), model, classes=list(CLASSES),
-                                     preprocessing=pre, sampling=cfg.sampling,
-                                     provenance={**prov, "checkpoint": "best", "selected_on": selection_record(cfg)})
-            ckpt.save_checkpoint(os.path.join(out, "last.safetensors"), model, classes=list(CLASSES),
-                                 preprocessing=pre, sampling=cfg.sampling, provenance={**prov, "checkpoint": "last"})
-            state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch + 1,
-                     "step": step, "best_uar": best_uar, "best_epoch": best_epoch,
-                     "torch_rng": torch.get_rng_state()}
-            if device.type == "cuda":
-                state["cuda_rng"] = torch.cuda.get_rng_state(device)
-            buf = io.BytesIO()
-            torch.save(state, buf)
-            atomic_write_bytes(state_path, buf.getvalue())  # the commit point of the epoch
-        if distributed:
-            dist.barrier()
+def training_step(run: _Run, x, y):
+    """Forward, backward and one optimizer update on a batch; returns (loss, logits (B, C)).
 
+    Under SAM the loss is evaluated twice: at the weights, then at the perturbed weights
+    ``w + rho * g / ||g||`` whose gradient makes the update; BatchNorm running statistics
+    count the first pass only (optim.py).
+    """
+    import torch
+
+    cfg, params = run.cfg, run.params
+
+    def forward_loss():
+        with torch.autocast(run.device.type, dtype=run.autocast_dtype, enabled=run.precision != "fp32"):
+            logits = run.net(x)                                        # (B, C)
+        adjusted = logits.float() if run.log_prior is None else logits.float() + run.log_prior
+        return run.criterion(adjusted, y), logits
+
+    loss, logits = forward_loss()
+    run.optimizer.zero_grad(set_to_none=True)
+    if run.scaler is not None:
+        run.scaler.scale(loss).backward()
+        run.scaler.unscale_(run.optimizer)
+    else:
+        loss.backward()
+    if cfg.clip_grad:
+        torch.nn.utils.clip_grad_norm_(params, cfg.clip_grad)
+    if cfg.optimizer == "sam":
+        from dfer_cli.optim import frozen_bn_stats
+
+        run.optimizer.first_step(zero_grad=True)
+        with frozen_bn_stats(run.model):
+            loss2 = forward_loss()[0]
+        loss2.backward()
+        if cfg.clip_grad:
+            torch.nn.utils.clip_grad_norm_(params, cfg.clip_grad)
+        run.optimizer.second_step(zero_grad=True)
+    elif run.scaler is not None:
+        run.scaler.step(run.optimizer)
+        run.scaler.update()
+    else:
+        run.optimizer.step()
+    return loss, logits
+
+
+def validate(run: _Run, val_ds, row: dict):
+    """Score the model on ``val_ds`` (each process its share, confusion matrices summed);
+    adds val_war / val_uar / val_recall / val_time to ``row`` and returns the Scores."""
+    import torch
+    import torch.distributed as dist
+
+    from dfer_cli.evaluate import predict_dataset, score
+    from dfer_cli.metrics import Scores
+
+    t1 = time.time()
+    idx = range(run.rank, len(val_ds), run.world)
+    probs, labels = predict_dataset(run.model, val_ds, batch_size=run.cfg.batch_size, device=run.device,
+                                    indices=idx, workers=run.cfg.workers)
+    cm = torch.from_numpy(score(probs, labels, CLASSES).confusion)
+    if run.distributed:
+        dist.all_reduce(cm)
+    scores = Scores(list(CLASSES), cm.numpy())
+    row.update(val_war=scores.war, val_uar=scores.uar, val_recall=scores.recall,
+               val_time=round(time.time() - t1, 2))
+    return scores
+
+
+def _epoch_line(epoch: int, epochs: int, row: dict) -> str:
+    line = f"epoch {epoch}/{epochs}  train loss {row['train_loss']:.4f} "
+    if "val_war" in row:
+        return (line + f"acc {row['train_acc']:.4f}  val WAR {row['val_war']:.4f} UAR {row['val_uar']:.4f}  "
+                f"({row['train_time']:.0f}s)")
+    return line + f"acc {row['train_acc']:.4f}  ({row['train_time']:.0f}s)"
+
+
+def _finish_epoch(run: _Run, epoch: int, row: dict, data_prov: dict, argv, validated: bool,
+                  state_path: str, tb) -> None:
+    """Log the row, write last (and best, when validation UAR improved) checkpoints, then
+    commit the resume state -- in that order, so a run killed in between redoes the epoch."""
+    from dfer_cli import checkpoint as ckpt
+
+    cfg, c, out = run.cfg, run.counters, run.cfg.output
+    improved = validated and row.get("val_uar", -1.0) > c.best_uar
+    if improved:
+        c.best_uar, c.best_epoch = row["val_uar"], epoch + 1
+    prov = {"recipe": cfg.to_dict(), "data": data_prov, "epoch": epoch + 1, "metrics": dict(row),
+            "best_epoch": c.best_epoch, "world_size": run.world, "command": argv or []}
+    append_metrics(out, row)
     if tb is not None:
-        tb.close()
-    if distributed and dist.is_initialized():
-        dist.destroy_process_group()
-    return {"output": out, "epochs": cfg.epochs, "best_epoch": best_epoch,
-            "best_uar": best_uar if best_epoch else None,
-            "last": last_scores.to_dict() if last_scores is not None else None}
-
-
-def _append_metrics(out: str, row: dict) -> None:
-    """Append an epoch's row to metrics.jsonl (strict JSON: a NaN or infinite value, e.g. the
-    loss of a diverged epoch, is written as null) and to metrics.csv."""
-    from dfer_cli.results import strict_json
-
-    with open(os.path.join(out, "metrics.jsonl"), "a") as f:
-        f.write(strict_json(row) + "\n")
-    flat = {k: v for k, v in row.items() if not isinstance(v, dict)}
-    flat.update({f"val_recall_{c}": r for c, r in row.get("val_recall", {}).items()})
-    path = os.path.join(out, "metrics.csv")
-    new = not os.path.exists(path)
-    with open(path, "a", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(flat))
-        if new:
-            w.writeheader()
-        w.writerow(flat)
-
-
-def _truncate_metrics(out: str, done_epochs: int) -> None:
-    """Drop metric rows of epochs after the last committed one (a run killed between
-    logging an epoch and committing its state re-runs that epoch). A partial row (a last
-    line cut short, without its newline) or any row that does not parse is dropped too."""
-
-    def epoch_of(line: str, jsonl: bool):
-        """The epoch of a complete row, or None for a partial or unreadable one."""
-        if not line.endswith("\n") or not line.strip():
-            return None
-        try:
-            epoch = json.loads(line)["epoch"] if jsonl else int(line.split(",", 1)[0])
-        except (ValueError, TypeError, KeyError, IndexError, RecursionError):
-            return None
-        return epoch if type(epoch) is int else None
-
-    for name in ("metrics.jsonl", "metrics.csv"):
-        path = os.path.join(out, name)
-        if not os.path.exists(path):
-            continue
-        if done_epochs == 0:
-            os.remove(path)
-            continue
-        with open(path, errors="replace") as f:
-            lines = f.readlines()
-        if name.endswith(".jsonl"):
-            keep = [ln for ln in lines if (e := epoch_of(ln, True)) is not None and e <= done_epochs]
-        else:
-            keep = lines[:1] + [ln for ln in lines[1:] if (e := epoch_of(ln, False)) is not None and e <= done_epochs]
-        atomic_write_text(path, "".join(keep))
+        for k, v in row.items():
+            if isinstance(v, (int, float)) and k != "epoch":
+                tb.add_scalar(k, v, epoch + 1)
+        tb.flush()
+    save = dict(classes=list(CLASSES), preprocessing=cfg.preprocessing(), sampling=cfg.sampling)
+    if improved:
+        ckpt.save_checkpoint(os.path.join(out, "best.safetensors"), run.model, **save,
+                             provenance={**prov, "checkpoint": "best", "selected_on": selection_record(cfg)})
+    ckpt.save_checkpoint(os.path.join(out, "last.safetensors"), run.model, **save,
+                         provenance={**prov, "checkpoint": "last"})
+    c.epoch = epoch + 1
+    save_state(state_path, run.model, run.optimizer, c, run.device)  # the commit point of the epoch

@@ -316,19 +316,19 @@ def test_bf16_training_runs_finite_and_learns(data, tmp_path):
 
 
 def test_metrics_jsonl_is_strict_json_with_null_for_nan(tmp_path):
-    from dfer_cli.train import _append_metrics, _truncate_metrics
+    from dfer_cli.run_folder import append_metrics, truncate_metrics
 
     def strict_loads(line):
         return json.loads(line, parse_constant=lambda c: (_ for _ in ()).throw(ValueError(c)))
 
-    _append_metrics(str(tmp_path), {"epoch": 1, "train_loss": float("nan"), "val_uar": 0.5,
+    append_metrics(str(tmp_path), {"epoch": 1, "train_loss": float("nan"), "val_uar": 0.5,
                                     "val_recall": {"happy": float("inf"), "sad": 0.25}})
-    _append_metrics(str(tmp_path), {"epoch": 2, "train_loss": 0.75, "val_uar": float("-inf"),
+    append_metrics(str(tmp_path), {"epoch": 2, "train_loss": 0.75, "val_uar": float("-inf"),
                                     "val_recall": {"happy": 1.0, "sad": 0.0}})
     rows = [strict_loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert rows == [{"epoch": 1, "train_loss": None, "val_uar": 0.5, "val_recall": {"happy": None, "sad": 0.25}},
                     {"epoch": 2, "train_loss": 0.75, "val_uar": None, "val_recall": {"happy": 1.0, "sad": 0.0}}]
-    _truncate_metrics(str(tmp_path), 1)  # a resumed run still reads the file back
+    truncate_metrics(str(tmp_path), 1)  # a resumed run still reads the file back
     assert len((tmp_path / "metrics.jsonl").read_text().splitlines()) == 1
 
 
