@@ -4,10 +4,16 @@ Training/evaluation (frame folders): `segment_indices` picks `num_frames` frames
 equal segments, a random offset per segment when training and the segment centre when
 testing, repeating frames when fewer are available (as in the DFEW/FERV39K papers).
 
-Prediction (videos): `WindowPlan` lays sliding windows over time (seconds). Every window
-takes `num_frames` sample times uniformly spaced inside it, and all sample times lie on one
-grid of step `window / num_frames`, so overlapping windows share frames: a video is decoded
-once, in order, and only grid frames are converted, detected and aligned.
+Prediction (videos): `WindowPlan` lays sliding windows over time (seconds). All sample
+times lie on one grid, so overlapping windows share frames: a video is decoded once, in
+order, and only grid frames are converted, detected and aligned. How a window samples the
+grid follows the frame sampling the model was trained with (`dfer_cli.data.sampling`):
+``uniform`` takes `num_frames` uniformly spaced times (the grid step is `window /
+num_frames` and a window is exactly `num_frames` grid slots); ``segments8x2`` runs the grid
+at the video's frame rate, so a window spans about `window * fps` slots, and takes 8 runs
+of 2 consecutive slots, one from the centre of each of 8 equal segments (the test-time
+choice of `data.sampling.frame_indices`), i.e. pairs of consecutive video frames as in
+training.
 `sample_on_grid` maps the grid onto a stream of timestamped frames (nearest frame by PTS).
 `track_windows` lays windows on one face track's own span of grid slots (what
 `predict_video` uses, so that a face that is in view for half a window gets a clip even
@@ -50,42 +56,61 @@ class Window:
     index: int       # window number, in time order
     start: float     # seconds
     end: float       # seconds
-    first: int       # first grid index; the window uses grid indices first .. first + num_frames - 1
+    first: int       # first grid slot; the window spans slots first .. first + WindowPlan.span - 1
 
 
 class WindowPlan:
     """Sliding windows over a video of `duration` seconds.
 
     window: window length in seconds (default 2.0); stride: seconds between window starts
-    (default 1.0); num_frames: samples per window (the model's clip length). Sample times
-    are the grid `(k + 0.5) * step` with `step = window / num_frames`; window starts are
-    snapped to the grid. A video shorter than one window gets one window covering all of it.
-    When the last full window ends more than half a stride before the video does, one more
-    window is added that ends at the end, so the tail is covered.
+    (default 1.0); num_frames: frames per clip (the model's clip length); sampling: the
+    model's frame sampling, ``uniform`` (default) or ``segments8x2``; fps: the video's frame
+    rate (only ``segments8x2`` uses it).
+
+    Uniform: sample times are the grid `(k + 0.5) * step` with `step = window / num_frames`,
+    and a window is `num_frames` consecutive grid slots. Segments8x2 with at least
+    `num_frames` video frames per window: the grid is `k * step` with `step = 1 / fps` (grid
+    slots fall on the video's frames, so consecutive slots are consecutive frames), a window
+    is `span = round(window * fps)` slots, and a clip takes the slots `first + offsets`
+    (8 segments x 2 consecutive slots, centred in each segment). With fewer frames per
+    window it falls back to the uniform grid, where 8 x 2 consecutive slots are all 16.
+
+    Window starts are snapped to the grid. A video shorter than one window gets one window
+    covering all of it. When the last full window ends more than half a stride before the
+    video does, one more window is added that ends at the end, so the tail is covered.
     """
 
-    def __init__(self, duration: float, window: float = 2.0, stride: float = 1.0, num_frames: int = 16):
+    def __init__(self, duration: float, window: float = 2.0, stride: float = 1.0, num_frames: int = 16,
+                 sampling: str = "uniform", fps: float | None = None):
+        from dfer_cli.data.sampling import check_sampling, frame_indices
+
         if window <= 0 or stride <= 0:
             raise ValueError("window and stride must be positive seconds")
         if num_frames < 1:
             raise ValueError("num_frames must be >= 1")
+        check_sampling(sampling, num_frames)
         duration = max(float(duration or 0.0), 0.0)
-        self.duration, self.num_frames = duration, num_frames
+        self.duration, self.num_frames, self.sampling = duration, num_frames, sampling
         self.window = min(window, duration) if duration > 0 else window
-        self.step = self.window / num_frames
+        if sampling == "segments8x2" and fps and self.window * fps >= num_frames:
+            self.span, self.step, self.phase = int(round(self.window * fps)), 1.0 / fps, 0.0
+            self.window = self.span * self.step
+        else:
+            self.span, self.step, self.phase = num_frames, self.window / num_frames, 0.5
+        # which of a window's `span` slots its clip takes, (num_frames,) ints, non-decreasing
+        self.offsets = tuple(int(i) for i in frame_indices(self.span, num_frames, sampling))
         eps = 1e-6 * max(1.0, duration)
         stride_k = max(1, int(round(stride / self.step)))
         self.stride_slots = stride_k  # the stride in grid slots (stride snapped to the grid)
-        n_grid_total = max(num_frames, int(math.floor(duration / self.step + eps)))
-        firsts = list(range(0, n_grid_total - num_frames + 1, stride_k))
-        last = n_grid_total - num_frames
+        n_grid_total = max(self.span, int(math.floor(duration / self.step + eps)))
+        firsts = list(range(0, n_grid_total - self.span + 1, stride_k))
+        last = n_grid_total - self.span
         if last - firsts[-1] >= stride_k / 2:
             firsts.append(last)
-        self.windows = [Window(i, f * self.step, min((f + num_frames) * self.step, max(duration, self.window)), f)
-                        for i, f in enumerate(firsts)]
+        self.windows = [Window(i, f * self.step, self.end_time(f), f) for i, f in enumerate(firsts)]
         used = np.zeros(n_grid_total, dtype=bool)
         for w in self.windows:
-            used[w.first:w.first + num_frames] = True
+            used[list(self.slots(w))] = True
         self._used = used
 
     @property
@@ -97,25 +122,43 @@ class WindowPlan:
     def spaced(self) -> bool:
         """Whether the windows leave gaps (stride longer than the window): grid slots between
         them are not needed by any window."""
-        return self.stride_slots > self.num_frames
+        return self.stride_slots > self.span
 
     @property
     def num_grid(self) -> int:
+        """Number of grid slots over the video."""
         return len(self._used)
+
+    @property
+    def slots_per_frame(self) -> int:
+        """Grid slots per clip frame, rounded (1 for uniform; about window * fps / num_frames
+        for segments8x2): how much finer the grid is than one sample per clip frame."""
+        return max(1, int(round(self.span / self.num_frames)))
 
     def time(self, k: int) -> float:
         """Sample time (seconds) of grid index k."""
-        return (k + 0.5) * self.step
+        return (k + self.phase) * self.step
 
     def grid_times(self) -> np.ndarray:
-        return (np.arange(self.num_grid) + 0.5) * self.step
+        """Sample times (seconds) of every grid slot, (num_grid,) float."""
+        return (np.arange(self.num_grid) + self.phase) * self.step
+
+    def end_time(self, first: int) -> float:
+        """End (seconds) of the window whose first grid slot is `first`, clamped to the video."""
+        return min((first + self.span) * self.step, max(self.duration, self.window))
 
     def needed(self, k: int) -> bool:
         """Whether any window samples grid index k (frames between spaced-out windows are skipped)."""
         return 0 <= k < len(self._used) and bool(self._used[k])
 
-    def slots(self, w: Window) -> range:
-        return range(w.first, w.first + self.num_frames)
+    def clip_slots(self, first: int) -> list[int]:
+        """The grid slots (num_frames of them, non-decreasing) a clip of the window starting
+        at grid slot `first` is made of."""
+        return [first + o for o in self.offsets]
+
+    def slots(self, w: Window) -> list[int]:
+        """The grid slots window `w`'s clip is made of (see `clip_slots`)."""
+        return self.clip_slots(w.first)
 
 
 def track_windows(first: int, last: int, num_frames: int, stride: int, ended: bool = True) -> list[int]:

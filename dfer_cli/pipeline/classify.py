@@ -1,0 +1,77 @@
+"""Classify stage: clips through the model in batches.
+
+`ClipClassifier` collects the `ClipJob`s of the window stage and, once at least
+`batch_size` of them have crops (or the video is done), runs them through the model in one
+forward pass: crops (T, S, S, 3) uint8 are normalised as the checkpoint says
+(`preprocess.frames_to_tensor`), stacked to (B, T, 3, S, S) and turned into softmax
+probabilities (B, C) (`evaluate.clip_probs`, with optional flip test-time augmentation;
+half precision under autocast on CUDA). Each clip gets its probabilities rounded to 4
+places, its label (argmax) and confidence. Jobs without crops pass through unclassified.
+"""
+from __future__ import annotations
+
+import time
+from typing import Iterable, Iterator
+
+import numpy as np
+
+from dfer_cli.pipeline.window import ClipJob, WindowStep
+from dfer_cli.results import ClipPrediction
+
+
+class ClipClassifier:
+    """model: a classifier with `.preprocessing` and `.classes` (as from `load_model`), in
+    eval mode on `device` (a torch.device). batch_size: clips per forward pass. tta:
+    "none" or "flip". name: how to name the checkpoint in the error about non-finite
+    probabilities. `timings["model"]` accumulates the seconds spent in the model."""
+
+    def __init__(self, model, device, batch_size: int = 8, tta: str = "none", name: str | None = None,
+                 timings: dict | None = None):
+        self.model, self.device, self.batch_size, self.tta = model, device, max(1, int(batch_size)), tta
+        self.classes = list(model.classes)
+        self.name = getattr(model, "checkpoint_path", None) or name
+        self.timings = timings if timings is not None else {}
+        self.timings.setdefault("model", 0.0)
+        self.queue: list[ClipJob] = []   # waiting for a full batch, in the order made
+
+    def run(self, steps: Iterable[WindowStep]) -> Iterator[tuple[list[tuple[int, ClipPrediction]], int]]:
+        """Per window step: the clips finished now, as (first grid slot, clip), and the
+        bound before which no clip can come any more (the step's, lowered to the first
+        slot of any clip still waiting for its batch)."""
+        for step in steps:
+            self.queue.extend(step.jobs)
+            with_crops = sum(job.crops is not None for job in self.queue)
+            done = self.flush() if self.queue and (step.final or with_crops >= self.batch_size) else []
+            yield done, min([step.bound] + [job.first for job in self.queue])
+
+    def flush(self) -> list[tuple[int, ClipPrediction]]:
+        """Classify every queued job that has crops, in one forward pass; empty the queue."""
+        jobs, self.queue = self.queue, []
+        t0 = time.perf_counter()
+        todo = [job for job in jobs if job.crops is not None]
+        if todo:
+            probs = self.probabilities(np.stack([job.crops for job in todo]))
+            for job, p in zip(todo, probs):
+                top = int(p.argmax())
+                job.clip.probabilities = {c: round(float(v), 4) for c, v in zip(self.classes, p)}
+                job.clip.label, job.clip.confidence = self.classes[top], round(float(p[top]), 4)
+        self.timings["model"] += time.perf_counter() - t0
+        return [(job.first, job.clip) for job in jobs]
+
+    def probabilities(self, crops: np.ndarray) -> np.ndarray:
+        """Softmax probabilities (B, C) float32 of clips of aligned crops (B, T, S, S, 3) uint8.
+        Raises ValueError when they are not finite (a damaged checkpoint)."""
+        import torch
+
+        from dfer_cli.evaluate import clip_probs
+        from dfer_cli.preprocess import frames_to_tensor
+
+        pre = self.model.preprocessing
+        batch = torch.stack([frames_to_tensor(c, pre) for c in crops]).to(self.device)  # (B, T, 3, S, S)
+        with torch.inference_mode():
+            with torch.autocast("cuda", dtype=torch.float16, enabled=self.device.type == "cuda"):
+                probs = clip_probs(self.model, batch, self.tta).cpu().numpy()  # (B, C)
+        if not np.isfinite(probs).all():
+            raise ValueError(f"the model gave non-finite probabilities (NaN/Inf); its checkpoint "
+                             f"{self.name} is likely damaged -- re-download it or re-save it")
+        return probs
