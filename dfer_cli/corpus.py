@@ -23,18 +23,28 @@ the same resolved path, size, mtime, model sha256 and settings (window, stride, 
 detector, TTA, format) and its result file exists; everything else is (re)done. ``force``
 redoes everything.
 
-Work is spread either in this process (one model, videos in turn) or over Ray
-(`dfer_cli.corpus_ray`); in both cases only this process writes to OUT.
+Work is spread either in this process (one model; videos in turn, or on CUDA several at
+once in threads whose clips share forward passes, `SharedClassifier`) or over Ray
+(`dfer_cli.corpus_ray`); in every case only this process's main thread writes to OUT.
+Ctrl-C raises `CorpusInterrupted` (never in the middle of writing a result and its manifest
+line); a run first removes the temporary files a killed run left (`remove_stale_temps`).
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
 import os
+import queue
 import re
+import signal
+import socket
 import sys
+import tempfile
+import threading
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional, Sequence
@@ -131,6 +141,78 @@ def manifest_name(shard: Optional[tuple[int, int]]) -> str:
     return MANIFEST if shard is None else f"manifest.shard-{shard[0]}-of-{shard[1]}.jsonl"
 
 
+# --------------------------------------------------------------------------- result files
+
+_HOST = hashlib.sha256(socket.gethostname().encode("utf-8", "surrogateescape")).hexdigest()[:8]
+_TEMP = re.compile(r"^\..*\.dfer-(?P<host>[0-9a-f]{8})-(?P<pid>\d+)-[^.]*\.tmp$")
+_OLD_TEMP = re.compile(r"^\..+\.[a-z0-9_]+\.tmp\.(jsonl|json|csv)$")  # fsutil.atomic_path's, before 0.x
+STALE_AFTER = 3600.0  # seconds: a temporary file this old is a leftover whoever made it (a write takes ms)
+
+
+def _temp_prefix(name: str) -> str:
+    """``.<name>.dfer-<host hash>-<pid>-``: who writes the temporary file, so that a later run
+    can tell the leftovers of a killed process from a file another run is writing now."""
+    return f".{name}.dfer-{_HOST}-{os.getpid()}-"
+
+
+def write_result(path: Path, text: str) -> None:
+    """Write one result file atomically: a hidden temporary file in the same folder (named by
+    `_temp_prefix`), flushed to disk, given the mode a plain ``open`` would give, and renamed
+    over `path`. Whatever stops it (an error, Ctrl-C) removes the temporary file; a SIGKILL
+    leaves it for `remove_stale_temps`."""
+    from dfer_cli.fsutil import default_file_mode
+
+    fd, tmp = tempfile.mkstemp(prefix=_temp_prefix(path.name), suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(text.encode("utf-8"))
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, default_file_mode())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # EPERM: it exists, another user's
+        return True
+    return True
+
+
+def remove_stale_temps(out_dir: str | os.PathLike) -> list[str]:
+    """Delete the temporary files a killed run left in OUT; returns their names.
+
+    A temporary file is stale when the process named in it (`_temp_prefix`) ran on this host
+    and is gone, or when it is older than `STALE_AFTER` (a shard on another node, or a file
+    of the older unnamed kind). A shard running now beside this one keeps its file."""
+    removed, now = [], time.time()
+    for entry in os.scandir(out_dir):
+        m = _TEMP.match(entry.name)
+        if m is None and not _OLD_TEMP.match(entry.name):
+            continue
+        try:
+            if not entry.is_file(follow_symlinks=False):
+                continue
+            stale = now - entry.stat(follow_symlinks=False).st_mtime > STALE_AFTER
+            if m is not None and m["host"] == _HOST and not _alive(int(m["pid"])):
+                stale = True
+            if stale:
+                os.unlink(entry.path)
+                removed.append(entry.name)
+        except OSError:  # gone meanwhile (renamed by its writer), or not ours to delete
+            continue
+    return removed
+
+
 # --------------------------------------------------------------------------- plan
 
 @dataclass
@@ -149,6 +231,16 @@ class Plan:
     todo: list[Job] = field(default_factory=list)
     skipped: list[Job] = field(default_factory=list)     # already done with this model and settings
     other_shards: int = 0                                # inputs left to the other shards
+    keys: set = field(default_factory=set)               # every distinct input, all shards
+
+
+def corpus_done(out_dir, keys: set, model_sha256: str, settings: dict) -> int:
+    """How many of the inputs `keys` some manifest in OUT (any shard's) has as done with this
+    model and these settings: the progress of the whole corpus when shards share OUT."""
+    sig = json.dumps(settings, sort_keys=True)
+    return len({r.get("key") for r in read_manifests(out_dir)
+                if r.get("status") not in (None, "failed") and r.get("model_sha256") == model_sha256
+                and json.dumps(r.get("settings"), sort_keys=True) == sig} & keys)
 
 
 def plan_corpus(items: Sequence[tuple[str, Optional[str]]], out_dir, fmt: str, model_sha256: str,
@@ -169,6 +261,7 @@ def plan_corpus(items: Sequence[tuple[str, Optional[str]]], out_dir, fmt: str, m
         if key in seen:
             continue
         seen.add(key)
+        plan.keys.add(key)
         if shard is not None and shard_of(key, shard[1]) != shard[0]:
             plan.other_shards += 1
             continue
@@ -189,14 +282,18 @@ def plan_corpus(items: Sequence[tuple[str, Optional[str]]], out_dir, fmt: str, m
 
 # --------------------------------------------------------------------------- one video
 
+def detector_options(*, min_face=None, detect_size=None, min_score=None) -> dict:
+    """The face-detector keyword arguments of `predict_video` that were given (None: its
+    default). `dfer predict` and corpus runs both build them here."""
+    return {name: value for name, value in (("min_face", min_face), ("detect_size", detect_size),
+                                            ("min_score", min_score)) if value is not None}
+
+
 def predict_options(*, window=2.0, stride=1.0, all_faces=False, batch_size=8, tta="none",
                     min_face=None, detect_size=None, min_score=None) -> dict:
     """Keyword arguments for `predict_video` (detector options only when given)."""
-    opts = dict(window=window, stride=stride, all_faces=all_faces, batch_size=batch_size, tta=tta)
-    for name, value in (("min_face", min_face), ("detect_size", detect_size), ("min_score", min_score)):
-        if value is not None:
-            opts[name] = value
-    return opts
+    return dict(window=window, stride=stride, all_faces=all_faces, batch_size=batch_size, tta=tta,
+                **detector_options(min_face=min_face, detect_size=detect_size, min_score=min_score))
 
 
 def result_settings(opts: dict, fmt: str) -> dict:
@@ -259,7 +356,154 @@ def process_video(model, path: str, key: str, fmt: str, opts: dict, predict: Cal
     return out
 
 
+# --------------------------------------------------------------------------- batching across videos
+
+SHARE_WAIT = 0.05  # seconds a batch of clips may wait for other videos' before it is classified alone
+
+
+class _Request:
+    __slots__ = ("x", "since", "out", "error", "done")
+
+    def __init__(self, x):
+        self.x, self.since, self.out, self.error, self.done = x, time.monotonic(), None, None, False
+
+
+class SharedClassifier:
+    """One model fed by several threads, each predicting its own video: the clip batches they
+    hand in are classified together, in one forward pass of up to `max_batch` clips.
+
+    A thread's call (`view()` stands in for the model in `predict_video`) waits until its
+    batch is classified. A forward pass runs, in whichever waiting thread gets there first, as
+    soon as the batches waiting hold `max_batch` clips, or every thread that is `member` is
+    waiting (none can add more), or the oldest batch has waited `max_wait` seconds (so a
+    thread that is busy decoding does not hold the others up for long; default `SHARE_WAIT`). The batches are
+    concatenated in arrival order and the output is split back.
+
+    `dtype`: autocast dtype for the forward (torch.float16 or torch.bfloat16 on CUDA; None: the
+    model's own precision). Counters: `forwards`, `clips`, `largest` (clips in the largest pass).
+    """
+
+    def __init__(self, model, max_batch: int, *, dtype=None, max_wait: Optional[float] = None):
+        self.model, self.max_batch, self.dtype = model, max(1, int(max_batch)), dtype
+        self.max_wait = SHARE_WAIT if max_wait is None else max_wait
+        self.device = next(model.parameters()).device
+        self.cond = threading.Condition()
+        self.waiting: list[_Request] = []
+        self.members = 0
+        self.busy = False
+        self.forwards = self.clips = self.largest = 0
+
+    @contextlib.contextmanager
+    def member(self):
+        """The calling thread takes part for the duration of the block (see the class doc)."""
+        with self.cond:
+            self.members += 1
+        try:
+            yield
+        finally:
+            with self.cond:
+                self.members -= 1
+                self.cond.notify_all()
+
+    def view(self) -> "_ModelView":
+        return _ModelView(self)
+
+    def _ready(self) -> bool:
+        if not self.waiting or self.busy:
+            return False
+        return (sum(int(r.x.shape[0]) for r in self.waiting) >= self.max_batch
+                or len(self.waiting) >= self.members
+                or time.monotonic() - self.waiting[0].since >= self.max_wait)
+
+    def __call__(self, x):
+        req = _Request(x)
+        with self.cond:
+            self.waiting.append(req)
+            self.cond.notify_all()
+            while not req.done:
+                if self._ready():
+                    batch, n = [], 0
+                    while self.waiting and (not batch or n + int(self.waiting[0].x.shape[0]) <= self.max_batch):
+                        batch.append(self.waiting.pop(0))
+                        n += int(batch[-1].x.shape[0])
+                    self.busy = True
+                    self.cond.release()
+                    try:
+                        self._forward(batch)
+                    finally:
+                        self.cond.acquire()
+                        self.busy = False
+                        self.cond.notify_all()
+                    continue
+                wait = self.max_wait
+                if self.waiting and not self.busy:
+                    wait = max(1e-3, self.max_wait - (time.monotonic() - self.waiting[0].since))
+                self.cond.wait(wait)
+        if req.error is not None:
+            raise req.error
+        return req.out
+
+    def _forward(self, batch: list[_Request]) -> None:
+        import torch
+
+        sizes = [int(r.x.shape[0]) for r in batch]
+        try:
+            x = torch.cat([r.x.to(self.device) for r in batch]) if len(batch) > 1 else batch[0].x.to(self.device)
+            # set here, whatever the calling thread has set: autocast state is per thread
+            cast = (torch.autocast("cuda", dtype=self.dtype or torch.float16, enabled=self.dtype is not None)
+                    if self.device.type == "cuda" else contextlib.nullcontext())
+            with torch.inference_mode(), cast:
+                y = self.model(x)
+            outs = y.split(sizes) if len(batch) > 1 else [y]
+            for r, o in zip(batch, outs):
+                r.out = o
+        except Exception as e:  # each caller sees the error, as if it had run the model itself
+            for r in batch:
+                r.error = e
+        finally:
+            for r in batch:
+                r.done = True
+        with self.cond:
+            self.forwards += 1
+            self.clips += sum(sizes)
+            self.largest = max(self.largest, sum(sizes))
+
+
+class _ModelView:
+    """What `predict_video` is given instead of the model when videos share a classifier:
+    everything is the model's, except that calling it goes through the `SharedClassifier`
+    (and `.to()` / `.eval()` leave the shared model where it is)."""
+
+    def __init__(self, shared: SharedClassifier):
+        self._shared = shared
+
+    def __call__(self, x):
+        return self._shared(x)
+
+    def __getattr__(self, name):
+        return getattr(self._shared.model, name)
+
+    def to(self, *args, **kwargs):
+        return self
+
+    def eval(self):
+        return self
+
+
+AUTOCAST = {"fp16": "float16", "bf16": "bfloat16", "fp32": None}
+
+
 # --------------------------------------------------------------------------- progress
+
+def duration_text(seconds: float) -> str:
+    """``45 s``, ``12 min 3 s``, ``2 h 5 min``."""
+    s = int(round(max(0.0, seconds)))
+    if s < 60:
+        return f"{s} s"
+    if s < 3600:
+        return f"{s // 60} min {s % 60} s"
+    return f"{s // 3600} h {s // 60 % 60} min"
+
 
 @dataclass
 class Summary:
@@ -268,50 +512,97 @@ class Summary:
     failed: int = 0         # failed in this run
     skipped: int = 0        # already in OUT
     other_shards: int = 0   # left to other shards
-    seconds: float = 0.0    # wall time of the processing
+    seconds: float = 0.0    # wall time of the run
     failures: list = field(default_factory=list)   # [(path, error)]
+    shard: Optional[tuple[int, int]] = None
+    manifest: str = ""      # the manifest this run appended to
+    corpus_done: Optional[int] = None  # with a shard: inputs done in OUT by all shards, at the end
+    interrupted: bool = False
+
+    @property
+    def todo(self) -> int:
+        """Inputs of this run (this shard) not done before it."""
+        return self.total - self.other_shards - self.skipped
+
+    @property
+    def finished(self) -> int:
+        """Inputs of this run (this shard) done or failed, before or in this run."""
+        return self.skipped + self.done + self.failed
 
     @property
     def per_minute(self) -> float:
         return 60.0 * (self.done + self.failed) / self.seconds if self.seconds > 0 else 0.0
 
-    def line(self, out_dir) -> str:
-        parts = [f"{self.done} done", f"{self.skipped} already done (skipped)", f"{self.failed} failed"]
-        if self.other_shards:
-            parts.append(f"{self.other_shards} in other shards")
-        rate = f"; {self.per_minute:.1f} videos/min" if self.done + self.failed else ""
-        return f"dfer: {self.total} inputs: " + ", ".join(parts) + f"{rate}; results in {out_dir}"
+    def line(self, out_dir=None) -> str:
+        """The summary printed at the end (without the ``dfer: `` prefix)."""
+        who = "corpus" if self.shard is None else f"corpus shard {self.shard[0]}/{self.shard[1]}"
+        text = (f"{who}: {self.done} done, {self.failed} failed, {self.skipped} skipped (already done) "
+                f"in {duration_text(self.seconds)}")
+        if self.done + self.failed and self.seconds > 0:
+            text += f" ({self.per_minute:.1f} videos/min)"
+        if self.shard is not None:
+            text += f"; {self.other_shards} in other shards"
+            if self.corpus_done is not None:
+                text += f", {self.corpus_done} of {self.total} done in all"
+        return text + f"; manifest {self.manifest}"
+
+    def interrupted_line(self, out_dir) -> str:
+        return (f"interrupted after {self.finished} of {self.total - self.other_shards} videos; finished results "
+                f"are in {out_dir} (rerun the same command to resume)")
 
 
 class CorpusProgress:
     """Done / failed / skipped / remaining, videos per minute and ETA, on stderr (a rich line
     that redraws itself; only when `enabled`, i.e. stderr is a terminal and not --quiet).
+    With a shard, `whole()` gives how many inputs all shards have done (read from OUT's
+    manifests, at most every `WHOLE_EVERY` seconds), shown with its own rate and ETA.
     Failures are always printed, one line each."""
 
-    def __init__(self, summary: Summary, todo: int, enabled: bool):
+    WHOLE_EVERY = 5.0
+
+    def __init__(self, summary: Summary, todo: int, enabled: bool, whole: Optional[Callable[[], int]] = None):
         self.s = summary
         self.todo = todo
         self.t0 = time.monotonic()
+        self.whole = whole
+        self.whole_start = self.whole_now = None
+        self.whole_at = -1e9
         self.bar = self.task = None
         if enabled and todo:
             from rich.console import Console
             from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
+            if whole is not None:
+                self.whole_start = self.whole_now = whole()
+                self.whole_at = time.monotonic()
             self.bar = Progress(TextColumn("corpus"), BarColumn(), MofNCompleteColumn(),
                                 TextColumn("{task.fields[stats]}"), console=Console(stderr=True),
                                 transient=True, redirect_stdout=False, redirect_stderr=False)
             self.task = self.bar.add_task("corpus", total=todo, stats=self.stats())
 
+    @staticmethod
+    def _eta(left: int, per_second: float) -> str:
+        eta = int(left / per_second) if per_second > 0 else 0
+        return f"ETA {eta // 3600}:{eta // 60 % 60:02d}:{eta % 60:02d}"
+
     def stats(self) -> str:
         s = self.s
         finished = s.done + s.failed
         left = self.todo - finished
-        elapsed = time.monotonic() - self.t0
+        now = time.monotonic()
+        elapsed = now - self.t0
         text = f"done {s.done} · failed {s.failed} · skipped {s.skipped} · left {left}"
         if finished and elapsed > 0:
             rate = finished / elapsed
-            eta = int(left / rate) if rate > 0 else 0
-            text += f" · {60 * rate:.1f} videos/min · ETA {eta // 3600}:{eta // 60 % 60:02d}:{eta % 60:02d}"
+            text += f" · {60 * rate:.1f} videos/min · {self._eta(left, rate)}"
+        if self.whole is not None and self.whole_start is not None:
+            if now - self.whole_at >= self.WHOLE_EVERY:
+                self.whole_now, self.whole_at = self.whole(), now
+            all_left = s.total - self.whole_now
+            text += f" │ all shards: {self.whole_now}/{s.total} done"
+            if self.whole_now > self.whole_start and elapsed > 0:
+                rate = (self.whole_now - self.whole_start) / elapsed
+                text += f" · {60 * rate:.1f} videos/min · {self._eta(all_left, rate)}"
         return text
 
     def __enter__(self):
@@ -336,6 +627,55 @@ class CorpusProgress:
             print(message, file=sys.stderr, flush=True)
 
 
+# --------------------------------------------------------------------------- Ctrl-C
+
+class CorpusInterrupted(KeyboardInterrupt):
+    """Ctrl-C (SIGINT) during a corpus run; `summary` says how far it got. Every result file in
+    OUT is whole and listed in the manifest, and no temporary file is left."""
+
+    def __init__(self, summary: Summary):
+        super().__init__()
+        self.summary = summary
+
+
+class _Shield:
+    """While a corpus run's main thread is inside `shielded()` (writing a result file and its
+    manifest line), SIGINT is held back and raised as KeyboardInterrupt when the block ends;
+    elsewhere it interrupts at once, as usual. Installed only from the main thread and only
+    over Python's default SIGINT handler (an ignored SIGINT stays ignored)."""
+
+    def __init__(self):
+        self.inside = self.pending = False
+        self.previous = None
+
+    def __enter__(self):
+        if (threading.current_thread() is threading.main_thread()
+                and signal.getsignal(signal.SIGINT) is signal.default_int_handler):
+            self.previous = signal.signal(signal.SIGINT, self._handler)
+        return self
+
+    def __exit__(self, *exc):
+        if self.previous is not None:
+            signal.signal(signal.SIGINT, self.previous)
+
+    def _handler(self, signum, frame):
+        if self.inside:
+            self.pending = True
+        else:
+            raise KeyboardInterrupt
+
+    @contextlib.contextmanager
+    def shielded(self):
+        self.inside = True
+        try:
+            yield
+        finally:
+            self.inside = False
+            if self.pending:
+                self.pending = False
+                raise KeyboardInterrupt
+
+
 # --------------------------------------------------------------------------- the run
 
 class CorpusError(ValueError):
@@ -347,7 +687,8 @@ def run_corpus(inputs: Sequence[str] | Sequence[tuple[str, Optional[str]]], out_
                force: bool = False, ray: Optional[str] = None, workers: Optional[int] = None,
                gpus_per_worker: float = 0.0, retries: int = 2, device: str = "auto",
                threads: Optional[int] = None, recursive: bool = False, progress: bool = False,
-               predict: Callable | None = None, **options) -> Summary:
+               predict: Callable | None = None, videos_in_flight: Optional[int] = None,
+               precision: str = "fp16", **options) -> Summary:
     """Process a corpus into the output folder `out_dir` (created if needed); see the module
     docstring. `inputs`: paths / folders / ``-`` as on the command line, or (path, error)
     pairs from `collect_inputs`. `shard`: ``"K/N"`` or (K, N). `ray`: None to work in this
@@ -356,12 +697,20 @@ def run_corpus(inputs: Sequence[str] | Sequence[tuple[str, Optional[str]]], out_
     all_faces, batch_size, tta, min_face, detect_size, min_score (as `predict_video`). `predict`: the
     function called as ``predict(model, path, **options)`` (default `predict_video`).
 
-    Raises CorpusError for a usage problem (nothing read yet); a video that fails is counted
-    in the summary and recorded in the manifest, and the others go on.
+    `videos_in_flight` (local runs): videos decoded and detected at once, each in a thread of
+    its own, their clips classified together by one `SharedClassifier` in forward passes of
+    up to ``batch_size * videos_in_flight`` clips. Default: 4 on CUDA, else 1 (one video after
+    the other, the records byte for byte those of ``dfer predict VIDEO``). `precision`: the
+    autocast dtype of those passes on CUDA, ``fp16``, ``bf16`` or ``fp32``.
+
+    Raises CorpusError for a usage problem (nothing read yet), and CorpusInterrupted (a
+    KeyboardInterrupt) on Ctrl-C once videos are under way. A video that fails is counted in
+    the summary and recorded in the manifest, and the others go on.
     """
     from dfer_cli import __version__
     from dfer_cli.weights import DEFAULT_WEIGHTS, file_sha256, find_weights
 
+    started = time.monotonic()
     if fmt not in RESULT_SUFFIX:
         raise CorpusError(f"--format {fmt}: an --output-dir gets one file per video in json, jsonl or csv "
                           "(the table is for terminals)")
@@ -376,17 +725,22 @@ def run_corpus(inputs: Sequence[str] | Sequence[tuple[str, Optional[str]]], out_
         raise CorpusError(f"--workers {workers}: must be at least 1")
     if gpus_per_worker < 0:
         raise CorpusError(f"--gpus-per-worker {gpus_per_worker}: must be >= 0 (a fraction shares a GPU)")
+    if videos_in_flight is not None and videos_in_flight < 1:
+        raise CorpusError(f"videos_in_flight {videos_in_flight}: must be at least 1")
+    if precision not in AUTOCAST:
+        raise CorpusError(f"precision {precision}: expected one of {', '.join(AUTOCAST)}")
     out = Path(out_dir).expanduser()
     if out.exists() and not out.is_dir():
         raise CorpusError(f"--output-dir {out}: exists and is not a folder; give a folder path (created if needed)")
     try:
         out.mkdir(parents=True, exist_ok=True)
-        probe = out / f".dfer-write-test-{os.getpid()}"
-        probe.touch()
-        probe.unlink()
+        fd, probe = tempfile.mkstemp(prefix=_temp_prefix("write-test"), suffix=".tmp", dir=out)
+        os.close(fd)
+        os.unlink(probe)
     except OSError as e:
         raise CorpusError(f"--output-dir {out}: cannot write there ({e.strerror or e}); "
                           "choose a writable folder") from None
+    remove_stale_temps(out)
 
     items = list(inputs)
     if items and isinstance(items[0], (str, os.PathLike)):
@@ -403,58 +757,70 @@ def run_corpus(inputs: Sequence[str] | Sequence[tuple[str, Optional[str]]], out_
     plan = plan_corpus(items, out, fmt, sha, settings, shard=shard, force=force)
 
     summary = Summary(total=len(plan.todo) + len(plan.skipped) + plan.other_shards,
-                      skipped=len(plan.skipped), other_shards=plan.other_shards)
+                      skipped=len(plan.skipped), other_shards=plan.other_shards, shard=shard,
+                      manifest=str(out / manifest_name(shard)))
     base = {"model": str(ckpt), "model_sha256": sha, "dfer_version": __version__, "settings": settings}
-    manifest = ManifestWriter(out / manifest_name(shard))
-    bar = CorpusProgress(summary, len(plan.todo), progress)
-    t0 = time.monotonic()
+    whole = (lambda: corpus_done(out, plan.keys, sha, settings)) if shard is not None else None
+    bar = CorpusProgress(summary, len(plan.todo), progress, whole=whole)
+    shield = _Shield()
+    manifest = None
 
     def record(job: Job, outcome: dict, worker: str = "local") -> None:
-        """Write the result file (atomically), then its manifest line."""
-        from dfer_cli.fsutil import atomic_write_text
-
-        status, error = outcome["status"], outcome.get("error")
-        if status != "failed":
-            try:
-                atomic_write_text(out / job.result, outcome["text"])
-            except OSError as e:
-                status, error = "failed", f"cannot write {out / job.result}: {e.strerror or e}"
-        rec = {"input": job.path, "key": job.key, "size": job.size, "mtime_ns": job.mtime_ns,
-               "result": job.result if status != "failed" else None, "status": status, "error": error,
-               **base, "seconds": outcome.get("seconds"), "attempts": outcome.get("attempts", 1),
-               "worker": worker, "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-        if outcome.get("retried_after"):
-            rec["retried_after"] = outcome["retried_after"]  # why earlier attempts (Ray workers) died
-        manifest.append(rec)
-        if status == "failed":
-            summary.failed += 1
-            summary.failures.append((job.path, error))
-        else:
-            summary.done += 1
-        outcome = dict(outcome, status=status, error=error)
-        bar.finished(job, outcome)
+        """Write the result file (atomically), then its manifest line; Ctrl-C waits for both."""
+        with shield.shielded():
+            status, error = outcome["status"], outcome.get("error")
+            if status != "failed":
+                try:
+                    write_result(out / job.result, outcome["text"])
+                except OSError as e:
+                    status, error = "failed", f"cannot write {out / job.result}: {e.strerror or e}"
+            rec = {"input": job.path, "key": job.key, "size": job.size, "mtime_ns": job.mtime_ns,
+                   "result": job.result if status != "failed" else None, "status": status, "error": error,
+                   **base, "seconds": outcome.get("seconds"), "attempts": outcome.get("attempts", 1),
+                   "worker": worker, "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+            if outcome.get("retried_after"):
+                rec["retried_after"] = outcome["retried_after"]  # why earlier attempts (Ray workers) died
+            manifest.append(rec)
+            if status == "failed":
+                summary.failed += 1
+                summary.failures.append((job.path, error))
+            else:
+                summary.done += 1
+        bar.finished(job, dict(outcome, status=status, error=error))
 
     try:
-        with bar:
+        with shield, bar:
+            with shield.shielded():
+                manifest = ManifestWriter(out / manifest_name(shard))
             for job in [j for j in plan.todo if j.error is not None]:  # missing, not a file, ...
                 record(job, {"status": "failed", "error": job.error, "seconds": 0.0, "attempts": 0})
             jobs = [j for j in plan.todo if j.error is None]
             if jobs and ray is None:
-                _run_local(jobs, ckpt, fmt, opts, device, threads, predict, record)
+                _run_local(jobs, ckpt, fmt, opts, device, threads, predict, record,
+                           videos_in_flight=videos_in_flight, precision=precision)
             elif jobs:
                 from dfer_cli.corpus_ray import run_ray
 
                 run_ray(jobs, ckpt, fmt, opts, record, address=ray, workers=workers,
                         gpus_per_worker=gpus_per_worker, device=device, threads=threads,
                         retries=retries, predict=predict, log=bar.log)
+    except KeyboardInterrupt as e:
+        summary.interrupted = True
+        summary.seconds = time.monotonic() - started
+        raise CorpusInterrupted(summary) from e
     finally:
-        manifest.close()
-        summary.seconds = time.monotonic() - t0
+        if manifest is not None:
+            manifest.close()
+        summary.seconds = time.monotonic() - started
+    if whole is not None:
+        summary.corpus_done = whole()
     return summary
 
 
-def _run_local(jobs, ckpt, fmt, opts, device, threads, predict, record) -> None:
-    """One model in this process, the videos in turn."""
+def _run_local(jobs, ckpt, fmt, opts, device, threads, predict, record, *, videos_in_flight=None,
+               precision="fp16") -> None:
+    """One model in this process: the videos in turn, or `videos_in_flight` of them at once
+    in threads that share one classifier (see `run_corpus`)."""
     import torch
 
     from dfer_cli.checkpoint import load_model
@@ -470,9 +836,66 @@ def _run_local(jobs, ckpt, fmt, opts, device, threads, predict, record) -> None:
         model = load_model(str(ckpt), device=dev)
     except (ValueError, OSError) as e:
         raise CorpusError(f"cannot use checkpoint {ckpt}: {one_line(e, ckpt)}") from None
+    model.eval()
     opts = dict(opts, device=dev)
-    for job in jobs:
-        record(job, process_video(model, job.path, job.key, fmt, opts, predict))
+    n = videos_in_flight or (4 if dev.type == "cuda" else 1)
+    n = min(n, len(jobs))
+    if n <= 1 and dev.type != "cuda":
+        for job in jobs:
+            record(job, process_video(model, job.path, job.key, fmt, opts, predict))
+        return
+    dtype = getattr(torch, AUTOCAST[precision]) if dev.type == "cuda" and AUTOCAST[precision] else None
+    if dtype is torch.bfloat16 and not torch.cuda.is_bf16_supported():
+        raise CorpusError(f"precision bf16: this GPU ({torch.cuda.get_device_name(dev)}) has no bfloat16; use fp16")
+    shared = SharedClassifier(model, opts["batch_size"] * n, dtype=dtype)
+    _run_threads(jobs, shared, n, fmt, opts, predict, record, detector_device=dev if dev.type == "cuda" else None)
+
+
+def _run_threads(jobs, shared: SharedClassifier, n: int, fmt: str, opts: dict, predict, record,
+                 detector_device=None) -> None:
+    """`n` threads, each with a face detector of its own (a detector keeps per-call state),
+    take the videos in order and predict them through `shared`; this thread records each
+    outcome as it comes (so only it writes OUT). On any exception here (Ctrl-C) the threads
+    stop taking videos; the ones they are on are not recorded."""
+    from dfer_cli import faces
+
+    todo = deque(jobs)
+    results: queue.Queue = queue.Queue()
+    stop = threading.Event()
+    view = shared.view()
+    det_opts = {k: opts.get(k, getattr(faces, k.upper())) for k in ("detect_size", "min_face", "min_score")}
+
+    def worker() -> None:
+        try:
+            detector = faces.FaceDetector(device=detector_device, **det_opts)
+            with shared.member():
+                while not stop.is_set():
+                    try:
+                        job = todo.popleft()
+                    except IndexError:
+                        return
+                    results.put((job, process_video(view, job.path, job.key, fmt, dict(opts, detector=detector),
+                                                    predict)))
+        except BaseException as e:  # a bug, not a bad video (process_video catches those)
+            results.put((None, e))
+
+    pool = [threading.Thread(target=worker, name=f"dfer-video-{i}", daemon=True) for i in range(n)]
+    for t in pool:
+        t.start()
+    try:
+        for _ in range(len(jobs)):
+            while True:
+                try:
+                    job, outcome = results.get(timeout=0.25)
+                    break
+                except queue.Empty:
+                    if not any(t.is_alive() for t in pool) and results.empty():
+                        raise RuntimeError("the video threads ended before every video was done")
+            if job is None:
+                raise outcome
+            record(job, outcome)
+    finally:
+        stop.set()
 
 
 # --------------------------------------------------------------------------- CLI
@@ -488,10 +911,13 @@ def check_ray_address(value: str) -> str:
     return value
 
 
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, as `dfer predict` without --output-dir
+
+
 def corpus_command(items, *, output_dir, fmt, fmt_given: bool, output, annotate, plot, shard, force, ray,
                    workers, gpus_per_worker, weights, device, threads, quiet, **options) -> None:
     """`dfer predict ... --output-dir OUT [--shard K/N] [--ray [ADDRESS]]`: run the corpus, print
-    the summary, and exit (0; 1 when a video failed; 2 for a usage error)."""
+    the summary, and exit (0; 1 when a video failed; 2 for a usage error; 130 on Ctrl-C)."""
     import typer
 
     from dfer_cli.cli import fail
@@ -516,6 +942,13 @@ def corpus_command(items, *, output_dir, fmt, fmt_given: bool, output, annotate,
         msg = str(e)
         code = 1 if msg.startswith(("no usable checkpoint", "cannot use checkpoint")) else 2
         fail(msg, code)
+    except CorpusInterrupted as e:
+        typer.echo(f"dfer: {e.summary.interrupted_line(output_dir)}", err=True)
+        raise typer.Exit(EXIT_INTERRUPTED)
+    except KeyboardInterrupt:  # before the first video: planning, loading the model
+        typer.echo(f"dfer: interrupted before any video was processed; {output_dir} is as it was "
+                   "(rerun the same command to start)", err=True)
+        raise typer.Exit(EXIT_INTERRUPTED)
     if not quiet:
-        typer.echo(summary.line(output_dir), err=True)
+        typer.echo(f"dfer: {summary.line(output_dir)}", err=True)
     raise typer.Exit(1 if summary.failed else 0)

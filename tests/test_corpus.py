@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -28,22 +29,6 @@ from dfer_cli.corpus import (ManifestWriter, parse_shard, plan_corpus, read_mani
 
 OPTS = ["--window", "1.0", "--stride", "0.5", "--threads", "1", "--device", "cpu"]
 N_FACES, N_BLANK = 6, 2
-
-
-@pytest.fixture(scope="module")
-def ckpt(tmp_path_factory):
-    import torch
-
-    from dfer_cli.checkpoint import save_checkpoint
-    from dfer_cli.labels import CLASSES
-    from dfer_cli.models import create_model
-    from dfer_cli.preprocess import Preprocessing
-
-    torch.manual_seed(0)
-    model = create_model("logo_former", dim=32, depth=1, heads=2, input_size=32, num_frames=8)
-    pre = Preprocessing(input_size=32, num_frames=8)
-    path = tmp_path_factory.mktemp("ckpt") / "tiny.safetensors"
-    return save_checkpoint(path, model, classes=CLASSES, preprocessing=pre, provenance={"test": True})
 
 
 @pytest.fixture(scope="module")
@@ -169,9 +154,31 @@ def test_progress_line_counts_and_estimates(monkeypatch):
     p = corpus.CorpusProgress(s, todo=8, enabled=False)
     s.done, s.failed = 3, 1
     assert p.stats() == "done 3 · failed 1 · skipped 2 · left 4 · 4.0 videos/min · ETA 0:01:00"
-    s.seconds = 60.0
-    assert s.line("out") == ("dfer: 10 inputs: 3 done, 2 already done (skipped), 1 failed; 4.0 videos/min; "
-                             "results in out")
+    s.seconds, s.manifest = 60.0, "out/manifest.jsonl"
+    assert s.line() == ("corpus: 3 done, 1 failed, 2 skipped (already done) in 1 min 0 s (4.0 videos/min); "
+                        "manifest out/manifest.jsonl")
+    s.seconds = 3 * 3600 + 125.4
+    assert "in 3 h 2 min (0.0 videos/min)" in s.line()
+    s.shard, s.other_shards, s.corpus_done, s.seconds = (2, 3), 4, 7, 723.0
+    assert s.line() == ("corpus shard 2/3: 3 done, 1 failed, 2 skipped (already done) in 12 min 3 s "
+                        "(0.3 videos/min); 4 in other shards, 7 of 10 done in all; manifest out/manifest.jsonl")
+    assert s.interrupted_line("out") == ("interrupted after 6 of 6 videos; finished results are in out "
+                                         "(rerun the same command to resume)")
+
+
+def test_progress_across_shards_reads_every_manifest(monkeypatch):
+    from dfer_cli import corpus
+
+    clock = iter([0.0, 60.0])  # start, then one minute later
+    monkeypatch.setattr(corpus.time, "monotonic", lambda: next(clock))
+    whole = iter([10, 40])  # inputs done in OUT by all shards: at the start, then a minute later
+    s = corpus.Summary(total=100, other_shards=50, shard=(1, 2))
+    p = corpus.CorpusProgress(s, todo=50, enabled=False, whole=lambda: next(whole))
+    p.whole_start = p.whole_now = next(whole)  # what an enabled bar reads when it starts
+    p.whole_at = 0.0
+    s.done = 15
+    assert p.stats() == ("done 15 · failed 0 · skipped 0 · left 35 · 15.0 videos/min · ETA 0:02:20 │ "
+                         "all shards: 40/100 done · 30.0 videos/min · ETA 0:02:00")
 
 
 @pytest.mark.parametrize("args, needle", [
@@ -206,8 +213,10 @@ def test_clean_run_writes_one_file_per_video_and_a_manifest(clean, ckpt, corpus)
     r, out = clean
     assert r.exit_code == 1  # broken.mp4 failed; the rest were done
     assert f"dfer: skipping {corpus / 'broken.mp4'}: " in r.stderr
-    assert f"dfer: {N_FACES + N_BLANK + 1} inputs: {N_FACES + N_BLANK} done, 0 already done (skipped), 1 failed" \
-        in r.stderr
+    assert re.fullmatch(rf"dfer: corpus: {N_FACES + N_BLANK} done, 1 failed, 0 skipped \(already done\) in (\d+ min )?\d+ s "
+                        rf"\([\d.]+ videos/min\); manifest {re.escape(str(out / 'manifest.jsonl'))}",
+                        r.stderr.splitlines()[-1]), r.stderr
+    assert len(r.stderr.splitlines()) == 2  # the failure and the summary: no progress when not a terminal
     assert r.stdout == ""
     files = results(out)
     assert len(files) == N_FACES + N_BLANK
@@ -248,7 +257,7 @@ def test_rerun_skips_done_videos_and_redoes_failed_and_changed(clean, ckpt, corp
     before = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
     r = invoke([str(corpus), "-r", "-w", str(ckpt), *OPTS, "--output-dir", str(out)])
     assert r.exit_code == 1  # broken.mp4 is tried again and fails again
-    assert f"0 done, {N_FACES + N_BLANK} already done (skipped), 1 failed" in r.stderr
+    assert f"0 done, 1 failed, {N_FACES + N_BLANK} skipped (already done)" in r.stderr
     assert {p.name: p.stat().st_mtime_ns for p in out.iterdir() if p.name != "manifest.jsonl"} == \
         {k: v for k, v in before.items() if k != "manifest.jsonl"}
     assert len(read_manifests(out)) == len(read_manifests(ref)) + 1  # only the failure appended
@@ -296,7 +305,7 @@ def test_killed_run_resumes_without_redoing_and_matches_the_clean_run(clean, ckp
 
     r = invoke([str(corpus), "-r", "-w", str(ckpt), *OPTS, "--output-dir", str(out)])
     assert r.exit_code == 1, r.output
-    assert f"{N_FACES + N_BLANK - len(done_before)} done, {len(done_before)} already done (skipped)" in r.stderr
+    assert f"{N_FACES + N_BLANK - len(done_before)} done, 1 failed, {len(done_before)} skipped" in r.stderr
     assert {name: (out / name).stat().st_mtime_ns for name in mtimes} == mtimes  # not redone
     ok_lines = [x for x in read_manifests(out) if x["status"] != "failed"]
     assert len(ok_lines) == N_FACES + N_BLANK  # each video finished exactly once
@@ -314,12 +323,15 @@ def test_two_shards_make_the_whole_run(clean, ckpt, corpus, tmp_path):
     assert per_shard[0] and per_shard[1] and not per_shard[0] & per_shard[1]
     assert per_shard[0] | per_shard[1] == set(latest(ref))
     for k, r in zip((1, 2), runs):
-        assert f"{len(per_shard[2 - k])} in other shards" in r.stderr
+        assert f"; {len(per_shard[2 - k])} in other shards, " in r.stderr
+    # the second shard's summary counts what both shards did: the whole corpus but broken.mp4
+    assert f", {N_FACES + N_BLANK} of {N_FACES + N_BLANK + 1} done in all; manifest " in runs[1].stderr
+    assert f"manifest {out / 'manifest.shard-2-of-2.jsonl'}" in runs[1].stderr
     assert results(out) == results(ref)
     assert not (out / "manifest.jsonl").exists()
     # an unsharded rerun over the shards' folder finds everything done
     r = invoke([str(corpus), "-r", "-w", str(ckpt), *OPTS, "--output-dir", str(out)])
-    assert f"0 done, {N_FACES + N_BLANK} already done (skipped), 1 failed" in r.stderr
+    assert f"0 done, 1 failed, {N_FACES + N_BLANK} skipped (already done)" in r.stderr
 
 
 def _lines(path: Path) -> list[dict]:
@@ -347,6 +359,174 @@ def test_csv_and_json_result_files(ckpt, corpus, tmp_path):
             assert {row["type"] for row in csv.DictReader(io.StringIO(text))} == {"clip", "track"}
         else:
             assert json.loads(text)[0]["type"] == "video"
+
+
+# --------------------------------------------------------------------------- batching across videos
+
+class _Rows:
+    """A stand-in model for SharedClassifier: a fixed linear map of each clip (CPU), that
+    counts its forward passes and their sizes and fails on a clip whose first value is -1."""
+
+    def __init__(self):
+        import torch
+
+        torch.manual_seed(0)
+        self.lin = torch.nn.Linear(12, 7)
+        self.sizes = []
+
+    def parameters(self):
+        return self.lin.parameters()
+
+    def __call__(self, x):
+        self.sizes.append(int(x.shape[0]))
+        if (x.flatten(1)[:, 0] == -1).any():
+            raise ValueError("a poisoned clip")
+        return self.lin(x.flatten(1))
+
+
+def test_shared_classifier_merges_the_batches_of_waiting_threads_and_splits_the_output():
+    import threading
+
+    import torch
+
+    from dfer_cli.corpus import SharedClassifier
+
+    model = _Rows()
+    shared = SharedClassifier(model, max_batch=100, max_wait=60.0)  # merge only when every member waits
+    rounds = {"a": 1, "b": 3, "c": 2}
+    sizes = {"a": 2, "b": 3, "c": 4}
+    inputs = {k: [torch.randn(sizes[k], 3, 4) for _ in range(n)] for k, n in rounds.items()}
+    got, errors, start = {}, [], threading.Barrier(3)
+
+    def member(k):
+        try:
+            with shared.member():
+                start.wait()
+                got[k] = [shared(x) for x in inputs[k]]
+        except BaseException as e:
+            errors.append(e)
+
+    threads = [threading.Thread(target=member, args=(k,)) for k in rounds]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert not errors and not any(t.is_alive() for t in threads)
+    # round 1: all three together; then b and c once a has left; then b alone
+    assert model.sizes == [2 + 3 + 4, 3 + 4, 3]
+    assert (shared.forwards, shared.clips, shared.largest) == (3, 19, 9)
+    with torch.no_grad():
+        for k in rounds:
+            for x, y in zip(inputs[k], got[k]):
+                assert y.shape == (sizes[k], 7)
+                assert torch.allclose(y, model.lin(x.flatten(1)), atol=1e-6)
+
+
+def test_shared_classifier_caps_a_pass_at_max_batch_and_hands_errors_to_every_caller():
+    import threading
+
+    import torch
+
+    from dfer_cli.corpus import SharedClassifier
+
+    model = _Rows()
+    shared = SharedClassifier(model, max_batch=5, max_wait=60.0)
+    xs = [torch.randn(3, 12) for _ in range(3)]
+    xs[2][0, 0] = -1  # this caller's batch poisons the pass it is in
+    got, start = {}, threading.Barrier(3)
+
+    def member(i):
+        with shared.member():
+            start.wait()
+            try:
+                got[i] = shared(xs[i])
+            except ValueError as e:
+                got[i] = e
+
+    threads = [threading.Thread(target=member, args=(i,)) for i in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert sorted(model.sizes) == [3, 3, 3]  # 3 + 3 > 5: never two batches in one pass
+    assert isinstance(got[2], ValueError) and all(isinstance(got[i], torch.Tensor) for i in (0, 1))
+
+
+def _records(text: str) -> list[dict]:
+    return [json.loads(x) for x in text.splitlines()]
+
+
+def test_videos_in_flight_share_batches_and_give_the_records_of_one_video_at_a_time(
+        clean, ckpt, corpus, tmp_path, monkeypatch):
+    """Three videos decoded and detected at once, their clips classified together (on CPU
+    here; CUDA is where it pays): the same result files as the one-at-a-time reference, up to
+    the last rounded digit of a probability (a one-clip batch takes another kernel on CPU)."""
+    from dfer_cli import corpus as corpus_mod
+
+    _, ref = clean
+    made = []
+
+    class Watched(corpus_mod.SharedClassifier):
+        def __init__(self, *a, **k):
+            super().__init__(*a, **k)
+            made.append(self)
+
+    monkeypatch.setattr(corpus_mod, "SharedClassifier", Watched)
+    monkeypatch.setattr(corpus_mod, "SHARE_WAIT", 5.0)  # a busy machine still merges
+    out = tmp_path / "out"
+    s = run_corpus([str(corpus)], out, weights=ckpt, recursive=True, threads=1, device="cpu", window=1.0,
+                   stride=0.5, batch_size=2, videos_in_flight=3)
+    assert (s.done, s.failed) == (N_FACES + N_BLANK, 1)
+    (shared,) = made
+    assert shared.max_batch == 2 * 3
+    assert shared.largest > 2  # clips of several videos in one pass: one video hands in at most 2
+    assert shared.forwards < sum(len([r for r in _records(t) if r["type"] == "clip" and r["label"]])
+                                 for t in results(ref).values())
+    mine, theirs = results(out), results(ref)
+    assert sorted(mine) == sorted(theirs)
+    for name in mine:
+        a, b = _records(mine[name]), _records(theirs[name])
+        assert len(a) == len(b)
+        for x, y in zip(a, b):
+            px, py = x.pop("probabilities", None), y.pop("probabilities", None)
+            x.pop("confidence", None), y.pop("confidence", None)
+            assert x == y
+            assert (px is None) == (py is None)
+            for k in px or {}:
+                assert px[k] == pytest.approx(py[k], abs=1.5e-4)
+    # every video once in the manifest, written by this (the main) thread
+    assert sorted(r["input"] for r in read_manifests(out)) == sorted(r["input"] for r in read_manifests(ref))
+
+
+def test_videos_in_flight_and_precision_are_checked_before_any_work(ckpt, corpus, tmp_path):
+    from dfer_cli.corpus import CorpusError
+
+    for kw, needle in (({"videos_in_flight": 0}, "videos_in_flight 0: must be at least 1"),
+                       ({"precision": "fp8"}, "precision fp8: expected one of fp16, bf16, fp32")):
+        with pytest.raises(CorpusError, match=needle):
+            run_corpus([str(corpus / "blank0.mp4")], tmp_path / "out", weights=ckpt, **kw)
+        assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("precision", ["fp16", "bf16"])
+def test_cuda_batches_videos_together_under_autocast(clean, ckpt, corpus, tmp_path, precision):
+    import torch
+
+    if precision == "bf16" and not torch.cuda.is_bf16_supported():
+        pytest.skip("this GPU has no bfloat16")
+    _, ref = clean
+    out = tmp_path / precision
+    s = run_corpus([str(corpus)], out, weights=ckpt, recursive=True, device="cuda", window=1.0, stride=0.5,
+                   precision=precision)  # 4 videos in flight by default on CUDA
+    assert (s.done, s.failed) == (N_FACES + N_BLANK, 1)
+    mine, theirs = results(out), results(ref)
+    assert sorted(mine) == sorted(theirs)
+    for name in mine:
+        for x, y in zip(_records(mine[name]), _records(theirs[name])):
+            assert (x["type"], x.get("start"), x.get("track")) == (y["type"], y.get("start"), y.get("track"))
+            for k, p in (x.get("probabilities") or {}).items():
+                assert p == pytest.approx(y["probabilities"][k], abs=3e-2)
 
 
 # --------------------------------------------------------------------------- Ray
@@ -599,7 +779,7 @@ def test_ray_run_matches_the_local_run_and_retries_dead_workers(clean, ckpt, cor
 
     # the CLI on the same folder: all done, nothing sent to Ray, exit 1 for the two failures again
     r = invoke([str(corpus), "-r", "-w", str(ckpt), *OPTS, "--output-dir", str(out), "--ray", "--workers", "1"])
-    assert r.exit_code == 1 and f"{N_FACES + N_BLANK} already done (skipped), 1 failed" in r.stderr
+    assert r.exit_code == 1 and f"1 failed, {N_FACES + N_BLANK} skipped (already done)" in r.stderr
 
 
 @pytest.mark.gpu

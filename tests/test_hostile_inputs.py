@@ -31,22 +31,6 @@ OPTS = ["--window", "1.0", "--stride", "0.5", "--threads", "1", "--device", "cpu
 NO_USER = "~no_such_user_dfer_test"
 
 
-@pytest.fixture(scope="module")
-def ckpt(tmp_path_factory):
-    import torch
-
-    from dfer_cli.checkpoint import save_checkpoint
-    from dfer_cli.labels import CLASSES
-    from dfer_cli.models import create_model
-    from dfer_cli.preprocess import Preprocessing
-
-    torch.manual_seed(0)
-    model = create_model("logo_former", dim=32, depth=1, heads=2, input_size=32, num_frames=8)
-    pre = Preprocessing(input_size=32, num_frames=8)
-    path = tmp_path_factory.mktemp("ckpt") / "tiny.safetensors"
-    return save_checkpoint(path, model, classes=CLASSES, preprocessing=pre, provenance={"test": True})
-
-
 def face_frames(n: int) -> list[np.ndarray]:
     from PIL import Image
 

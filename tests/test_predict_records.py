@@ -30,21 +30,6 @@ def validator():
 
 
 @pytest.fixture(scope="module")
-def ckpt(tmp_path_factory):
-    import torch
-
-    from dfer_cli.checkpoint import save_checkpoint
-    from dfer_cli.models import create_model
-    from dfer_cli.preprocess import Preprocessing
-
-    torch.manual_seed(0)
-    model = create_model("logo_former", dim=32, depth=1, heads=2, input_size=32, num_frames=8)
-    pre = Preprocessing(input_size=32, num_frames=8)
-    path = tmp_path_factory.mktemp("ckpt") / "tiny_face_model.safetensors"
-    return save_checkpoint(path, model, classes=CLASSES, preprocessing=pre, provenance={"test": True})
-
-
-@pytest.fixture(scope="module")
 def face_video(tmp_path_factory):
     from PIL import Image
 
