@@ -9,7 +9,10 @@ relative to the stream's start time, so the first frame is at (about) 0. Rotatio
 from __future__ import annotations
 
 import math
+import os
+import stat
 import struct
+import sys
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -98,6 +101,72 @@ def _open(path):
         container.close()
         raise VideoError(f"{path}: has no video stream (audio or data only); pass a file with video")
     return container, container.streams.video[0]
+
+
+# Inputs that are streams rather than files: read once, in order, with no size or duration known.
+STREAM_SCHEMES = ("rtsp", "rtsps", "rtmp", "rtmps", "http", "https", "udp", "tcp", "srt", "rtp")
+
+
+def is_stream(spec) -> bool:
+    """Whether an input names a live stream rather than a video file: ``-`` (standard
+    input), a URL FFmpeg opens (``rtsp://``, ``http://``, ``udp://`` ...), a named pipe
+    (FIFO) or a character device such as a webcam (``/dev/video0``).
+
+    A stream is decoded once, as it arrives: it is never probed ahead, and its duration is
+    unknown until it ends.
+    """
+    if isinstance(spec, str):
+        if spec == "-":
+            return True
+        scheme = spec.split("://", 1)[0].lower() if "://" in spec else ""
+        if scheme in STREAM_SCHEMES:
+            return True
+    try:
+        mode = os.stat(spec).st_mode
+    except (OSError, ValueError, TypeError):
+        return False
+    return stat.S_ISFIFO(mode) or stat.S_ISCHR(mode)
+
+
+def open_stream(spec, stdin=None):
+    """Open a live input (see :func:`is_stream`): (container, video stream).
+
+    ``-`` reads the binary standard input (``stdin``: a binary file object, default
+    ``sys.stdin.buffer``); it must be a streamable container (MPEG-TS, Matroska/WebM, FLV,
+    NUT, fragmented MP4 ...: a plain MP4 keeps its index at the end, which a pipe cannot
+    seek to). A character device is opened with FFmpeg's video4linux2 input. Raises
+    VideoError naming the input and the fix.
+    """
+    import av
+
+    name = "standard input" if spec == "-" else str(spec)
+    try:
+        if spec == "-":
+            source = stdin if stdin is not None else sys.stdin.buffer
+            container = av.open(source, mode="r", metadata_errors="ignore")
+        else:
+            device = os.path.exists(spec) and stat.S_ISCHR(os.stat(spec).st_mode)
+            container = av.open(str(spec), mode="r", format="v4l2" if device else None,
+                                metadata_errors="ignore")
+    except av.error.FFmpegError as e:
+        hint = ("pipe a streamable container (e.g. ffmpeg ... -f mpegts -), not a plain MP4"
+                if spec == "-" else "check that the address or device is right and reachable")
+        raise VideoError(f"{name}: cannot be opened as a video stream ({_reason(e)}); {hint}") from None
+    if not container.streams.video:
+        container.close()
+        raise VideoError(f"{name}: has no video stream (audio or data only); send video")
+    return container, container.streams.video[0]
+
+
+def iter_stream_frames(spec, stdin=None) -> Iterator[Frame]:
+    """Decode a live input (see :func:`is_stream`) as it arrives, yielding `Frame`s with PTS
+    times in seconds from the stream's first frame. Memory holds one frame at a time.
+
+    Raises VideoError when it cannot be opened or yields no frame. Data that stops
+    decoding part-way ends the stream with one TruncatedVideoWarning, as for files.
+    """
+    container, stream = open_stream(spec, stdin)
+    return _decode("standard input" if spec == "-" else str(spec), container, stream)
 
 
 def _reason(e: Exception) -> str:
