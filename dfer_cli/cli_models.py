@@ -1,11 +1,14 @@
-"""`dfer models`: every registered model with its size and cost (registered on the app)."""
+"""`dfer models`: every registered model with its size and cost, and the checkpoints at
+hand with the recipe, window and frame sampling each was trained with (registered on the app)."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
+from typing import List
 
 import typer
 
-from dfer_cli.cli import app
+from dfer_cli.cli import FORMAT_HELP, JSON_ALIAS_HELP, DferCommand, app, output_format
 
 GROWTH_FRAMES = (8, 16, 32, 64)
 
@@ -41,16 +44,93 @@ def models_report(frames: tuple[int, ...] = GROWTH_FRAMES, clip_frames: int = 16
             "models": out}
 
 
-@app.command("models")
+def checkpoint_info(path: str | Path) -> dict:
+    """What `dfer models` says about one checkpoint file: its model, the recipe it was trained
+    with (``provenance.recipe.recipe``, written by `dfer train` since --recipe exists;
+    "unknown" for older checkpoints), the LOGO window it uses (its config's window clamped to
+    its token grid; None for other blocks), its frames per clip and frame sampling. Raises
+    CheckpointError (one line) for a file that is not a readable dfer checkpoint."""
+    from dfer_cli.checkpoint import CheckpointError, read_metadata
+    from dfer_cli.models import get_config
+    from dfer_cli.models.backbone import grid_size
+
+    meta = read_metadata(path)
+    try:
+        cfg = get_config(meta["model"], **{**meta["config"], "backbone_weights": None})
+    except (KeyError, TypeError, ValueError) as e:
+        raise CheckpointError(f"{path}: its config does not build a {meta['model']} ({e}); upgrade dfer") from None
+    recorded = (meta.get("provenance") or {}).get("recipe")
+    recipe = recorded.get("recipe") if isinstance(recorded, dict) else None
+    return {
+        "path": str(path), "model": meta["model"],
+        "recipe": recipe if isinstance(recipe, str) and recipe else "unknown",
+        "window": list(cfg.effective_window()) if cfg.block == "logo" else None,
+        "grid": [cfg.num_frames, grid_size(cfg.input_size, cfg.stem), grid_size(cfg.input_size, cfg.stem)],
+        "frames": cfg.num_frames, "sampling": meta["sampling"], "input_size": cfg.input_size,
+    }
+
+
+def checkpoint_paths(specs: list[str]) -> list[tuple[str, str | None]]:
+    """(label, path or None) per checkpoint to describe: with no `specs`, every installed
+    checkpoint (`dfer weights list`); else each spec: a weights name, a .safetensors file, or
+    a run folder (its best and last checkpoints). None stands for a spec that names nothing."""
+    from dfer_cli.weights import find_weights, list_weights
+
+    if not specs:
+        return [(name, str(p)) for name, p in list_weights()]
+    out: list[tuple[str, str | None]] = []
+    for spec in specs:
+        p = Path(spec).expanduser()
+        if p.is_dir():
+            found = [q for q in (p / "best.safetensors", p / "last.safetensors") if q.is_file()]
+            found = found or sorted(p.glob("*.safetensors"))
+            out += [(str(q), str(q)) for q in found] or [(spec, None)]
+            continue
+        try:
+            out.append((spec, str(find_weights(spec))))
+        except FileNotFoundError:
+            out.append((spec, None))
+    return out
+
+
+def _window_text(c: dict) -> str:
+    if c["window"] is None:
+        return "none (full attention)"
+    return f"{'x'.join(map(str, c['window']))} of {'x'.join(map(str, c['grid']))}"
+
+
+@app.command("models", cls=DferCommand)
 def models_cmd(
-    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of tables."),
+    checkpoints: List[str] = typer.Argument(None, metavar="CHECKPOINT...",
+                                            help="Checkpoints to describe: weights names, .safetensors files or "
+                                                 "run folders.", show_default="every installed checkpoint"),
+    fmt: str = typer.Option(None, "--format", "-f", metavar="table|json", help=FORMAT_HELP, show_default="table"),
+    as_json: bool = typer.Option(False, "--json", help=JSON_ALIAS_HELP),
 ) -> None:
     """List the registered models: parameters, GFLOPs per 16-frame clip (total and
     attention), the LOGO window used, and how the cost grows with clip length (T = 8, 16,
-    32, 64)."""
+    32, 64); then the checkpoints (installed, or those named) with the recipe each was
+    trained with ("unknown" before dfer recorded it), the window it uses and its frame
+    sampling."""
+    from dfer_cli.checkpoint import CheckpointError
+
+    fmt = output_format(fmt, as_json)
+    named = bool(checkpoints)
+    ckpts, problems = [], []
+    for label, path in checkpoint_paths(list(checkpoints or [])):
+        if path is None:
+            problems.append(f"{label}: no such checkpoint, run folder or weights name (`dfer weights list` shows "
+                            "the installed ones)")
+            continue
+        try:
+            ckpts.append({"name": Path(label).stem if label == path else label, **checkpoint_info(path)})
+        except CheckpointError as e:
+            problems.append(str(e))
     report = models_report()
-    if as_json:
+    report["checkpoints"] = ckpts
+    if fmt == "json":
         typer.echo(json.dumps(report, indent=2))
+        _end(problems, named)
         return
     from rich.console import Console
     from rich.table import Table
@@ -86,3 +166,25 @@ def models_cmd(
     console.print("FLOPs counted by torch.utils.flop_counter on the meta device; "
                   "1 multiply-add = 2 FLOPs; the ResNet-18 trunk is "
                   f"{report['models'][0]['backbone_gflops']:.1f} GFLOPs of each total.")
+    c = Table(title="checkpoints" + ("" if named else " installed (dfer weights list)"), title_justify="left")
+    for col in ("checkpoint", "model", "recipe", "window used", "frames", "sampling", "input px"):
+        c.add_column(col, no_wrap=col != "checkpoint")
+    for k in ckpts:
+        c.add_row(k["name"], k["model"], k["recipe"], _window_text(k), str(k["frames"]), k["sampling"],
+                  str(k["input_size"]))
+    if ckpts:
+        console.print(c)
+        console.print('recipe: the --recipe of the `dfer train` run ("unknown": trained before dfer recorded it); '
+                      "window used: frames x rows x cols of the token grid each LOGO attention sees.",
+                      highlight=False, markup=False)
+    elif not problems:
+        console.print("no checkpoints installed (`dfer weights list`)", highlight=False, markup=False)
+    _end(problems, named)
+
+
+def _end(problems: list[str], named: bool) -> None:
+    """Report unreadable checkpoints on stderr; exit 1 when one the user named is among them."""
+    for p in problems:
+        typer.echo(f"dfer: {p}", err=True)
+    if problems and named:
+        raise typer.Exit(1)

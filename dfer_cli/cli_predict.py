@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import time
 import warnings
 from contextlib import contextmanager, redirect_stdout
 from pathlib import Path
@@ -17,7 +18,7 @@ from typing import List, Optional
 
 import typer
 
-from dfer_cli.cli import app, fail
+from dfer_cli.cli import FORMAT_HELP, JSON_ALIAS_HELP, DferCommand, DferGroup, app, fail, output_format
 from dfer_cli.fsutil import PartialFile, path_problem
 from dfer_cli.weights import DEFAULT_WEIGHTS
 
@@ -218,22 +219,31 @@ class _Stderr:
 
 
 class _Progress:
-    """A rich progress bar on stderr (only when stderr is a terminal and not --quiet).
+    """A rich progress bar on stderr (only when stderr is a terminal and not --quiet): per
+    video, "video k of n" in a batch, the file name, the share of the video decoded, the time
+    spent and an ETA (from the rate so far); then `summary()`, the run's real-time factor.
 
     It never touches stdout: rich's stdout redirection is off, so records written to a
     file or pipe while the bar is drawn stay there (see _Stdout for stdout on a terminal).
     """
 
-    def __init__(self, enabled: bool):
+    def __init__(self, enabled: bool, total: int = 1):
         self.bar = None
         self.task = None
+        self.total = total   # videos in the run (not counting inputs already known to be bad)
+        self.started = 0     # videos started so far
         if enabled:
             from rich.console import Console
-            from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+            from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
             self.bar = Progress(TextColumn("{task.description}"), BarColumn(),
                                 TextColumn("{task.percentage:>3.0f}%"), TimeElapsedColumn(),
+                                TextColumn("ETA"), TimeRemainingColumn(),
                                 console=Console(stderr=True), transient=True, redirect_stdout=False)
+
+    @property
+    def enabled(self) -> bool:
+        return self.bar is not None
 
     def __enter__(self):
         if self.bar is not None:
@@ -261,11 +271,15 @@ class _Progress:
         finally:
             self.bar.start()
 
-    def start(self, label: str) -> None:
+    def start(self, name: str) -> None:
+        """A new video: its bar, labelled "video k of n  NAME" in a batch, else "NAME"."""
+        self.started += 1
         if self.bar is not None:
             if self.task is not None:
                 self.bar.remove_task(self.task)
+            label = f"video {self.started} of {self.total}  {name}" if self.total > 1 else name
             self.task = self.bar.add_task(label, total=None)
+            self.bar.refresh()  # shown at once, however quickly the video then goes
 
     def update(self, done: float, total: Optional[float] = None) -> None:
         """The `progress` callback handed to predict_video: `done` out of `total` seconds."""
@@ -288,15 +302,25 @@ class _Progress:
         return self.update if self.bar is not None else None
 
 
+def speed_line(videos: int, seconds_of_video: float, wall: float) -> str:
+    """The last line of a run on a terminal: how much video took how long, e.g.
+    "3 videos, 41.2 s of video in 9.8 s (4.2x real time)"."""
+    from dfer_cli.writers import counted
+
+    factor = seconds_of_video / wall if wall > 0 else float("inf")
+    return (f"{counted(videos, 'video')}, {seconds_of_video:.1f} s of video in {wall:.1f} s "
+            f"({factor:.1f}x real time)")
+
+
 # --------------------------------------------------------------------------- predict
 
-@app.command("predict")
+@app.command("predict", cls=DferCommand)
 def predict_cmd(
     inputs: List[str] = typer.Argument(..., metavar="INPUT...",
                                        help="Video files, directories of videos, or - to read paths from stdin."),
     weights: Optional[str] = typer.Option(None, "--weights", "-w", metavar="NAME|PATH",
-                                          help="Checkpoint name (see `dfer weights list`) or .safetensors path. "
-                                               f"(default: {DEFAULT_WEIGHTS})"),
+                                          help="Checkpoint name (see `dfer weights list`) or .safetensors path.",
+                                          show_default=DEFAULT_WEIGHTS),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N or mps."),
     batch_size: int = typer.Option(8, "--batch-size", min=1, help="Clips per model forward pass."),
     window: float = typer.Option(2.0, "--window", min=0.01, help="Clip length in seconds."),
@@ -304,17 +328,18 @@ def predict_cmd(
     all_faces: bool = typer.Option(False, "--all-faces", help="Classify every face track, not only the main face."),
     min_face: Optional[float] = typer.Option(None, "--min-face",
                                              help="Smallest face to detect: a fraction of the frame's "
-                                                  "shorter side (<= 1) or pixels (> 1). (default: 0.1)"),
+                                                  "shorter side (<= 1) or pixels (> 1).", show_default="0.1"),
     min_score: Optional[float] = typer.Option(None, "--min-score", min=0.0, max=1.0,
                                               help="Smallest MTCNN detection confidence (0..1) a face is kept "
-                                                   "with. (default: 0.9)"),
+                                                   "with.", show_default="0.9"),
     detect_size: Optional[int] = typer.Option(None, "--detect-size", min=32,
                                               help="Detect faces on a copy scaled to at most this many pixels on the "
-                                                   "longer side. (default: 640)"),
+                                                   "longer side.", show_default="640"),
     fmt: Optional[str] = typer.Option(None, "--format", "-f", metavar="table|json|jsonl|csv",
-                                      help="Output format (default: table on a terminal, else jsonl; "
-                                           "with --output, from its suffix)."),
-    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Write results to FILE instead of stdout."),
+                                      help="Output format.",
+                                      show_default="table on a terminal, else jsonl; with --output, from its suffix"),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", metavar="FILE",
+                                          help="Write results to FILE instead of stdout.", show_default="stdout"),
     recursive: bool = typer.Option(False, "--recursive", "-r", help="Search directories recursively."),
     annotate: Optional[str] = typer.Option(None, "--annotate", metavar="OUT",
                                            help="Write an annotated video. Several inputs: a directory or a "
@@ -322,7 +347,8 @@ def predict_cmd(
     plot: Optional[str] = typer.Option(None, "--plot", metavar="IMAGE",
                                        help="Write a timeline plot (.png, .jpg, .pdf, .svg...). Several inputs: "
                                             "a directory or a pattern with {stem} / {index}."),
-    threads: Optional[int] = typer.Option(None, "--threads", min=1, help="CPU threads for torch."),
+    threads: Optional[int] = typer.Option(None, "--threads", min=1, metavar="N", help="CPU threads for torch.",
+                                          show_default="torch's choice"),
     tta: str = typer.Option("none", "--tta", metavar="none|flip",
                             help="Test-time augmentation: flip averages each clip with its mirror image "
                                  "(twice the model cost)."),
@@ -338,9 +364,10 @@ def predict_cmd(
                                                   "(a local Ray unless --ray-address)."),
     ray_address: Optional[str] = typer.Option(None, "--ray-address", metavar="ADDRESS",
                                               help="Implies --ray: auto joins the running cluster, or HOST:PORT / "
-                                                   "ray://HOST:PORT. (default: start a local Ray)"),
+                                                   "ray://HOST:PORT.", show_default="start a local Ray"),
     workers: Optional[int] = typer.Option(None, "--workers", min=1,
-                                          help="With --ray: worker processes (default: as many as the CPUs allow)."),
+                                          metavar="N", help="With --ray: worker processes.",
+                                          show_default="as many as the CPUs allow"),
     gpus_per_worker: float = typer.Option(0.0, "--gpus-per-worker", min=0.0,
                                           help="With --ray: GPUs per worker (a fraction shares one GPU)."),
 ) -> None:
@@ -401,7 +428,7 @@ def predict_cmd(
     if min_score is not None:
         detector["min_score"] = min_score
 
-    progress = _Progress(not quiet and sys.stderr.isatty())
+    progress = _Progress(not quiet and sys.stderr.isatty(), total=len(videos))
     sink = None
     if output is not None:
         try:
@@ -413,11 +440,13 @@ def predict_cmd(
     else:
         stream = _Stdout(sys.stdout, progress)
     from dfer_cli.labels import CLASSES
-    from dfer_cli.writers import make_writer
+    from dfer_cli.writers import counted, make_writer
 
     # Without a model (every input was bad) the error records go out with dfer's 7 classes.
     writer = make_writer(fmt, stream, list(model.classes) if model is not None else CLASSES)
     failed = done = truncated = finished = 0
+    seconds_of_video = 0.0  # of the videos done, for the real-time factor
+    t0 = time.monotonic()
     stopped = None  # "interrupted" (Ctrl-C) or "closed" (the reader of stdout went away)
     try:
         with progress, redirect_stdout(_Stderr()):
@@ -454,6 +483,7 @@ def predict_cmd(
                 progress.finish()
                 writer.video(result)
                 done += 1
+                seconds_of_video += result.duration or 0.0
                 for what, targets, render in (("annotated video", annotate_to, _annotate),
                                               ("timeline plot", plot_to, _plot)):
                     if path in targets:
@@ -486,13 +516,15 @@ def predict_cmd(
             except _StdoutClosed:
                 pass
             where = "partial output on stdout"
-        typer.echo(f"dfer: interrupted after {finished} of {len(videos)} videos; {where}", err=True)
+        typer.echo(f"dfer: interrupted after {finished} of {counted(len(videos), 'video')}; {where}", err=True)
         raise typer.Exit(EXIT_INTERRUPTED)
     if sink is not None:
         sink.commit()
     if not quiet and len(items) > 1:
         typer.echo(f"dfer: {done} of {len(items)} inputs done" + (f", {truncated} truncated" if truncated else "")
                    + (f", {failed} failed" if failed else ""), err=True)
+    if progress.enabled and done:  # a terminal, not --quiet: what the run cost
+        typer.echo(f"dfer: {speed_line(done, seconds_of_video, time.monotonic() - t0)}", err=True)
     if failed:
         raise typer.Exit(1)
 
@@ -594,7 +626,7 @@ def _plot(path: str, dst: Path, result) -> None:
 
 # --------------------------------------------------------------------------- weights
 
-weights_app = typer.Typer(help="Checkpoints: what is installed where, and explicit downloads.",
+weights_app = typer.Typer(cls=DferGroup, help="Checkpoints: what is installed where, and explicit downloads.",
                           no_args_is_help=True)
 app.add_typer(weights_app, name="weights")
 
@@ -617,12 +649,17 @@ def weights_inventory() -> dict:
             "installed": found, "not_installed": missing}
 
 
-@weights_app.command("list")
-def weights_list(as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table.")) -> None:
+@weights_app.command("list", cls=DferCommand)
+def weights_list(
+    fmt: Optional[str] = typer.Option(None, "--format", "-f", metavar="table|json", help=FORMAT_HELP,
+                                      show_default="table"),
+    as_json: bool = typer.Option(False, "--json", help=JSON_ALIAS_HELP),
+) -> None:
     """Checkpoints found (in $DFER_WEIGHTS_DIR, the user cache, the bundled weights/ folder)
     and known names that are not installed."""
+    fmt = output_format(fmt, as_json)
     inv = weights_inventory()
-    if as_json:
+    if fmt == "json":
         typer.echo(json.dumps(inv, indent=2))
         return
     from rich.console import Console
@@ -644,10 +681,11 @@ def weights_list(as_json: bool = typer.Option(False, "--json", help="Print JSON 
     console.print(f"searched, in order: {dirs}", markup=False, highlight=False)
 
 
-@weights_app.command("download")
+@weights_app.command("download", cls=DferCommand)
 def weights_download(
     name: str = typer.Argument(..., help="A name from `dfer weights list`."),
-    dest: Optional[Path] = typer.Option(None, "--dir", help="Folder to write to (default: the user cache)."),
+    dest: Optional[Path] = typer.Option(None, "--dir", metavar="DIR", help="Folder to write to.",
+                                        show_default="the user cache"),
     force: bool = typer.Option(False, "--force", help="Download again even if a verified copy is present."),
 ) -> None:
     """Download a published checkpoint, verify its sha256, and put it where `--weights NAME`
@@ -676,14 +714,16 @@ def weights_download(
     typer.echo(str(path))
 
 
-@weights_app.command("export")
+@weights_app.command("export", cls=DferCommand)
 def weights_export(
     src: str = typer.Argument(..., help="A checkpoint path or name (e.g. runs/x/best.safetensors)."),
     dst: Path = typer.Argument(..., help="The .safetensors file to write."),
     half: bool = typer.Option(True, "--half/--float32", help="Store floating tensors as float16 (half the size)."),
-    frames: Optional[int] = typer.Option(None, "--frames", min=1, help="Make the exported model take clips of "
-                                         "this many frames (e.g. 16 for a model trained on stills at 1)."),
-    prior_shift: float = typer.Option(0.0, "--prior-shift", help="Add ALPHA * log(training class prior) to the "
+    frames: Optional[int] = typer.Option(None, "--frames", min=1, metavar="N", help="Make the exported model take "
+                                         "clips of this many frames (e.g. 16 for a model trained on stills at 1).",
+                                         show_default="the checkpoint's"),
+    prior_shift: float = typer.Option(0.0, "--prior-shift", metavar="ALPHA",
+                                      help="Add ALPHA * log(training class prior) to the "
                                       "classifier bias (post-hoc logit adjustment; needs the class counts in "
                                       "the checkpoint's provenance)."),
 ) -> None:

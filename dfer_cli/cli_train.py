@@ -12,21 +12,24 @@ from typing import List, Optional
 
 import typer
 
-from dfer_cli.cli import app, fail
+from dfer_cli.cli import FORMAT_HELP, JSON_ALIAS_HELP, DferCommand, app, fail, output_format
 from dfer_cli.weights import DEFAULT_WEIGHTS
 
-_DATASET_HELP = "Dataset layout: folder (<root>/<split>/<class>/<clip>), dfew, ferv39k, afew."
+_DATASET_HELP = "Dataset layout: folder (ROOT/SPLIT/CLASS/CLIP), dfew, ferv39k, afew."
 
 
-def _r(text: str, name: str) -> str:
-    """Help text of a flag a --recipe sets, ending with the recipes' values for it."""
+def _r(text: str, name: str) -> dict:
+    """help= and show_default= of a flag a --recipe sets: the help text, and as default the
+    recipes' values for it ("112, from --recipe" or "cosine (--recipe dfer), ... (--recipe paper)")."""
     from dfer_cli.train import RECIPES
 
     vals = {r: RECIPES[r][name] for r in RECIPES}
     show = {r: ("model config's" if v is None else f"{v:g}" if isinstance(v, float) else str(v)) for r, v in vals.items()}
     if len(set(show.values())) == 1:
-        return f"{text} Default from --recipe: {next(iter(show.values()))}.".lstrip()
-    return f"{text} Default from --recipe: " + ", ".join(f"{v} ({r})" for r, v in show.items()) + "."
+        default = f"{next(iter(show.values()))}, from --recipe"
+    else:
+        default = ", ".join(f"{v} (--recipe {r})" for r, v in show.items())
+    return {"help": text, "show_default": default}
 
 
 def _parse_template(text: str) -> list:
@@ -41,11 +44,11 @@ def _parse_template(text: str) -> list:
     return [vals[i:i + 2] for i in range(0, 10, 2)]
 
 
-@app.command("train")
+@app.command("train", cls=DferCommand)
 def train_cmd(
     dataset: str = typer.Option("folder", "--dataset", help=_DATASET_HELP),
     data_root: Optional[str] = typer.Option(None, "--data-root", envvar="DFER_DATA_ROOT",
-                                            help="Dataset root folder (or env DFER_DATA_ROOT)."),
+                                            help="Dataset root folder."),
     split: str = typer.Option("train", "--split", help="Training split (folder layout: sub-folder name)."),
     val_split: str = typer.Option("auto", "--val-split", help="Validation split (model selection); 'none' "
                                   "disables it; auto: val, or none with --holdout."),
@@ -56,13 +59,13 @@ def train_cmd(
     model: str = typer.Option("logo_former", "--model", help="A registered model (dfer models)."),
     model_opt: List[str] = typer.Option([], "--model-opt", help="Model config override key=value "
                                         "(repeatable), e.g. --model-opt dim=256 --model-opt window=2,3,3."),
-    recipe: str = typer.Option("dfer", "--recipe", help="Defaults for the flags marked 'Default from --recipe': "
+    recipe: str = typer.Option("dfer", "--recipe", help="Defaults for the flags whose default is 'from --recipe': "
                                "dfer (dfer's defaults) or paper (the settings STT / LOGO-Former state, with their "
                                "8x2 frame sampling; docs/training.md marks which values are the papers'). "
                                "Flags given explicitly win; the recipe is recorded in config.json."),
-    input_size: Optional[int] = typer.Option(None, "--input-size", help=_r("Face crop side in pixels.", "input_size")),
-    frames: Optional[int] = typer.Option(None, "--frames", help=_r("Frames per clip.", "frames")),
-    sampling: Optional[str] = typer.Option(None, "--sampling", help=_r(
+    input_size: Optional[int] = typer.Option(None, "--input-size", **_r("Face crop side in pixels.", "input_size")),
+    frames: Optional[int] = typer.Option(None, "--frames", **_r("Frames per clip.", "frames")),
+    sampling: Optional[str] = typer.Option(None, "--sampling", **_r(
         "Frames of a clip: uniform (one per segment) or segments8x2 (2 consecutive frames from each of 8 "
         "segments; random in training, centred in test); recorded in the checkpoint, eval uses it.", "sampling")),
     grayscale: bool = typer.Option(False, "--grayscale/--color", help="Train on gray faces (recorded in the checkpoint)."),
@@ -74,29 +77,31 @@ def train_cmd(
     init: Optional[str] = typer.Option(None, "--init", help="Start from this dfer checkpoint (matching tensors)."),
     freeze_backbone: bool = typer.Option(False, "--freeze-backbone", help="Freeze the ResNet-18 trunk."),
     backbone_weights: Optional[str] = typer.Option(None, "--backbone-weights", help="Face-pretrained ResNet-18 .pth."),
-    epochs: Optional[int] = typer.Option(None, "--epochs", help=_r("", "epochs")),
-    batch_size: Optional[int] = typer.Option(None, "--batch-size", help=_r(
+    epochs: Optional[int] = typer.Option(None, "--epochs", **_r("Training epochs.", "epochs")),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", **_r(
         "Clips per batch (per process under torchrun).", "batch_size")),
-    optimizer: Optional[str] = typer.Option(None, "--optimizer", help=_r("sam (SGD inside SAM) | sgd | adamw.",
+    optimizer: Optional[str] = typer.Option(None, "--optimizer", **_r("sam (SGD inside SAM) | sgd | adamw.",
                                                                           "optimizer")),
-    lr: Optional[float] = typer.Option(None, "--lr", help=_r("", "lr")),
-    min_lr: Optional[float] = typer.Option(None, "--min-lr", help=_r("Learning rate at the end of the cosine decay.",
+    lr: Optional[float] = typer.Option(None, "--lr", **_r("Peak learning rate (after warmup).", "lr")),
+    min_lr: Optional[float] = typer.Option(None, "--min-lr", **_r("Learning rate at the end of the cosine decay.",
                                                                       "min_lr")),
-    momentum: Optional[float] = typer.Option(None, "--momentum", help=_r("", "momentum")),
+    momentum: Optional[float] = typer.Option(None, "--momentum", **_r("SGD momentum (sgd, sam).", "momentum")),
     nesterov: bool = typer.Option(False, "--nesterov", help="Nesterov momentum (sgd, sam)."),
     clip_grad: float = typer.Option(0.0, "--clip-grad", help="Clip the global gradient norm (0: off)."),
-    weight_decay: Optional[float] = typer.Option(None, "--weight-decay", help=_r("", "weight_decay")),
-    rho: Optional[float] = typer.Option(None, "--rho", help=_r("SAM neighbourhood radius.", "rho")),
-    schedule: Optional[str] = typer.Option(None, "--schedule", help=_r("cosine | constant (after warmup).", "schedule")),
-    warmup_epochs: Optional[float] = typer.Option(None, "--warmup-epochs", help=_r("", "warmup_epochs")),
-    loss: Optional[str] = typer.Option(None, "--loss", help=_r("compact | ce.", "loss")),
-    lam: Optional[float] = typer.Option(None, "--lambda", help="Compact loss weight (default: the model config's, 0.1)."),
+    weight_decay: Optional[float] = typer.Option(None, "--weight-decay", **_r("Weight decay.", "weight_decay")),
+    rho: Optional[float] = typer.Option(None, "--rho", **_r("SAM neighbourhood radius.", "rho")),
+    schedule: Optional[str] = typer.Option(None, "--schedule", **_r("cosine | constant (after warmup).", "schedule")),
+    warmup_epochs: Optional[float] = typer.Option(None, "--warmup-epochs",
+                                                  **_r("Epochs of linear learning-rate warmup.", "warmup_epochs")),
+    loss: Optional[str] = typer.Option(None, "--loss", **_r("compact | ce.", "loss")),
+    lam: Optional[float] = typer.Option(None, "--lambda", help="Compact loss weight.",
+                                       show_default="the model config's, 0.1"),
     label_smoothing: float = typer.Option(0.0, "--label-smoothing", help="Label smoothing (--loss ce)."),
     logit_adjust: float = typer.Option(0.0, "--logit-adjust", help="Train on logits + tau*log(class prior) "
                                        "(tau; 0: off); lifts rare classes' recall."),
-    crop_scale: Optional[float] = typer.Option(None, "--crop-scale", help=_r(
+    crop_scale: Optional[float] = typer.Option(None, "--crop-scale", **_r(
         "Random resized crop keeps between this fraction and all of the area.", "crop_scale")),
-    flip: Optional[float] = typer.Option(None, "--flip", help=_r("Horizontal flip probability.", "flip")),
+    flip: Optional[float] = typer.Option(None, "--flip", **_r("Horizontal flip probability.", "flip")),
     motion: bool = typer.Option(True, "--motion/--no-motion", help="Synthetic motion on still images."),
     rotate: float = typer.Option(12.0, "--rotate", help="Stills at --frames 1: max rotation in degrees."),
     zoom: float = typer.Option(0.10, "--zoom", help="Stills at --frames 1: max relative zoom."),
@@ -107,9 +112,10 @@ def train_cmd(
     limit: Optional[int] = typer.Option(None, "--limit", help="Use a random subset of N training samples."),
     val_limit: Optional[int] = typer.Option(None, "--val-limit", help="Use a random subset of N validation samples."),
     test_clips: int = typer.Option(1, "--test-clips", help="Validation clips per sample, averaged."),
-    seed: int = typer.Option(0, "--seed"),
+    seed: int = typer.Option(0, "--seed", help="Random seed (sampling, augmentation, initialisation)."),
     workers: int = typer.Option(0, "--workers", help="DataLoader worker processes."),
-    threads: Optional[int] = typer.Option(None, "--threads", help="torch CPU threads."),
+    threads: Optional[int] = typer.Option(None, "--threads", metavar="N", help="torch CPU threads.",
+                                          show_default="torch's choice"),
     device: str = typer.Option("auto", "--device", help="auto | cpu | cuda[:N] | mps."),
     precision: str = typer.Option("auto", "--precision", help="fp32 | bf16 (autocast + channels-last; CPU or "
                                   "CUDA) | fp16 (CUDA) | auto (CUDA: bf16/fp16, CPU: fp32)."),
@@ -118,7 +124,7 @@ def train_cmd(
     log_every: int = typer.Option(50, "--log-every", help="Batches between log lines when not on a terminal."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress output."),
 ) -> None:
-    """Train a model. --recipe dfer (default) or paper: SAM, lr 1e-3, batch 32, 100 epochs,
+    """Train a model. --recipe dfer (dfer's defaults) or paper: SAM, lr 1e-3, batch 32, 100 epochs,
     16 frames at 112 px, compact loss; paper also samples 8 segments x 2 consecutive frames.
     Explicit flags override the recipe. Works the same under torchrun (DDP)."""
     from dfer_cli.train import TrainConfig, parse_model_opts, recipe_values, train
@@ -191,11 +197,12 @@ def _print_report(report) -> None:
             typer.echo(f"dfer: {line}", err=True)
 
 
-@app.command("eval")
+@app.command("eval", cls=DferCommand)
 def eval_cmd(
-    weights: Optional[str] = typer.Option(None, "--weights", "-w", help="Checkpoint path or name (default: "
-                                          f"{DEFAULT_WEIGHTS}), or a run folder (its --which checkpoint); with "
-                                          "--split 5-fold, a run folder holding fold1..fold5/."),
+    weights: Optional[str] = typer.Option(None, "--weights", "-w", metavar="NAME|PATH|RUN_DIR",
+                                          help="Checkpoint name or .safetensors path, or a run folder (its --which "
+                                          "checkpoint); with --split 5-fold, a run folder holding fold1..fold5/.",
+                                          show_default=DEFAULT_WEIGHTS),
     dataset: str = typer.Option("folder", "--dataset", help=_DATASET_HELP),
     data_root: Optional[str] = typer.Option(None, "--data-root", envvar="DFER_DATA_ROOT", help="Dataset root folder."),
     split: str = typer.Option("val", "--split", help="Split to score (folder: sub-folder name; DFEW/FERV39K: "
@@ -204,24 +211,45 @@ def eval_cmd(
     which: str = typer.Option("best", "--which", help="Of a run folder (each fold's with --split 5-fold): best or "
                               "last checkpoint. A best selected on the split being scored is never used: its "
                               "run's last is scored instead, and the output says so."),
-    batch_size: int = typer.Option(16, "--batch-size"),
+    batch_size: int = typer.Option(16, "--batch-size", help="Clips per model forward pass."),
     test_clips: int = typer.Option(1, "--test-clips", help="Clips per sample at shifted segment positions, averaged."),
-    tta: str = typer.Option("none", "--tta", help="Test-time augmentation: none | flip (average with the "
-                            "mirrored clip; twice the model cost)."),
+    tta: str = typer.Option("none", "--tta", metavar="none|flip", help="Test-time augmentation: none | flip "
+                            "(average with the mirrored clip; twice the model cost)."),
     limit: Optional[int] = typer.Option(None, "--limit", help="Score a random subset of N samples."),
-    workers: int = typer.Option(0, "--workers"),
-    threads: Optional[int] = typer.Option(None, "--threads"),
-    device: str = typer.Option("auto", "--device"),
-    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of tables."),
-    plot: Optional[str] = typer.Option(None, "--plot", help="Write a confusion-matrix PNG here "
+    workers: int = typer.Option(0, "--workers", help="DataLoader worker processes."),
+    threads: Optional[int] = typer.Option(None, "--threads", metavar="N", help="torch CPU threads.",
+                                          show_default="torch's choice"),
+    device: str = typer.Option("auto", "--device", help="auto | cpu | cuda[:N] | mps."),
+    fmt: Optional[str] = typer.Option(None, "--format", "-f", metavar="table|json", help=FORMAT_HELP,
+                                      show_default="table"),
+    as_json: bool = typer.Option(False, "--json", help=JSON_ALIAS_HELP),
+    plot: Optional[str] = typer.Option(None, "--plot", metavar="IMAGE", help="Write a confusion-matrix PNG here "
                                        "(5-fold: the sum of the folds' matrices)."),
 ) -> None:
     """Score a checkpoint: WAR (accuracy), UAR (mean per-class recall), per-class recall and
-    the confusion matrix; --split 5-fold gives the DFEW per-fold table with mean ± std."""
+    the confusion matrix; --split 5-fold gives the DFEW per-fold table with mean ± std.
+
+    Exit status: 0 scored, 1 a missing or unusable checkpoint, run folder or data root (named,
+    with the fix), 2 usage error (a bad or missing flag).
+    """
+    fmt = output_format(fmt, as_json)
+    as_json = fmt == "json"
     if not data_root:
         fail("no data: pass --data-root DIR (or set DFER_DATA_ROOT)", 2)
     if which not in ("best", "last"):
         fail(f"--which {which!r}: choose best or last", 2)
+    if tta not in ("none", "flip"):
+        fail(f"--tta {tta!r}: choose none or flip", 2)
+    if split == "5-fold":
+        if dataset != "dfew":
+            fail("--split 5-fold is the DFEW protocol: pass --dataset dfew", 2)
+        if not weights:
+            fail("--split 5-fold needs --weights RUN_DIR, the folder holding fold1/ .. fold5/", 2)
+    try:
+        _check_dataset_and_device(dataset, device)
+    except ValueError as exc:
+        fail(str(exc), 2)
+    _check_eval_paths(weights, which, split, data_root)
     import torch
 
     from dfer_cli.checkpoint import CheckpointError
@@ -229,22 +257,12 @@ def eval_cmd(
     from dfer_cli.evaluate import evaluate_checkpoint, evaluate_folds, format_pm, plot_confusion, run_checkpoint
     from dfer_cli.metrics import Scores
 
-    try:
-        _check_dataset_and_device(dataset, device)
-    except ValueError as exc:
-        fail(str(exc), 2)
     if threads:
         torch.set_num_threads(threads)
     dev = resolve_device(device)
-    if tta not in ("none", "flip"):
-        fail(f"--tta {tta!r}: choose none or flip", 2)
     kw = dict(batch_size=batch_size, test_clips=test_clips, limit=limit, device=dev, workers=workers, tta=tta)
     try:
         if split == "5-fold":
-            if dataset != "dfew":
-                fail("--split 5-fold is the DFEW protocol: pass --dataset dfew", 2)
-            if not weights or not os.path.isdir(weights):
-                fail("--split 5-fold needs --weights RUN_DIR, the folder holding fold1/ .. fold5/", 2)
             summary = evaluate_folds(weights, data_root, which=which, **kw)
             substituted = [f.fold for f in summary.folds if f.checkpoint is not None and f.checkpoint.note]
             if substituted:
@@ -281,6 +299,34 @@ def eval_cmd(
                       caption=f"checkpoint: {choice.describe()}")
     if plot:
         _write_plot(plot_confusion, scores, plot)
+
+
+def _check_eval_paths(weights: Optional[str], which: str, split: str, data_root: str) -> None:
+    """Exit 1 with one line naming the path and the fix when --weights names a file or folder
+    that is not there (or a run folder without the checkpoint asked for), or --data-root is
+    not a folder: before torch and the model are loaded. Weights names (no path separator,
+    no .safetensors) are looked up later, with their own message."""
+    from pathlib import Path
+
+    from dfer_cli.weights import looks_like_path
+
+    if weights is not None and (split == "5-fold" or looks_like_path(weights) or os.path.isdir(weights)):
+        p = Path(weights).expanduser()
+        if split == "5-fold":
+            if not p.is_dir():
+                fail(f"--weights {weights}: no such run folder; --split 5-fold needs the folder holding fold1/ .. "
+                     f"fold5/ (train each fold with --fold K --output {weights}/foldK)", 1)
+        elif not p.exists():
+            fail(f"--weights {weights}: no such file or folder; pass a .safetensors checkpoint, a run folder "
+                 "written by `dfer train --output`, or a name from `dfer weights list`", 1)
+        elif p.is_dir() and not (p / f"{which}.safetensors").is_file():
+            other = "last" if which == "best" else "best"
+            fix = (f"add --which {other} (it has {other}.safetensors)" if (p / f"{other}.safetensors").is_file()
+                   else "pass a run folder written by `dfer train --output`, or a .safetensors checkpoint")
+            fail(f"--weights {weights}: a folder without {which}.safetensors; {fix}", 1)
+    if not Path(data_root).expanduser().is_dir():
+        what = "not a folder" if Path(data_root).expanduser().exists() else "no such folder"
+        fail(f"--data-root {data_root}: {what}; pass the dataset's root folder (or set DFER_DATA_ROOT)", 1)
 
 
 def _write_plot(plot_confusion, scores, path: str, **kw) -> None:
@@ -328,7 +374,7 @@ def _fold_table(summary, format_pm) -> None:
     Console().print(table)
 
 
-@app.command("prepare")
+@app.command("prepare", cls=DferCommand)
 def prepare_cmd(
     src: str = typer.Argument(..., help="Folder of raw videos (any depth), e.g. the AFEW root."),
     dst: str = typer.Argument(..., help="Output folder: one aligned frame folder per video, same tree."),
@@ -338,14 +384,16 @@ def prepare_cmd(
                                            "coordinates; use the one you will train with (as train --template)."),
     template_scale: float = typer.Option(1.0, "--template-scale", help="Zoom the alignment template "
                                          "(<1 = more margin); use the value you will train with."),
-    fps: Optional[float] = typer.Option(None, "--fps", help="Sample this many frames per second (default: all)."),
+    fps: Optional[float] = typer.Option(None, "--fps", help="Sample this many frames per second.",
+                                       show_default="every frame"),
     detect_size: int = typer.Option(640, "--detect-size", help="Detect on a copy at most this many pixels wide."),
     min_face: float = typer.Option(0.1, "--min-face", help="Smallest face kept: fraction of the shorter side "
                                    "(<= 1), or pixels (> 1)."),
     min_score: float = typer.Option(0.9, "--min-score", min=0.0, max=1.0,
                                     help="Smallest MTCNN detection confidence (0..1) a face is kept with."),
-    threads: Optional[int] = typer.Option(None, "--threads"),
-    quiet: bool = typer.Option(False, "--quiet", "-q"),
+    threads: Optional[int] = typer.Option(None, "--threads", metavar="N", help="torch CPU threads.",
+                                          show_default="torch's choice"),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No per-video progress lines on stderr."),
 ) -> None:
     """Detect, track and align the main face of every video under SRC once, writing frame
     folders to DST for training (resumable; DST/manifest.jsonl records each video)."""

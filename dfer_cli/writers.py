@@ -12,7 +12,8 @@ and ``close()`` at the end. Records are those of `dfer_cli.results` (see docs/pr
 - ``json``: one JSON array, written at the end, with one object per input in input order:
   the ``video`` record with its clip records under ``"clips"``, or the ``error`` record.
 - ``csv``: one row per clip (streamed), one ``track`` row per face track when the video is
-  done, a ``video`` row for a video with no face, an ``error`` row for a failed input.
+  done (its ``status`` is the number of classified clips: "1 clip", "3 clips"), a ``video``
+  row for a video with no face, an ``error`` row for a failed input.
   Probabilities are one column per class, named ``p_<class>``; the ``video`` record's
   provenance (``PROVENANCE``: frame rate, window, stride, model, weights' sha256, dfer and
   schema versions) fills the last columns of the ``track`` and ``video`` rows.
@@ -33,6 +34,11 @@ FORMATS = ("table", "json", "jsonl", "csv")
 
 # Fields of the `video` record that say where a result came from (CSV: the last columns).
 PROVENANCE = ("fps", "window", "stride", "model", "weights_sha256", "dfer_version", "schema_version")
+
+
+def counted(n: int, noun: str, plural: str | None = None) -> str:
+    """'1 clip', '2 clips', '0 clips': a count and its noun in the right number."""
+    return f"{n} {noun if n == 1 else plural or noun + 's'}"
 
 
 def error_record(video: str, message: str) -> dict:
@@ -134,7 +140,7 @@ class CsvWriter(Writer):
             conf = probs[t["label"]] if probs and t["label"] in probs else None
             self._row(type="track", video=r["video"], track=t["track"], start=t["start"], end=t["end"],
                       label=t["label"], confidence=conf, probabilities=probs,
-                      status=f"{t['clips']} clips", **provenance)
+                      status=counted(t["clips"], "clip"), **provenance)
 
     def error(self, video: str, message: str) -> None:
         self._row(type="error", video=video, status=message)
@@ -201,9 +207,8 @@ def summary_line(result: VideoResult) -> str:
             parts.append(f"track {t.track} {t.start:.2f}–{t.end:.2f} s: not classified")
         else:
             parts.append(f"track {t.track} {t.start:.2f}–{t.end:.2f} s: {t.label} "
-                         f"({t.probabilities[t.label]:.2f}, {t.clips} clip{'s' if t.clips != 1 else ''})")
-    n = len(result.tracks)
-    return f"{head}, {n} face track{'s' if n != 1 else ''}; " + "; ".join(parts)
+                         f"({t.probabilities[t.label]:.2f}, {counted(t.clips, 'clip')})")
+    return f"{head}, {counted(len(result.tracks), 'face track')}; " + "; ".join(parts)
 
 
 WRITERS: dict[str, type[Writer]] = {

@@ -350,7 +350,7 @@ def test_help_names_the_default_weights():
     from dfer_cli.weights import DEFAULT_WEIGHTS
 
     r = CliRunner().invoke(app, ["predict", "--help"], env={"COLUMNS": "200"})
-    assert r.exit_code == 0 and f"(default: {DEFAULT_WEIGHTS})" in r.stdout
+    assert r.exit_code == 0 and f"[default: {DEFAULT_WEIGHTS}]" in r.stdout
 
 
 def test_docs_options_table_matches_the_command():

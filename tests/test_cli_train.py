@@ -109,7 +109,7 @@ def test_help_texts_keep_their_bracketed_words():
     r = runner.invoke(app, ["eval", "--help"], env={"COLUMNS": "250"})
     from dfer_cli.weights import DEFAULT_WEIGHTS
 
-    assert f"(default: {DEFAULT_WEIGHTS})" in r.stdout
+    assert f"[default: {DEFAULT_WEIGHTS}]" in r.stdout
 
 
 def test_prepare_cli_names_a_bad_video_once_and_a_file_src(tmp_path):
@@ -156,4 +156,4 @@ def test_recipe_paper_is_recorded_explicit_flags_win_and_a_random_trunk_is_warne
     r = runner.invoke(app, ["train", "--data-root", str(data), "--recipe", "fast", "--quiet"])
     assert r.exit_code == 2 and "--recipe 'fast': choose one of dfer, paper" in r.output
     r = runner.invoke(app, ["train", "--help"], env={"COLUMNS": "250"})
-    assert "Default from --recipe: uniform (dfer), segments8x2 (paper)." in r.stdout
+    assert "[default: uniform (--recipe dfer), segments8x2 (--recipe paper)]" in r.stdout
