@@ -29,19 +29,19 @@ def test_model_card_names_the_file_hash():
 
 def test_preprocessing_is_what_it_was_trained_with(model):
     pre = model.preprocessing
-    assert (pre.input_size, pre.num_frames, pre.grayscale) == (64, 16, True)
+    assert (pre.input_size, pre.num_frames, pre.grayscale) == (80, 16, True)
     assert [c for p in pre.template for c in p] == pytest.approx([c for p in FER2013_TEMPLATE for c in p])
     assert list(model.classes) == list(CLASSES)
     assert model.provenance["data"]  # training provenance travels with the weights
 
 
 def test_windows_are_local_in_space(model):
-    # 64 px faces give a 4x4 layer3 grid; 2x2x2 windows cover a quarter of the face, so the
+    # 80 px faces give a 5x5 layer3 grid; 2x2x2 windows cover 2x2 of its cells, so the
     # "local" attention really is local (issue 10, item 2)
     import torch
 
-    grid = model.backbone(torch.zeros(1, 3, 64, 64)).shape[-2:]
-    assert tuple(grid) == (4, 4)
+    grid = model.backbone(torch.zeros(1, 3, 80, 80)).shape[-2:]
+    assert tuple(grid) == (5, 5) and model.grid_hw == (5, 5)
     assert model.config.window == (2, 2, 2) and model.window == (2, 2, 2)
     assert model.window[1] < grid[0] and model.window[2] < grid[1]
 
