@@ -34,12 +34,61 @@ FORMAT_BY_SUFFIX = {".json": "json", ".jsonl": "jsonl", ".ndjson": "jsonl", ".cs
 
 # --------------------------------------------------------------------------- inputs
 
-def collect_inputs(specs: list[str], recursive: bool = False, stdin=None) -> list[tuple[str, Optional[str]]]:
+# Bytes of standard input read to tell a video stream from a list of paths.
+STDIN_SNIFF = 512
+
+
+class PrefixedReader:
+    """A binary reader that gives back `head` (bytes already read from `raw`) and then the
+    rest of `raw`: what PyAV reads when standard input turned out to be a video stream."""
+
+    def __init__(self, head: bytes, raw):
+        self.head, self.raw = head, raw
+
+    def read(self, n: int = -1) -> bytes:
+        if self.head:
+            if n is None or n < 0:
+                data, self.head = self.head + self.raw.read(), b""
+                return data
+            data, self.head = self.head[:n], self.head[n:]
+            return data
+        read1 = getattr(self.raw, "read1", None)
+        # read1: whatever the pipe has now (at most n), so that a slow writer's bytes reach
+        # the decoder as they arrive instead of after n of them have been gathered
+        return read1(n) if read1 is not None and n is not None and n > 0 else self.raw.read(n)
+
+
+def looks_like_video(head: bytes) -> bool:
+    """Whether the first bytes of standard input are a video container rather than text (a
+    list of paths): containers (MPEG-TS, Matroska, MP4, FLV, NUT, Ogg, AVI, raw YUV...) carry
+    control bytes such as NUL in their first few hundred bytes; a list of file names has none
+    except tab, CR and LF."""
+    return any(b < 0x20 and b not in (0x09, 0x0A, 0x0D) for b in head) or b"\x7f" in head
+
+
+def sniff_stdin(buffer=None) -> tuple[str, object]:
+    """("stream", a binary reader of the whole input) when standard input (binary `buffer`,
+    default sys.stdin.buffer) carries a video, else ("paths", its text). A terminal is
+    always read as typed paths."""
+    buffer = buffer if buffer is not None else sys.stdin.buffer
+    if getattr(buffer, "isatty", lambda: False)():
+        return "paths", buffer.read().decode("utf-8", "surrogateescape")
+    head = buffer.read(STDIN_SNIFF) or b""
+    if looks_like_video(head):
+        return "stream", PrefixedReader(head, buffer)
+    return "paths", (head + (buffer.read() or b"")).decode("utf-8", "surrogateescape")
+
+
+def collect_inputs(specs: list[str], recursive: bool = False, stdin=None,
+                   live: Optional[dict] = None) -> list[tuple[str, Optional[str]]]:
     """Expand the INPUT arguments into (path, error) pairs, in order, without duplicates.
 
     A file is taken as is; a directory contributes its videos (by suffix, sorted; all
     subfolders too with `recursive`); ``-`` reads one path per line from `stdin` (blank
-    lines and lines starting with ``#`` are ignored). `error` is None for a usable path, else
+    lines and lines starting with ``#`` are ignored), unless standard input carries a video
+    stream (`sniff_stdin`): then ``-`` is that live input and `live["-"]` (when a dict is
+    given) receives the reader to decode it from. A URL, a named pipe or a device named as
+    an argument is a live input too (`video.is_stream`). `error` is None for a usable path, else
     the reason it cannot be processed (missing, a broken symlink or a symlink loop, a FIFO,
     unreadable, empty, an empty directory, ``~user`` of an unknown user, ...): every path is
     checked here, so that bad inputs are reported before the model is loaded.
@@ -54,6 +103,11 @@ def collect_inputs(specs: list[str], recursive: bool = False, stdin=None) -> lis
             out.append((path, error))
 
     def expand(spec: str) -> None:
+        from dfer_cli.video import is_stream
+
+        if is_stream(spec):  # named here, not found in a directory: read as a stream
+            add(spec)
+            return
         try:
             p = Path(spec).expanduser()
         except RuntimeError:  # ~name of a user this system does not know
@@ -83,14 +137,41 @@ def collect_inputs(specs: list[str], recursive: bool = False, stdin=None) -> lis
 
     for spec in specs:
         if spec == "-":
-            stream = stdin if stdin is not None else sys.stdin
-            for line in stream.read().splitlines():
+            if stdin is not None:
+                text = stdin.read()
+            else:
+                kind, payload = sniff_stdin()
+                if kind == "stream":
+                    if live is not None:
+                        live["-"] = payload
+                    add("-")
+                    continue
+                text = payload
+            for line in text.splitlines():
                 line = line.strip()
                 if line and not line.startswith("#"):
                     expand(line)
         else:
             expand(spec)
     return out
+
+
+def check_live_inputs(items: list[tuple[str, Optional[str]]], *, output_dir, annotate, plot) -> None:
+    """Refuse (exit 2) the options a live input cannot take: it is read once, so it can
+    neither be resumed in an output folder nor read again to draw on."""
+    from dfer_cli.video import is_stream
+
+    streams = [p for p, err in items if err is None and is_stream(p)]
+    if not streams:
+        return
+    name = "standard input (-)" if streams[0] == "-" else streams[0]
+    if output_dir is not None:
+        fail(f"{name} is a live input: --output-dir resumes video files only; "
+             "use --output FILE, or save the stream to a file first", 2)
+    for flag, given in (("--annotate", annotate), ("--plot", plot)):
+        if given:
+            fail(f"{name} is a live input, read once: {flag} needs a video file to read again; "
+                 "save the stream to a file first", 2)
 
 
 def output_paths(spec: Optional[str], videos: list[str], suffix: str, option: str) -> dict[str, Path]:
@@ -158,6 +239,8 @@ def _one_line(exc: BaseException, path=None) -> str:
     text = msg[0] if msg else type(exc).__name__
     if path is not None and text.startswith(f"{path}: "):
         text = text[len(str(path)) + 2:]
+    elif path == "-" and text.startswith("standard input: "):
+        text = text[len("standard input: "):]
     return text if len(text) < 300 else text[:297] + "..."
 
 
@@ -317,7 +400,9 @@ def speed_line(videos: int, seconds_of_video: float, wall: float) -> str:
 @app.command("predict", cls=DferCommand)
 def predict_cmd(
     inputs: List[str] = typer.Argument(..., metavar="INPUT...",
-                                       help="Video files, directories of videos, or - to read paths from stdin."),
+                                       help="Video files, directories of videos, live inputs (a URL, a named pipe, a "
+                                                 "device such as /dev/video0), or -: a video stream on stdin "
+                                                 "(MPEG-TS, Matroska...) or paths, one per line."),
     weights: Optional[str] = typer.Option(None, "--weights", "-w", metavar="NAME|PATH",
                                           help="Checkpoint name (see `dfer weights list`) or .safetensors path.",
                                           show_default=DEFAULT_WEIGHTS),
@@ -387,9 +472,11 @@ def predict_cmd(
         fail(f"--tta {tta}: expected none or flip", 2)
     if min_face is not None and min_face <= 0:
         fail(f"--min-face {min_face}: must be > 0 (a fraction <= 1 or pixels > 1)", 2)
-    items = collect_inputs(inputs, recursive=recursive)
+    live: dict = {}
+    items = collect_inputs(inputs, recursive=recursive, live=live)
     if not items:
         fail("no inputs: give video files, directories, or - with paths on stdin", 2)
+    check_live_inputs(items, output_dir=output_dir, annotate=annotate, plot=plot)
     from dfer_cli.corpus import corpus_command  # --output-dir, --shard, --ray: runs and exits when given
 
     corpus_command(items, output_dir=output_dir, fmt=fmt, fmt_given=fmt_given, output=output, annotate=annotate,
@@ -463,7 +550,8 @@ def predict_cmd(
                     with notes:
                         result = predict_video(model, path, window=window, stride=stride, all_faces=all_faces,
                                                batch_size=batch_size, device=dev, on_clip=writer.clip,
-                                               progress=progress.callback, tta=tta, **detector)
+                                               progress=progress.callback, tta=tta, stdin=live.get(path),
+                                               **detector)
                 except (KeyboardInterrupt, SystemExit, _StdoutClosed):
                     raise
                 except Exception as e:  # one bad file must not stop the batch

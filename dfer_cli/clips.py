@@ -22,6 +22,7 @@ when the video-wide windows would cut its time in two).
 from __future__ import annotations
 
 import math
+from collections import abc
 from dataclasses import dataclass
 from typing import Iterable, Iterator, Sequence
 
@@ -78,6 +79,10 @@ class WindowPlan:
     Window starts are snapped to the grid. A video shorter than one window gets one window
     covering all of it. When the last full window ends more than half a stride before the
     video does, one more window is added that ends at the end, so the tail is covered.
+
+    duration None: a live stream whose end is not known (`open_ended`). The grid and the
+    video-wide windows then go on without end (`grid_times()` and `windows` are lazy
+    sequences, `num_grid` is `OPEN_END`); every window is a full one, starting every stride.
     """
 
     def __init__(self, duration: float, window: float = 2.0, stride: float = 1.0, num_frames: int = 16,
@@ -89,7 +94,8 @@ class WindowPlan:
         if num_frames < 1:
             raise ValueError("num_frames must be >= 1")
         check_sampling(sampling, num_frames)
-        duration = max(float(duration or 0.0), 0.0)
+        self.open_ended = duration is None
+        duration = math.inf if self.open_ended else max(float(duration or 0.0), 0.0)
         self.duration, self.num_frames, self.sampling = duration, num_frames, sampling
         self.window = min(window, duration) if duration > 0 else window
         if sampling == "segments8x2" and fps and self.window * fps >= num_frames:
@@ -99,9 +105,13 @@ class WindowPlan:
             self.span, self.step, self.phase = num_frames, self.window / num_frames, 0.5
         # which of a window's `span` slots its clip takes, (num_frames,) ints, non-decreasing
         self.offsets = tuple(int(i) for i in frame_indices(self.span, num_frames, sampling))
-        eps = 1e-6 * max(1.0, duration)
         stride_k = max(1, int(round(stride / self.step)))
         self.stride_slots = stride_k  # the stride in grid slots (stride snapped to the grid)
+        if self.open_ended:
+            self.windows = _OpenWindows(self)
+            self._used = None
+            return
+        eps = 1e-6 * max(1.0, duration)
         n_grid_total = max(self.span, int(math.floor(duration / self.step + eps)))
         firsts = list(range(0, n_grid_total - self.span + 1, stride_k))
         last = n_grid_total - self.span
@@ -126,8 +136,8 @@ class WindowPlan:
 
     @property
     def num_grid(self) -> int:
-        """Number of grid slots over the video."""
-        return len(self._used)
+        """Number of grid slots over the video (`OPEN_END` for a live stream)."""
+        return OPEN_END if self.open_ended else len(self._used)
 
     @property
     def slots_per_frame(self) -> int:
@@ -139,8 +149,11 @@ class WindowPlan:
         """Sample time (seconds) of grid index k."""
         return (k + self.phase) * self.step
 
-    def grid_times(self) -> np.ndarray:
-        """Sample times (seconds) of every grid slot, (num_grid,) float."""
+    def grid_times(self) -> Sequence[float]:
+        """Sample times (seconds) of every grid slot, (num_grid,) float (a lazy sequence of
+        `OPEN_END` times for a live stream)."""
+        if self.open_ended:
+            return _GridTimes(self)
         return (np.arange(self.num_grid) + self.phase) * self.step
 
     def end_time(self, first: int) -> float:
@@ -149,6 +162,8 @@ class WindowPlan:
 
     def needed(self, k: int) -> bool:
         """Whether any window samples grid index k (frames between spaced-out windows are skipped)."""
+        if self.open_ended:  # some window start first = m * stride has k - first among the offsets
+            return k >= 0 and any(k - o >= 0 and (k - o) % self.stride_slots == 0 for o in set(self.offsets))
         return 0 <= k < len(self._used) and bool(self._used[k])
 
     def clip_slots(self, first: int) -> list[int]:
@@ -159,6 +174,40 @@ class WindowPlan:
     def slots(self, w: Window) -> list[int]:
         """The grid slots window `w`'s clip is made of (see `clip_slots`)."""
         return self.clip_slots(w.first)
+
+
+OPEN_END = 2**62   # grid slots of a live stream's plan: more than any stream will reach
+
+
+class _GridTimes(abc.Sequence):
+    """The grid times of an open-ended plan, computed on demand: `OPEN_END` of them."""
+
+    def __init__(self, plan: "WindowPlan"):
+        self.plan = plan
+
+    def __len__(self) -> int:
+        return OPEN_END
+
+    def __getitem__(self, k):
+        if isinstance(k, slice):
+            return [self[i] for i in range(*k.indices(min(len(self), 2**31)))]
+        return self.plan.time(int(k))
+
+
+class _OpenWindows(abc.Sequence):
+    """The video-wide windows of an open-ended plan, one every stride, made on demand."""
+
+    def __init__(self, plan: "WindowPlan"):
+        self.plan = plan
+
+    def __len__(self) -> int:
+        return OPEN_END // self.plan.stride_slots
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return [self[j] for j in range(*i.indices(min(len(self), 2**31)))]
+        first = int(i) * self.plan.stride_slots
+        return Window(int(i), first * self.plan.step, self.plan.end_time(first), first)
 
 
 def track_windows(first: int, last: int, num_frames: int, stride: int, ended: bool = True) -> list[int]:

@@ -35,6 +35,11 @@ from dfer_cli.results import ClipPrediction, TrackSummary, VideoResult
 MIN_COVERAGE = 0.5   # a clip is classified only if its face was found in at least this share of frames
 DETECT_EVERY = 2     # run the detector on every n-th grid frame; interpolate landmarks between
 
+# A live input's records should follow its frames closely: detect and classify in small
+# batches (a detection batch of 2 frames is a quarter of a second at the default grid).
+LIVE_DETECT_BATCH = 2
+LIVE_BATCH_SIZE = 1
+
 _DETECTORS: dict = {}
 
 
@@ -99,6 +104,7 @@ def predict_video(
     detector=None,
     timings: dict | None = None,
     tta: str = "none",
+    stdin=None,
 ) -> VideoResult:
     """Predict facial expressions over time for the faces in one video.
 
@@ -135,6 +141,12 @@ def predict_video(
     carries the indices of the first and last video frames it was sampled from, and
     `result.faces` where each track's face was seen (for `render.annotate_video`).
 
+    Live input: `path` "-" (standard input, or the binary file `stdin`), a URL FFmpeg opens,
+    a named pipe or a device (`video.is_stream`) is decoded once as it arrives, with no
+    duration known: windows go on until it ends, each clip reaches `on_clip` about as soon as
+    its window has been read (detection and the model run in small batches,
+    `LIVE_DETECT_BATCH` / `LIVE_BATCH_SIZE`), and `progress(t, None)` has no total.
+
     A video without faces gives a VideoResult with no clips and no tracks. Raises
     `video.VideoError` when the file cannot be read, and ValueError when the model's
     probabilities are not finite (a damaged checkpoint).
@@ -148,19 +160,28 @@ def predict_video(
     if detector is None:
         detector = get_detector(detect_size, min_face, min_score, dev if dev.type == "cuda" else None)
     tm = timings if timings is not None else {}
+    if hasattr(detector, "reset"):
+        detector.reset()  # a stateful detector (keyframe_detect) starts each video afresh
     pre = model.preprocessing
-    info = _video.probe(path)
-    duration = info.duration if info.duration > 0 else _video.scan_duration(path)
+    duration, fps, frames = _open_source(path, stdin)
+    live = duration is None
+    if live:
+        detect_batch, batch_size = min(detect_batch, LIVE_DETECT_BATCH), min(batch_size, LIVE_BATCH_SIZE)
     plan = WindowPlan(duration, window, stride, int(pre.num_frames),
-                      sampling=getattr(model, "sampling", None) or "uniform", fps=info.fps)
+                      sampling=getattr(model, "sampling", None) or "uniform", fps=fps)
     name, sha256 = model_identity(model)
-    result = VideoResult(video=str(path), duration=duration, model=name, classes=list(model.classes),
-                         weights_sha256=sha256, fps=info.fps if info.fps > 0 else None,
+    result = VideoResult(video=str(path), duration=duration or 0.0, model=name, classes=list(model.classes),
+                         weights_sha256=sha256, fps=fps if fps > 0 else None,
                          window=plan.window, stride=plan.stride)
     tracker = _tracking.IoUTracker(iou_threshold, max_gap)
 
-    max_tail = max(plan.step, 1.5 / info.fps if info.fps > 0 else 0.1)
-    decoded = GridDecoder.open(path, plan, max_tail, tm)
+    if live and fps > 0:
+        # a file's grid ends with the last slot that ends by its duration (last frame + one
+        # frame); a stream's end is only known when it comes, so stop the grid the same way
+        max_tail = max(0.0, 1.0 / fps - plan.step * plan.phase)
+    else:
+        max_tail = max(plan.step, 1.5 / fps if fps > 0 else 0.1)
+    decoded = GridDecoder(plan, frames, max_tail, tm)
     cuts = CutDetector(cut_threshold) if cut_threshold is not None else None
     batches = DetectStage(detector, max(1, int(detect_every)) * plan.slots_per_frame, max_gap,
                           detect_batch, cuts, tm).run(decoded)
@@ -170,10 +191,25 @@ def predict_video(
         batches, progress=(lambda t: progress(t, duration)) if progress is not None else None)
     classified = ClipClassifier(model, dev, batch_size, tta, name, tm).run(steps)
     result.clips = ClipEmitter(on_clip).run(classified)
-    if decoded.sampled:
-        result.duration = max(duration, decoded.last_time)
+    if live and decoded.final_time is not None:  # its end: the last frame's, one frame long
+        result.duration = decoded.final_time + (1.0 / fps if fps > 0 else 0.0)
+    elif decoded.sampled:
+        result.duration = max(result.duration, decoded.last_time)
     result.tracks = summarize(result.clips, result.classes)
     return result
+
+
+def _open_source(path, stdin=None):
+    """(duration in seconds, or None for a live input; frame rate, 0.0 when unknown; the
+    decoded frames, an iterator of `video.Frame`) for a video file or a live input."""
+    from dfer_cli import video as _video
+
+    if _video.is_stream(path):
+        fps, frames = _video.open_live(path, stdin)
+        return None, fps, frames
+    info = _video.probe(path)
+    duration = info.duration if info.duration > 0 else _video.scan_duration(path)
+    return duration, info.fps, _video.iter_frames(path)
 
 
 def _place_model(model, device):

@@ -103,6 +103,10 @@ def _open(path):
     return container, container.streams.video[0]
 
 
+# How much of a live input FFmpeg reads before the first frame is decoded: its defaults
+# (5 MB, 5 s) would hold a slow stream's first records back by seconds.
+LIVE_PROBE = {"probesize": "262144", "analyzeduration": "1000000"}
+
 # Inputs that are streams rather than files: read once, in order, with no size or duration known.
 STREAM_SCHEMES = ("rtsp", "rtsps", "rtmp", "rtmps", "http", "https", "udp", "tcp", "srt", "rtp")
 
@@ -143,11 +147,11 @@ def open_stream(spec, stdin=None):
     try:
         if spec == "-":
             source = stdin if stdin is not None else sys.stdin.buffer
-            container = av.open(source, mode="r", metadata_errors="ignore")
+            container = av.open(source, mode="r", metadata_errors="ignore", options=LIVE_PROBE)
         else:
             device = os.path.exists(spec) and stat.S_ISCHR(os.stat(spec).st_mode)
             container = av.open(str(spec), mode="r", format="v4l2" if device else None,
-                                metadata_errors="ignore")
+                                metadata_errors="ignore", options=LIVE_PROBE)
     except av.error.FFmpegError as e:
         hint = ("pipe a streamable container (e.g. ffmpeg ... -f mpegts -), not a plain MP4"
                 if spec == "-" else "check that the address or device is right and reachable")
@@ -165,8 +169,15 @@ def iter_stream_frames(spec, stdin=None) -> Iterator[Frame]:
     Raises VideoError when it cannot be opened or yields no frame. Data that stops
     decoding part-way ends the stream with one TruncatedVideoWarning, as for files.
     """
+    return open_live(spec, stdin)[1]
+
+
+def open_live(spec, stdin=None) -> tuple[float, Iterator[Frame]]:
+    """Open a live input (see :func:`is_stream`): (the frame rate the stream states, 0.0 when
+    it states none; its frames as :func:`iter_stream_frames` yields them)."""
     container, stream = open_stream(spec, stdin)
-    return _decode("standard input" if spec == "-" else str(spec), container, stream)
+    fps = float(stream.average_rate or stream.guessed_rate or 0.0)
+    return fps, _decode("standard input" if spec == "-" else str(spec), container, stream)
 
 
 def _reason(e: Exception) -> str:

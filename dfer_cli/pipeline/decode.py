@@ -21,7 +21,8 @@ class GridDecoder:
     grid; max_tail: seconds past the last frame that grid times may still reuse it (the
     end of a truncated video). With a spaced plan (gaps between windows) slots no window
     uses are skipped. After iterating, `last_time` is the time of the last frame paired
-    with any grid slot (None when none was) and `sampled` how many slots were yielded.
+    with any grid slot (None when none was), `final_time` that of the last frame decoded
+    and `sampled` how many slots were yielded.
     `timings["decode"]` accumulates the seconds spent decoding and converting.
     """
 
@@ -31,6 +32,7 @@ class GridDecoder:
         self.timings = timings if timings is not None else {}
         self.timings.setdefault("decode", 0.0)
         self.last_time: float | None = None
+        self.final_time: float | None = None
         self.sampled = 0
 
     @classmethod
@@ -43,7 +45,7 @@ class GridDecoder:
         return cls(plan, video.iter_frames(path), max_tail, timings)
 
     def __iter__(self) -> Iterator[tuple[int, object]]:
-        pairs = sample_on_grid(self.frames, self.plan.grid_times(), max_distance=self.max_tail)
+        pairs = sample_on_grid(self._noted(self.frames), self.plan.grid_times(), max_distance=self.max_tail)
         while True:
             t0 = time.perf_counter()
             try:
@@ -59,3 +61,9 @@ class GridDecoder:
             self.sampled += 1
             self.timings["decode"] += time.perf_counter() - t0
             yield k, frame
+
+    def _noted(self, frames: Iterable) -> Iterator:
+        """The frames, noting the time of each as `final_time`."""
+        for frame in frames:
+            self.final_time = frame.time
+            yield frame

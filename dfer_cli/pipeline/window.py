@@ -77,6 +77,7 @@ class WindowStage:
         self.open_tracks: set[int] = set()     # tracks that may still go on
         self.next_window = 0                   # spaced plans: the next video-wide window
         self.done_slot, self.done_time = -1, -1.0   # the latest grid slot placed, and its frame's time
+        self.last_slot = -1                    # once the input is done: the last grid slot placed
 
     def run(self, batches: Iterable[FrameBatch],
             progress: Callable[[float], None] | None = None) -> Iterator[WindowStep]:
@@ -92,6 +93,7 @@ class WindowStage:
                 if progress is not None:
                     progress(self.done_time)
             yield self.close(final=False)
+        self.last_slot = self.done_slot
         self.done_slot = self.plan.num_grid
         yield self.close(final=True)
 
@@ -143,7 +145,9 @@ class WindowStage:
         made, windows = [], self.plan.windows
         while self.next_window < len(windows):
             w = windows[self.next_window]
-            if not final and self.done_slot < self.plan.slots(w)[-1]:
+            # a live stream's windows go on without end: once it is done, only full ones count
+            if (not final and self.done_slot < self.plan.slots(w)[-1]) or (
+                    final and self.plan.open_ended and self.last_slot < self.plan.slots(w)[-1]):
                 break
             self.next_window += 1
             made += [(w.first, tid) for tid in sorted({t for k in self.plan.slots(w) for t in self.slots.get(k, {})})]

@@ -1,0 +1,165 @@
+"""`dfer predict` on live inputs (issue 13): a video stream on standard input, a named pipe
+fed by a slow writer, Ctrl-C part-way; and the open-ended window plan behind them."""
+from __future__ import annotations
+
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from synth import face_image, make_video
+from dfer_cli.clips import OPEN_END, WindowPlan
+from dfer_cli.cli_predict import PrefixedReader, looks_like_video, sniff_stdin
+
+OPTS = ["--window", "1.0", "--stride", "0.5", "--threads", "1", "--device", "cpu", "-f", "jsonl"]
+
+
+def face_frames(n: int) -> list[np.ndarray]:
+    from PIL import Image
+
+    small = np.asarray(Image.fromarray(face_image()).resize((240, 136)))
+    return [np.roll(small, i, axis=1) for i in range(n)]
+
+
+@pytest.fixture(scope="module")
+def face_ts(tmp_path_factory) -> Path:
+    """A 6 s MPEG-TS face video at 8 fps (a streamable container, as `ffmpeg -f mpegts` sends)."""
+    return make_video(tmp_path_factory.mktemp("live") / "face.ts", face_frames(48), fps=8, codec="mpeg2video")
+
+
+def dfer(args, **kw) -> subprocess.Popen:
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    return subprocess.Popen([sys.executable, "-m", "dfer_cli", "predict", *args], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, **kw)
+
+
+def records(text: str) -> list[dict]:
+    return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+
+# --- the open-ended plan -------------------------------------------------------------------
+
+@pytest.mark.parametrize("kw", [dict(window=2.0, stride=1.0, num_frames=16),
+                                dict(window=1.0, stride=3.0, num_frames=8),           # spaced windows
+                                dict(window=2.0, stride=1.0, num_frames=16, sampling="segments8x2", fps=25)])
+def test_open_ended_plan_is_a_finite_plan_without_its_end(kw):
+    finite, live = WindowPlan(60.0, **kw), WindowPlan(None, **kw)
+    assert live.open_ended and not finite.open_ended and live.num_grid == OPEN_END
+    assert (live.span, live.step, live.offsets, live.stride_slots) == (finite.span, finite.step, finite.offsets,
+                                                                      finite.stride_slots)
+    times = live.grid_times()
+    n = finite.num_grid
+    np.testing.assert_allclose([times[k] for k in range(n)], finite.grid_times())
+    # every regular window of the finite plan (not its end-aligned tail) is the live plan's too
+    regular = [w for w in finite.windows if w.first % finite.stride_slots == 0]
+    assert [live.windows[i] for i in range(len(regular))] == regular
+    # up to the next regular window (which only the live plan has) or the finite plan's tail
+    last = min([regular[-1].first + finite.stride_slots] + [w.first for w in finite.windows if w not in regular])
+    assert [live.needed(k) for k in range(last)] == [finite.needed(k) for k in range(last)]
+    assert live.windows[10**6].first == 10**6 * live.stride_slots
+
+
+# --- telling a stream from a list of paths on stdin -------------------------------------------
+
+@pytest.mark.parametrize("name,codec", [("a.ts", "mpeg2video"), ("a.mkv", "libx264"), ("a.mp4", "libx264"),
+                                        ("a.avi", "mjpeg")])
+def test_video_containers_are_told_from_path_lists(tmp_path, name, codec):
+    data = make_video(tmp_path / name, frames=4, codec=codec).read_bytes()
+    assert looks_like_video(data[:512])
+
+
+@pytest.mark.parametrize("text", [b"clip1.mp4\nclip 2.mp4\r\n# comment\n\tindented.mkv\n",
+                                  "vid\u00e9os/f\u00eate.mp4\n".encode(),
+                                  b"caf\xe9-latin1.mp4\n",  # not UTF-8: still a name, not a video
+                                  b""])
+def test_path_lists_are_not_taken_for_video(text):
+    assert not looks_like_video(text)
+    kind, payload = sniff_stdin(io.BytesIO(text))
+    assert kind == "paths" and payload.encode("utf-8", "surrogateescape") == text
+
+
+def test_a_sniffed_stream_is_read_back_whole(tmp_path):
+    data = make_video(tmp_path / "a.ts", frames=30, codec="mpeg2video").read_bytes()
+    kind, reader = sniff_stdin(io.BufferedReader(io.BytesIO(data)))
+    assert kind == "stream" and isinstance(reader, PrefixedReader)
+    got = reader.read(100) + reader.read(1000)
+    while chunk := reader.read(4096):
+        got += chunk
+    assert got == data
+
+
+# --- dfer predict on live inputs ----------------------------------------------------------------
+
+def test_stream_on_stdin_gives_the_records_of_the_same_file(face_ts, ckpt):
+    from_file = dfer([str(face_ts), "-w", str(ckpt), *OPTS])
+    out_file, err_file = from_file.communicate(timeout=600)
+    live = dfer(["-", "-w", str(ckpt), *OPTS], stdin=subprocess.PIPE)
+    out_live, err_live = live.communicate(face_ts.read_bytes(), timeout=600)
+    assert from_file.returncode == 0 and live.returncode == 0, (err_file, err_live)
+    want, got = records(out_file.decode()), records(out_live.decode())
+    assert [r["type"] for r in got].count("clip") >= 5
+    for r in want:
+        r["video"] = "-"
+    assert got == want
+
+
+def test_first_record_comes_before_a_slow_writer_has_finished(face_ts, ckpt, tmp_path):
+    """The writer sends the first half of the stream, then waits for a record on dfer's
+    stdout before sending the rest: a reader that waited for the end would never give one."""
+    data = face_ts.read_bytes()
+    fifo = tmp_path / "camera.fifo"
+    os.mkfifo(fifo)
+    first_record = threading.Event()
+    waited = {}
+
+    def writer():
+        with open(fifo, "wb") as f:
+            f.write(data[: len(data) // 2])
+            f.flush()
+            waited["in_time"] = first_record.wait(timeout=300)
+            f.write(data[len(data) // 2:])
+
+    threading.Thread(target=writer, daemon=True).start()
+    proc = dfer([str(fifo), "-w", str(ckpt), *OPTS])
+    lines = []
+    for line in proc.stdout:
+        lines.append(json.loads(line))
+        first_record.set()
+    proc.wait(timeout=300)
+    assert proc.returncode == 0, proc.stderr.read().decode()
+    assert waited.get("in_time") is True, "no record was written before the writer finished"
+    assert lines[0]["type"] == "clip" and lines[-1]["type"] == "video"
+    assert lines[-1]["video"] == str(fifo) and lines[-1]["duration"] == pytest.approx(6.0, abs=0.01)
+
+
+def test_ctrl_c_on_a_live_input_exits_130_and_keeps_every_record(face_ts, ckpt):
+    data = face_ts.read_bytes()
+    proc = dfer(["-", "-w", str(ckpt), *OPTS], stdin=subprocess.PIPE)
+    proc.stdin.write(data[: len(data) // 2])
+    proc.stdin.flush()                      # the rest never comes: a camera still filming
+    first = proc.stdout.readline()
+    assert json.loads(first)["type"] == "clip"
+    proc.send_signal(signal.SIGINT)
+    rest, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err.decode()
+    got = records(first.decode() + rest.decode())  # every line written is whole JSON
+    assert all(r["type"] == "clip" for r in got)
+    assert err.decode().strip().splitlines()[-1] == \
+        "dfer: interrupted after 0 of 1 video; partial output on stdout"
+
+
+@pytest.mark.parametrize("flag", [["--output-dir", "OUT"], ["--annotate", "a.mp4"], ["--plot", "p.png"]])
+def test_options_that_need_a_file_refuse_a_live_input(face_ts, ckpt, flag):
+    proc = dfer(["-", "-w", str(ckpt), *flag], stdin=subprocess.PIPE)
+    _, err = proc.communicate(face_ts.read_bytes()[:4096], timeout=120)
+    assert proc.returncode == 2
+    line = err.decode().strip()
+    assert line.startswith("dfer: standard input (-) is a live input") and "\n" not in line
+    assert "save the stream to a file first" in line
