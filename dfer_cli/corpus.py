@@ -282,18 +282,20 @@ def plan_corpus(items: Sequence[tuple[str, Optional[str]]], out_dir, fmt: str, m
 
 # --------------------------------------------------------------------------- one video
 
-def detector_options(*, min_face=None, detect_size=None, min_score=None) -> dict:
+def detector_options(*, min_face=None, detect_size=None, min_score=None, detection=None) -> dict:
     """The face-detector keyword arguments of `predict_video` that were given (None: its
     default). `dfer predict` and corpus runs both build them here."""
     return {name: value for name, value in (("min_face", min_face), ("detect_size", detect_size),
-                                            ("min_score", min_score)) if value is not None}
+                                            ("min_score", min_score), ("detection", detection))
+            if value is not None}
 
 
 def predict_options(*, window=2.0, stride=1.0, all_faces=False, batch_size=8, tta="none",
-                    min_face=None, detect_size=None, min_score=None) -> dict:
+                    min_face=None, detect_size=None, min_score=None, detection=None) -> dict:
     """Keyword arguments for `predict_video` (detector options only when given)."""
     return dict(window=window, stride=stride, all_faces=all_faces, batch_size=batch_size, tta=tta,
-                **detector_options(min_face=min_face, detect_size=detect_size, min_score=min_score))
+                **detector_options(min_face=min_face, detect_size=detect_size, min_score=min_score,
+                                   detection=detection))
 
 
 def result_settings(opts: dict, fmt: str) -> dict:
@@ -304,7 +306,9 @@ def result_settings(opts: dict, fmt: str) -> dict:
     return {"window": float(opts["window"]), "stride": float(opts["stride"]), "all_faces": bool(opts["all_faces"]),
             "min_face": float(opts.get("min_face", faces.MIN_FACE)),
             "detect_size": opts.get("detect_size", faces.DETECT_SIZE),
-            "min_score": float(opts.get("min_score", faces.MIN_SCORE)), "tta": opts["tta"], "format": fmt}
+            "min_score": float(opts.get("min_score", faces.MIN_SCORE)), "tta": opts["tta"], "format": fmt,
+            # only when not the default, so that folders made before the option keep their results
+            **({"detection": opts["detection"]} if opts.get("detection", "full") != "full" else {})}
 
 
 def one_line(exc: BaseException, *paths) -> str:

@@ -40,6 +40,8 @@ DETECT_EVERY = 2     # run the detector on every n-th grid frame; interpolate la
 LIVE_DETECT_BATCH = 2
 LIVE_BATCH_SIZE = 1
 
+DETECTIONS = ("full", "keyframe")   # how faces are found on the scheduled frames (predict_video)
+
 _DETECTORS: dict = {}
 
 
@@ -105,6 +107,7 @@ def predict_video(
     timings: dict | None = None,
     tta: str = "none",
     stdin=None,
+    detection: str = "full",
 ) -> VideoResult:
     """Predict facial expressions over time for the faces in one video.
 
@@ -132,6 +135,10 @@ def predict_video(
     classified; otherwise the clip is reported with label None and a status.
     detector: any object with `detect(frames) -> list[list[Detection]]` like
     `faces.FaceDetector` (default: a cached FaceDetector with the options above).
+    detection: "full" runs that detector (MTCNN's whole pyramid) on every scheduled frame;
+    "keyframe" runs it on key frames only (about one a second, and after cuts) and follows
+    the faces in between with MTCNN's last two networks on crops around their last boxes
+    (`keyframe_detect.KeyframeDetector`: cheaper, boxes within a few % of full scans).
     timings: optional dict that receives seconds spent per stage (decode, detect, align, model).
     tta: "flip" averages each clip's probabilities with its mirror image's (twice the model
     cost; see evaluate.clip_probs).
@@ -156,12 +163,10 @@ def predict_video(
 
     if tta not in TTA_MODES:
         raise ValueError(f"tta {tta!r}: choose one of {', '.join(TTA_MODES)}")
+    if detection not in DETECTIONS:
+        raise ValueError(f"detection {detection!r}: choose one of {', '.join(DETECTIONS)}")
     model, dev = _place_model(model, device)
-    if detector is None:
-        detector = get_detector(detect_size, min_face, min_score, dev if dev.type == "cuda" else None)
     tm = timings if timings is not None else {}
-    if hasattr(detector, "reset"):
-        detector.reset()  # a stateful detector (keyframe_detect) starts each video afresh
     pre = model.preprocessing
     duration, fps, frames = _open_source(path, stdin)
     live = duration is None
@@ -169,6 +174,9 @@ def predict_video(
         detect_batch, batch_size = min(detect_batch, LIVE_DETECT_BATCH), min(batch_size, LIVE_BATCH_SIZE)
     plan = WindowPlan(duration, window, stride, int(pre.num_frames),
                       sampling=getattr(model, "sampling", None) or "uniform", fps=fps)
+    detector = _video_detector(detector, detection, plan, detect_every,
+                               lambda: get_detector(detect_size, min_face, min_score,
+                                                    dev if dev.type == "cuda" else None))
     name, sha256 = model_identity(model)
     result = VideoResult(video=str(path), duration=duration or 0.0, model=name, classes=list(model.classes),
                          weights_sha256=sha256, fps=fps if fps > 0 else None,
@@ -197,6 +205,22 @@ def predict_video(
         result.duration = max(result.duration, decoded.last_time)
     result.tracks = summarize(result.clips, result.classes)
     return result
+
+
+def _video_detector(detector, detection: str, plan: WindowPlan, detect_every: int, default):
+    """The detector for one video: `detector` (else `default()`), wrapped for key-frame
+    detection when asked; a stateful one (with `reset`) starts the video afresh."""
+    if detector is None:
+        detector = default()
+    if detection == "keyframe" and not hasattr(detector, "reset"):
+        from dfer_cli.keyframe_detect import keyframe_detector
+
+        # key frames come every KEY_INTERVAL seconds of the frames DetectStage detects
+        detector = keyframe_detector(window=plan.window, num_frames=plan.num_frames,
+                                     detect_every=max(1, int(detect_every)), detector=detector)
+    if hasattr(detector, "reset"):
+        detector.reset()
+    return detector
 
 
 def _open_source(path, stdin=None):
