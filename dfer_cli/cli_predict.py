@@ -14,7 +14,7 @@ import time
 import warnings
 from contextlib import contextmanager, redirect_stdout
 from pathlib import Path
-from typing import List, Optional
+from typing import Callable, List, Optional
 
 import typer
 
@@ -465,42 +465,24 @@ def predict_cmd(
     Exit status: 0 every input done, 1 some input failed (the rest are still done), 2 usage error,
     130 interrupted (Ctrl-C), 141 stdout closed by its reader (e.g. `| head`).
     """
-    from dfer_cli.writers import FORMATS
-
-    fmt_given = fmt is not None
-    fmt = fmt.lower() if fmt else default_format(output)
-    if fmt not in FORMATS:
-        fail(f"--format {fmt}: expected one of {', '.join(FORMATS)}", 2)
-
-    if tta not in ("none", "flip"):
-        fail(f"--tta {tta}: expected none or flip", 2)
-    if detection not in ("full", "keyframe"):
-        fail(f"--detector {detection}: expected full or keyframe", 2)
-    if min_face is not None and min_face <= 0:
-        fail(f"--min-face {min_face}: must be > 0 (a fraction <= 1 or pixels > 1)", 2)
+    fmt, fmt_given = _check_options(fmt, output, tta, detection, min_face)
     live: dict = {}
     items = collect_inputs(inputs, recursive=recursive, live=live)
     if not items:
         fail("no inputs: give video files, directories, or - with paths on stdin", 2)
     check_live_inputs(items, output_dir=output_dir, annotate=annotate, plot=plot)
-    from dfer_cli.corpus import corpus_command  # --output-dir, --shard, --ray: runs and exits when given
+    from dfer_cli.corpus import corpus_command, detector_options  # --output-dir...: runs and exits when given
 
+    detector = detector_options(min_face=min_face, detect_size=detect_size, min_score=min_score,
+                                detection=None if detection == "full" else detection)
     corpus_command(items, output_dir=output_dir, fmt=fmt, fmt_given=fmt_given, output=output, annotate=annotate,
                    plot=plot, shard=shard, force=force, ray=ray_address or ("local" if ray else None),
-                   workers=workers, gpus_per_worker=gpus_per_worker,
-                   weights=weights, device=device, threads=threads, quiet=quiet, window=window, stride=stride,
-                   all_faces=all_faces, batch_size=batch_size, tta=tta, min_face=min_face, detect_size=detect_size,
-                   min_score=min_score, detection=None if detection == "full" else detection)
+                   workers=workers, gpus_per_worker=gpus_per_worker, weights=weights, device=device,
+                   threads=threads, quiet=quiet, window=window, stride=stride, all_faces=all_faces,
+                   batch_size=batch_size, tta=tta, **{"detection": None, **detector})
     videos = [p for p, err in items if err is None]
-    annotate_to = output_paths(annotate, videos, ".annotated.mp4", "--annotate")
-    plot_to = output_paths(plot, videos, ".timeline.png", "--plot")
-    check_render_formats(annotate_to, plot_to)
-    if output is not None:
-        output = output.expanduser()
-        for video in videos:
-            if Path(video).resolve() == output.resolve():
-                fail(f"--output {output}: would overwrite the input {video}; choose another name", 2)
-
+    renders = _render_targets(annotate, plot, videos)
+    output = _check_output(output, videos)
     # Inputs that cannot be read (missing, a broken link, a FIFO, empty, ...) are reported
     # now, before seconds go into loading torch and the model; with none left, the model is
     # not loaded at all.
@@ -512,112 +494,177 @@ def predict_cmd(
     except KeyboardInterrupt:
         typer.echo("dfer: interrupted before any video was processed; nothing written", err=True)
         raise typer.Exit(EXIT_INTERRUPTED)
+    run = _BatchRun(model, dict(window=window, stride=stride, all_faces=all_faces, batch_size=batch_size,
+                                device=dev, tta=tta, **detector), live, renders,
+                    _Progress(not quiet and sys.stderr.isatty(), total=len(videos)))
+    run.open_output(output, fmt)
+    run.run(items)
+    run.report(len(items), quiet)
 
-    from dfer_cli.corpus import detector_options
 
-    detector = detector_options(min_face=min_face, detect_size=detect_size, min_score=min_score,
-                                detection=None if detection == "full" else detection)
+def _check_options(fmt, output, tta, detection, min_face) -> tuple[str, bool]:
+    """(the output format, whether it was given), after refusing bad option values (exit 2)."""
+    from dfer_cli.writers import FORMATS
 
-    progress = _Progress(not quiet and sys.stderr.isatty(), total=len(videos))
-    sink = None
-    if output is not None:
+    fmt_given = fmt is not None
+    fmt = fmt.lower() if fmt else default_format(output)
+    if fmt not in FORMATS:
+        fail(f"--format {fmt}: expected one of {', '.join(FORMATS)}", 2)
+    if tta not in ("none", "flip"):
+        fail(f"--tta {tta}: expected none or flip", 2)
+    if detection not in ("full", "keyframe"):
+        fail(f"--detector {detection}: expected full or keyframe", 2)
+    if min_face is not None and min_face <= 0:
+        fail(f"--min-face {min_face}: must be > 0 (a fraction <= 1 or pixels > 1)", 2)
+    return fmt, fmt_given
+
+
+def _render_targets(annotate, plot, videos: list[str]) -> list[tuple[str, dict, Callable]]:
+    """(what, {video: destination}, render function) for --annotate and --plot."""
+    annotate_to = output_paths(annotate, videos, ".annotated.mp4", "--annotate")
+    plot_to = output_paths(plot, videos, ".timeline.png", "--plot")
+    check_render_formats(annotate_to, plot_to)
+    return [("annotated video", annotate_to, _annotate), ("timeline plot", plot_to, _plot)]
+
+
+def _check_output(output: Optional[Path], videos: list[str]) -> Optional[Path]:
+    """--output, with ~ expanded, after refusing one that is also an input (exit 2)."""
+    if output is None:
+        return None
+    output = output.expanduser()
+    for video in videos:
+        if Path(video).resolve() == output.resolve():
+            fail(f"--output {output}: would overwrite the input {video}; choose another name", 2)
+    return output
+
+
+class _BatchRun:
+    """One `dfer predict` run over its inputs without --output-dir: each video through
+    `predict_video` in turn, records to one writer, a bad video reported and passed over,
+    Ctrl-C and a closed stdout turned into their exit statuses."""
+
+    def __init__(self, model, options: dict, live: dict, renders, progress: "_Progress"):
+        self.model, self.options, self.live, self.renders, self.progress = model, options, live, renders, progress
+        self.failed = self.done = self.truncated = self.finished = 0
+        self.seconds_of_video = 0.0   # of the videos done, for the real-time factor
+        self.sink = self.stream = self.writer = self.fmt = None
+
+    def open_output(self, output: Optional[Path], fmt: str) -> None:
+        """The writer: to `output` (as FILE.partial until the run completes) or to stdout."""
+        from dfer_cli.labels import CLASSES
+        from dfer_cli.writers import make_writer
+
+        if output is not None:
+            try:
+                output.parent.mkdir(parents=True, exist_ok=True)
+                self.sink = PartialFile(output)
+            except OSError as e:
+                fail(f"--output {output}: cannot write it ({e.strerror or e}); choose a writable file path", 2)
+            self.stream = self.sink.file
+        else:
+            self.stream = _Stdout(sys.stdout, self.progress)
+        # Without a model (every input was bad) the error records go out with dfer's 7 classes.
+        classes = list(self.model.classes) if self.model is not None else CLASSES
+        self.fmt, self.writer = fmt, make_writer(fmt, self.stream, classes)
+
+    def run(self, items: list[tuple[str, Optional[str]]]) -> None:
+        """Every input in order; exits 130 on Ctrl-C and 141 when stdout's reader goes away."""
+        self.t0 = time.monotonic()
+        self.videos = sum(err is None for _, err in items)
+        stopped = None  # "interrupted" (Ctrl-C) or "closed" (the reader of stdout went away)
         try:
-            output.parent.mkdir(parents=True, exist_ok=True)
-            sink = PartialFile(output)
-        except OSError as e:
-            fail(f"--output {output}: cannot write it ({e.strerror or e}); choose a writable file path", 2)
-        stream = sink.file
-    else:
-        stream = _Stdout(sys.stdout, progress)
-    from dfer_cli.labels import CLASSES
-    from dfer_cli.writers import counted, make_writer
+            with self.progress, redirect_stdout(_Stderr()):
+                for path, error in items:
+                    self.one(path, error)
+            self.writer.close()
+        except KeyboardInterrupt:
+            stopped = "interrupted"
+        except _StdoutClosed:
+            stopped = "closed"
+        except BaseException:
+            if self.sink is not None:
+                self.sink.abandon()
+            raise
+        if stopped == "closed":
+            _exit_stdout_closed()
+        if stopped == "interrupted":
+            self.interrupted()
+        if self.sink is not None:
+            self.sink.commit()
 
-    # Without a model (every input was bad) the error records go out with dfer's 7 classes.
-    writer = make_writer(fmt, stream, list(model.classes) if model is not None else CLASSES)
-    failed = done = truncated = finished = 0
-    seconds_of_video = 0.0  # of the videos done, for the real-time factor
-    t0 = time.monotonic()
-    stopped = None  # "interrupted" (Ctrl-C) or "closed" (the reader of stdout went away)
-    try:
-        with progress, redirect_stdout(_Stderr()):
-            for path, error in items:
-                if error is not None:  # reported above
-                    failed += 1
-                    writer.error(path, error)
-                    continue
-                from dfer_cli.predict import predict_video
+    def one(self, path: str, error: Optional[str]) -> None:
+        """One input: its records, or its error (reported above when `error` is given)."""
+        if error is not None:
+            self.failed += 1
+            self.writer.error(path, error)
+            return
+        from dfer_cli.predict import predict_video
 
-                progress.start(Path(path).name)
-                notes = _VideoWarnings()
+        self.progress.start(Path(path).name)
+        notes = _VideoWarnings()
+        try:
+            with notes:
+                result = predict_video(self.model, path, on_clip=self.writer.clip, progress=self.progress.callback,
+                                       stdin=self.live.get(path), **self.options)
+        except (KeyboardInterrupt, SystemExit, _StdoutClosed):
+            raise
+        except Exception as e:  # one bad file must not stop the batch
+            error = _one_line(e, path)
+        for line in notes.lines:
+            self.progress.log(f"dfer: {line}")
+        self.finished += 1
+        if error is not None:
+            self.failed += 1
+            self.progress.log(f"dfer: skipping {path}: {error}")
+            self.writer.error(path, error)
+            return
+        if notes.truncation is not None:  # keep what was decoded, say so in the record
+            result.truncated = True
+            result.duration = notes.truncation.decoded
+            self.truncated += 1
+        self.progress.finish()
+        self.writer.video(result)
+        self.done += 1
+        self.seconds_of_video += result.duration or 0.0
+        for what, targets, render in self.renders:
+            if path in targets:
                 try:
-                    with notes:
-                        result = predict_video(model, path, window=window, stride=stride, all_faces=all_faces,
-                                               batch_size=batch_size, device=dev, on_clip=writer.clip,
-                                               progress=progress.callback, tta=tta, stdin=live.get(path),
-                                               **detector)
-                except (KeyboardInterrupt, SystemExit, _StdoutClosed):
-                    raise
-                except Exception as e:  # one bad file must not stop the batch
-                    error = _one_line(e, path)
-                for line in notes.lines:
-                    progress.log(f"dfer: {line}")
-                finished += 1
-                if error is not None:
-                    failed += 1
-                    progress.log(f"dfer: skipping {path}: {error}")
-                    writer.error(path, error)
-                    continue
-                if notes.truncation is not None:  # keep what was decoded, say so in the record
-                    result.truncated = True
-                    result.duration = notes.truncation.decoded
-                    truncated += 1
-                progress.finish()
-                writer.video(result)
-                done += 1
-                seconds_of_video += result.duration or 0.0
-                for what, targets, render in (("annotated video", annotate_to, _annotate),
-                                              ("timeline plot", plot_to, _plot)):
-                    if path in targets:
-                        try:
-                            render(path, targets[path], result)
-                        except Exception as e:
-                            failed += 1
-                            progress.log(f"dfer: {path}: could not write the {what} {targets[path]}: "
-                                         f"{_one_line(e, targets[path])}")
-        writer.close()
-    except KeyboardInterrupt:
-        stopped = "interrupted"
-    except _StdoutClosed:
-        stopped = "closed"
-    except BaseException:
-        if sink is not None:
-            sink.abandon()
-        raise
-    if stopped == "closed":
-        _exit_stdout_closed()
-    if stopped == "interrupted":
-        if sink is not None:
-            writer.close()  # JSON: the array of the videos finished so far, in the .partial file
-            where = f"partial output in {sink.abandon()}"
-        elif fmt == "json":
+                    render(path, targets[path], result)
+                except Exception as e:
+                    self.failed += 1
+                    self.progress.log(f"dfer: {path}: could not write the {what} {targets[path]}: "
+                                      f"{_one_line(e, targets[path])}")
+
+    def interrupted(self) -> None:
+        """Ctrl-C: keep what was written, say how far it got, exit 130."""
+        from dfer_cli.writers import counted
+
+        if self.sink is not None:
+            self.writer.close()  # JSON: the array of the videos finished so far, in the .partial file
+            where = f"partial output in {self.sink.abandon()}"
+        elif self.fmt == "json":
             where = "nothing written (--format json writes its array when every input is done)"
         else:
             try:
-                stream.flush()
+                self.stream.flush()
             except _StdoutClosed:
                 pass
             where = "partial output on stdout"
-        typer.echo(f"dfer: interrupted after {finished} of {counted(len(videos), 'video')}; {where}", err=True)
+        typer.echo(f"dfer: interrupted after {self.finished} of {counted(self.videos, 'video')}; {where}",
+                   err=True)
         raise typer.Exit(EXIT_INTERRUPTED)
-    if sink is not None:
-        sink.commit()
-    if not quiet and len(items) > 1:
-        typer.echo(f"dfer: {done} of {len(items)} inputs done" + (f", {truncated} truncated" if truncated else "")
-                   + (f", {failed} failed" if failed else ""), err=True)
-    if progress.enabled and done:  # a terminal, not --quiet: what the run cost
-        typer.echo(f"dfer: {speed_line(done, seconds_of_video, time.monotonic() - t0)}", err=True)
-    if failed:
-        raise typer.Exit(1)
+
+    def report(self, inputs: int, quiet: bool) -> None:
+        """The summary lines on stderr, and exit status 1 when an input failed."""
+        if not quiet and inputs > 1:
+            typer.echo(f"dfer: {self.done} of {inputs} inputs done"
+                       + (f", {self.truncated} truncated" if self.truncated else "")
+                       + (f", {self.failed} failed" if self.failed else ""), err=True)
+        if self.progress.enabled and self.done:  # a terminal, not --quiet: what the run cost
+            typer.echo(f"dfer: {speed_line(self.done, self.seconds_of_video, time.monotonic() - self.t0)}",
+                       err=True)
+        if self.failed:
+            raise typer.Exit(1)
 
 
 # Exit status when the reader of stdout goes away (`dfer predict ... | head -1`): what the
