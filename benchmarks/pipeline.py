@@ -77,6 +77,8 @@ def main():
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--all-faces", action="store_true")
     ap.add_argument("--tta", default="none", choices=("none", "flip"), help="test-time augmentation (predict --tta)")
+    ap.add_argument("--detector", default="full", choices=("full", "keyframe"),
+                    help="face detection (predict --detector): full pyramid on every detected frame, or key frames")
     args = ap.parse_args()
 
     import torch
@@ -89,7 +91,7 @@ def main():
     opts = dict(window=args.window, stride=args.stride, batch_size=args.batch_size,
                 all_faces=args.all_faces, detect_size=args.detect_size,
                 min_face=args.min_face if args.min_face is not None else faces.MIN_FACE,
-                detect_every=args.detect_every or predict.DETECT_EVERY, tta=args.tta)
+                detect_every=args.detect_every or predict.DETECT_EVERY, tta=args.tta, detection=args.detector)
     videos = args.videos or default_videos()
     print(f"machine: {platform.machine()} {platform.processor() or ''} {os.cpu_count()} cores, "
           f"python {platform.python_version()}, torch {torch.__version__}, threads {args.threads}")

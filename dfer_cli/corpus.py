@@ -698,7 +698,7 @@ def run_corpus(inputs: Sequence[str] | Sequence[tuple[str, Optional[str]]], out_
     pairs from `collect_inputs`. `shard`: ``"K/N"`` or (K, N). `ray`: None to work in this
     process, else a Ray address (``"local"`` starts a local Ray, ``"auto"`` joins a running
     cluster; an already initialised Ray is used as it is). `options`: window, stride,
-    all_faces, batch_size, tta, min_face, detect_size, min_score (as `predict_video`). `predict`: the
+    all_faces, batch_size, tta, min_face, detect_size, min_score, detection (as `predict_video`). `predict`: the
     function called as ``predict(model, path, **options)`` (default `predict_video`).
 
     `videos_in_flight` (local runs): videos decoded and detected at once, each in a thread of
@@ -715,36 +715,8 @@ def run_corpus(inputs: Sequence[str] | Sequence[tuple[str, Optional[str]]], out_
     from dfer_cli.weights import DEFAULT_WEIGHTS, file_sha256, find_weights
 
     started = time.monotonic()
-    if fmt not in RESULT_SUFFIX:
-        raise CorpusError(f"--format {fmt}: an --output-dir gets one file per video in json, jsonl or csv "
-                          "(the table is for terminals)")
-    if isinstance(shard, str):
-        try:
-            shard = parse_shard(shard)
-        except ValueError as e:
-            raise CorpusError(str(e)) from None
-    if ray is None and (workers is not None or gpus_per_worker):
-        raise CorpusError("--workers and --gpus-per-worker spread videos over Ray workers: add --ray")
-    if workers is not None and workers < 1:
-        raise CorpusError(f"--workers {workers}: must be at least 1")
-    if gpus_per_worker < 0:
-        raise CorpusError(f"--gpus-per-worker {gpus_per_worker}: must be >= 0 (a fraction shares a GPU)")
-    if videos_in_flight is not None and videos_in_flight < 1:
-        raise CorpusError(f"videos_in_flight {videos_in_flight}: must be at least 1")
-    if precision not in AUTOCAST:
-        raise CorpusError(f"precision {precision}: expected one of {', '.join(AUTOCAST)}")
-    out = Path(out_dir).expanduser()
-    if out.exists() and not out.is_dir():
-        raise CorpusError(f"--output-dir {out}: exists and is not a folder; give a folder path (created if needed)")
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        fd, probe = tempfile.mkstemp(prefix=_temp_prefix("write-test"), suffix=".tmp", dir=out)
-        os.close(fd)
-        os.unlink(probe)
-    except OSError as e:
-        raise CorpusError(f"--output-dir {out}: cannot write there ({e.strerror or e}); "
-                          "choose a writable folder") from None
-    remove_stale_temps(out)
+    shard = _check_run_options(fmt, shard, ray, workers, gpus_per_worker, videos_in_flight, precision)
+    out = open_output_dir(out_dir)
 
     items = list(inputs)
     if items and isinstance(items[0], (str, os.PathLike)):
@@ -767,35 +739,13 @@ def run_corpus(inputs: Sequence[str] | Sequence[tuple[str, Optional[str]]], out_
     whole = (lambda: corpus_done(out, plan.keys, sha, settings)) if shard is not None else None
     bar = CorpusProgress(summary, len(plan.todo), progress, whole=whole)
     shield = _Shield()
-    manifest = None
-
-    def record(job: Job, outcome: dict, worker: str = "local") -> None:
-        """Write the result file (atomically), then its manifest line; Ctrl-C waits for both."""
-        with shield.shielded():
-            status, error = outcome["status"], outcome.get("error")
-            if status != "failed":
-                try:
-                    write_result(out / job.result, outcome["text"])
-                except OSError as e:
-                    status, error = "failed", f"cannot write {out / job.result}: {e.strerror or e}"
-            rec = {"input": job.path, "key": job.key, "size": job.size, "mtime_ns": job.mtime_ns,
-                   "result": job.result if status != "failed" else None, "status": status, "error": error,
-                   **base, "seconds": outcome.get("seconds"), "attempts": outcome.get("attempts", 1),
-                   "worker": worker, "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-            if outcome.get("retried_after"):
-                rec["retried_after"] = outcome["retried_after"]  # why earlier attempts (Ray workers) died
-            manifest.append(rec)
-            if status == "failed":
-                summary.failed += 1
-                summary.failures.append((job.path, error))
-            else:
-                summary.done += 1
-        bar.finished(job, dict(outcome, status=status, error=error))
+    recorder = _Recorder(out, base, summary, bar, shield)
+    record = recorder.record
 
     try:
         with shield, bar:
             with shield.shielded():
-                manifest = ManifestWriter(out / manifest_name(shard))
+                recorder.manifest = ManifestWriter(out / manifest_name(shard))
             for job in [j for j in plan.todo if j.error is not None]:  # missing, not a file, ...
                 record(job, {"status": "failed", "error": job.error, "seconds": 0.0, "attempts": 0})
             jobs = [j for j in plan.todo if j.error is None]
@@ -813,12 +763,85 @@ def run_corpus(inputs: Sequence[str] | Sequence[tuple[str, Optional[str]]], out_
         summary.seconds = time.monotonic() - started
         raise CorpusInterrupted(summary) from e
     finally:
-        if manifest is not None:
-            manifest.close()
+        if recorder.manifest is not None:
+            recorder.manifest.close()
         summary.seconds = time.monotonic() - started
     if whole is not None:
         summary.corpus_done = whole()
     return summary
+
+
+def _check_run_options(fmt, shard, ray, workers, gpus_per_worker, videos_in_flight, precision):
+    """The shard as (K, N) (or None), after refusing bad run options with a CorpusError."""
+    if fmt not in RESULT_SUFFIX:
+        raise CorpusError(f"--format {fmt}: an --output-dir gets one file per video in json, jsonl or csv "
+                          "(the table is for terminals)")
+    if isinstance(shard, str):
+        try:
+            shard = parse_shard(shard)
+        except ValueError as e:
+            raise CorpusError(str(e)) from None
+    if ray is None and (workers is not None or gpus_per_worker):
+        raise CorpusError("--workers and --gpus-per-worker spread videos over Ray workers: add --ray")
+    if workers is not None and workers < 1:
+        raise CorpusError(f"--workers {workers}: must be at least 1")
+    if gpus_per_worker < 0:
+        raise CorpusError(f"--gpus-per-worker {gpus_per_worker}: must be >= 0 (a fraction shares a GPU)")
+    if videos_in_flight is not None and videos_in_flight < 1:
+        raise CorpusError(f"videos_in_flight {videos_in_flight}: must be at least 1")
+    if precision not in AUTOCAST:
+        raise CorpusError(f"precision {precision}: expected one of {', '.join(AUTOCAST)}")
+    return shard
+
+
+def open_output_dir(out_dir) -> Path:
+    """The output folder, created if needed and checked writable (CorpusError if not), with
+    the temporary files of a killed earlier run removed."""
+    out = Path(out_dir).expanduser()
+    if out.exists() and not out.is_dir():
+        raise CorpusError(f"--output-dir {out}: exists and is not a folder; give a folder path (created if needed)")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=_temp_prefix("write-test"), suffix=".tmp", dir=out)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise CorpusError(f"--output-dir {out}: cannot write there ({e.strerror or e}); "
+                          "choose a writable folder") from None
+    remove_stale_temps(out)
+    return out
+
+
+class _Recorder:
+    """Records each finished video: its result file (atomically), then its manifest line
+    (`manifest`, a ManifestWriter set once the run starts), the summary counts and the
+    progress bar; Ctrl-C waits until both files are written (`shield`)."""
+
+    def __init__(self, out: Path, base: dict, summary: "Summary", bar, shield):
+        self.out, self.base, self.summary, self.bar, self.shield = out, base, summary, bar, shield
+        self.manifest = None
+
+    def record(self, job: Job, outcome: dict, worker: str = "local") -> None:
+        with self.shield.shielded():
+            status, error = outcome["status"], outcome.get("error")
+            if status != "failed":
+                try:
+                    write_result(self.out / job.result, outcome["text"])
+                except OSError as e:
+                    status, error = "failed", f"cannot write {self.out / job.result}: {e.strerror or e}"
+            rec = {"input": job.path, "key": job.key, "size": job.size, "mtime_ns": job.mtime_ns,
+                   "result": job.result if status != "failed" else None, "status": status, "error": error,
+                   **self.base, "seconds": outcome.get("seconds"), "attempts": outcome.get("attempts", 1),
+                   "worker": worker, "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+            if outcome.get("retried_after"):
+                rec["retried_after"] = outcome["retried_after"]  # why earlier attempts (Ray workers) died
+            self.manifest.append(rec)
+            if status == "failed":
+                self.summary.failed += 1
+                self.summary.failures.append((job.path, error))
+            else:
+                self.summary.done += 1
+        self.bar.finished(job, dict(outcome, status=status, error=error))
 
 
 def _run_local(jobs, ckpt, fmt, opts, device, threads, predict, record, *, videos_in_flight=None,
