@@ -478,6 +478,10 @@ class _ModelView:
     everything is the model's, except that calling it goes through the `SharedClassifier`
     (and `.to()` / `.eval()` leave the shared model where it is)."""
 
+    # Whole clips go through the shared forward pass, so the classify stage must not split
+    # the model into its trunk and head (pipeline/classify.py) behind the classifier's back.
+    frame_features = forward_tokens = None
+
     def __init__(self, shared: SharedClassifier):
         self._shared = shared
 

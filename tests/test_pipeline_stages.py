@@ -230,3 +230,52 @@ def test_classifier_batches_clips_and_passes_unclassified_ones_through():
     labels = [c.label for done, _ in out for _, c in done]
     assert labels == ["happy", None, "sad", "sad"]
     assert out[1][0][0][1].probabilities["happy"] > 0.99
+
+
+@pytest.mark.parametrize("tta", ["none", "flip"])
+def test_classifier_runs_the_trunk_once_per_face_and_matches_the_whole_model(tta):
+    """Three overlapping clips of one track (4 frames each, 2 shared with the next clip): the
+    trunk sees each of the 8 distinct faces once (twice with flip), the probabilities are the
+    whole model's on each clip, and faces before the bound leave the cache."""
+    import torch
+
+    from synth import tiny_model
+    from dfer_cli.evaluate import clip_probs
+    from dfer_cli.pipeline import ClipClassifier
+    from dfer_cli.preprocess import frames_to_tensor
+
+    model = tiny_model(num_frames=4)
+    seen = []
+    trunk = model.frame_features
+    model.frame_features = lambda x: (seen.append(x.shape[0]), trunk(x))[1]
+    rng = np.random.default_rng(0)
+    faces = {k: rng.integers(0, 256, (32, 32, 3), dtype=np.uint8) for k in range(8)}   # grid slot -> face
+    firsts = [0, 2, 4]
+    jobs = [ClipJob(f, clip(0, float(f)), np.stack([faces[k] for k in range(f, f + 4)]),
+                    [(0, k) for k in range(f, f + 4)]) for f in firsts]
+    clf = ClipClassifier(model, torch.device("cpu"), batch_size=2, tta=tta)
+    steps = [SimpleNamespace(jobs=jobs[:2], bound=2, final=False),
+             SimpleNamespace(jobs=jobs[2:], bound=10**12, final=True)]
+    out = list(clf.run(steps))
+    assert sum(seen) == 8 * (2 if tta == "flip" else 1)          # not 12 (3 clips x 4 frames)
+    assert clf.cache == {}                                       # all past the final bound
+    got = [c for done, _ in out for _, c in done]
+    pre = model.preprocessing
+    with torch.inference_mode():
+        want = clip_probs(model, torch.stack([frames_to_tensor(j.crops, pre) for j in jobs]), tta).numpy()
+    for c, w in zip(got, want):
+        assert [c.probabilities[k] for k in model.classes] == pytest.approx(w, abs=1e-4)
+
+
+def test_classifier_cache_keeps_only_faces_a_later_clip_can_use():
+    import torch
+
+    from synth import tiny_model
+    from dfer_cli.pipeline import ClipClassifier
+
+    model = tiny_model(num_frames=4)
+    faces = np.zeros((4, 32, 32, 3), np.uint8)
+    clf = ClipClassifier(model, torch.device("cpu"), batch_size=1)
+    step = SimpleNamespace(jobs=[ClipJob(0, clip(0), faces, [(0, k) for k in range(4)])], bound=2, final=False)
+    list(clf.run([step]))
+    assert sorted(clf.cache) == [(0, 2, False), (0, 3, False)]   # slots 0, 1 are before the bound

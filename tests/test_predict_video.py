@@ -222,3 +222,32 @@ def test_windows_with_gaps_between_them_stay_on_the_video_grid(tmp_path, model):
     assert [(c.start, c.end) for c in res.clips] == [(0.0, 1.0), (2.0, 3.0)]
     assert res.clips[1].status == "ok"
     assert len(det.frames) < 12  # about half the 18 distinct frames of the two windows, not of all 24
+
+
+def test_shared_trunk_maps_give_the_whole_models_probabilities(tmp_path, model):
+    """predict_video reuses the trunk maps of faces shared by overlapping clips; a wrapper
+    that only offers forward() makes it run the whole model on every clip. Both must agree,
+    on a face that moves (every crop differs) and is missing for a while (crops reused)."""
+    import torch
+
+    class WholeModel(torch.nn.Module):
+        def __init__(self, inner):
+            super().__init__()
+            self.inner, self.preprocessing, self.classes = inner, inner.preprocessing, inner.classes
+
+        def forward(self, x):
+            return self.inner(x)
+
+    frames = rolling_face(40)
+    for i in range(22, 26):   # 0.5 s blurred past recognition: no face found, but no cut either
+        frames[i] = cv2.GaussianBlur(frames[i], (0, 0), 12)
+    path = make_video(tmp_path / "gap.mp4", frames, fps=8)
+    shared = dfer_cli.predict_video(model, path, window=2.0, stride=0.5)
+    whole = dfer_cli.predict_video(WholeModel(model).eval(), path, window=2.0, stride=0.5)
+    assert len(shared.clips) >= 6 and {c.track for c in shared.clips} == {0}
+    assert not any(2.8 < t < 3.2 for t, _ in shared.faces[0])   # the blurred frames had no face
+    assert [(c.start, c.track, c.status) for c in shared.clips] == [(c.start, c.track, c.status) for c in whole.clips]
+    for a, b in zip(shared.clips, whole.clips):
+        if a.probabilities is not None:
+            assert [a.probabilities[k] for k in CLASSES] == pytest.approx([b.probabilities[k] for k in CLASSES],
+                                                                         abs=2e-4)

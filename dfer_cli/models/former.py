@@ -189,8 +189,13 @@ class Former(nn.Module):
         if x.shape[3] != c.input_size or x.shape[4] != c.input_size:
             raise ValueError(f"frames are {x.shape[3]}x{x.shape[4]}; this model takes "
                              f"{c.input_size}x{c.input_size}")
-        f = self.backbone(x.flatten(0, 1))                            # (B*T, 256, g, g)
+        f = self.frame_features(x.flatten(0, 1))                      # (B*T, 256, g, g)
         return f.reshape(B, T, *f.shape[1:])                          # (B, T, 256, g, g)
+
+    def frame_features(self, frames: torch.Tensor) -> torch.Tensor:
+        """Frames (N, 3, S, S), any N -> trunk maps (N, 256, g, g). The trunk sees one frame
+        at a time (in eval mode), so a frame shared by overlapping clips needs it only once."""
+        return self.backbone(frames)
 
     def forward_tokens(self, f: torch.Tensor) -> torch.Tensor:
         """Trunk maps (B, T, 256, g, g), T <= num_frames -> [CLS] features (B, dim).

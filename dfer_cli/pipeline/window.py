@@ -38,11 +38,13 @@ NO_BOUND = 10**12   # the bound once the video is done: every clip may go
 class ClipJob:
     """A clip waiting for the classifier: `first` (its window's first grid slot), `clip`
     (a ClipPrediction without probabilities yet) and `crops`, the clip's aligned faces
-    (T, S, S, 3) uint8, or None when it is not to be classified."""
+    (T, S, S, 3) uint8, or None when it is not to be classified. `keys`: per frame, which
+    aligned face it is, (track id, grid slot) (overlapping clips share faces; None: unknown)."""
 
     first: int
     clip: ClipPrediction
     crops: np.ndarray | None
+    keys: list | None = None
 
 
 @dataclass
@@ -174,8 +176,8 @@ class WindowStage:
         if len(have) < self.min_coverage * T:
             clip.status = f"face missing in {T - len(have)}/{T} frames"
             return ClipJob(first, clip, None)
-        crops = [self.slots[min(have, key=lambda h: (abs(h - k), h))][tid].crop for k in ks]
-        return ClipJob(first, clip, np.stack(crops))
+        src = [min(have, key=lambda h: (abs(h - k), h)) for k in ks]   # the slot each frame is taken from
+        return ClipJob(first, clip, np.stack([self.slots[h][tid].crop for h in src]), [(tid, h) for h in src])
 
     def main_face(self, present: dict[int, list[int]]) -> int:
         """The main track among `present` ({track: its slots in the window}): the greatest
