@@ -15,8 +15,9 @@ frames only, since key frames are full scans); and the frames where one finds a 
 other not.
 
 --predict also times the whole `dfer predict VIDEO` process (start-up included) with
-`--detector full` and `--detector keyframe` (until the CLI has that flag, the key-frame run
-swaps predict's detector factory in a wrapper process) and prints its real-time factor.
+`--detector full` and `--detector keyframe` (with a non-default --key-interval or
+--scan-when-empty, which the CLI does not offer, the key-frame run swaps predict's detector
+factory in a wrapper process) and prints its real-time factor.
 The machine is printed first; another process busy on the cores distorts every figure
 (ratios measured in one process, alternating, are the most robust).
 """
@@ -35,7 +36,7 @@ ROOT = Path(__file__).resolve().parent.parent
 SHARED = ROOT.parent / "shared" / "media"
 DEFAULT_VIDEOS = [ROOT / "examples" / "talking_head_webcam.mp4", SHARED / "tears_of_steel_0500-0510.mp4"]
 
-# The wrapper that runs `dfer predict` with the key-frame detector (no CLI flag yet): predict's
+# The wrapper that runs `dfer predict` with key-frame settings the CLI does not offer: predict's
 # detector factory is replaced by one giving a reset KeyframeDetector per video.
 _WRAPPER = """
 import sys
@@ -146,8 +147,12 @@ def predict_rtf(path, which: str, threads: int, key_interval: float, scan_when_e
     """Wall seconds of the whole `dfer predict` process and its real-time factor."""
     env = dict(os.environ, OMP_NUM_THREADS=str(threads))
     args = ["predict", str(path), "--threads", str(threads), "--quiet"]
+    from dfer_cli.keyframe_detect import KEY_INTERVAL
+
     if which == "full":
         cmd = [sys.executable, "-m", "dfer_cli", *args]
+    elif key_interval == KEY_INTERVAL and not scan_when_empty:
+        cmd = [sys.executable, "-m", "dfer_cli", *args, "--detector", "keyframe"]
     else:
         cmd = [sys.executable, "-c", _WRAPPER, str(key_interval), "1" if scan_when_empty else "0", *args]
     t0 = time.perf_counter()
