@@ -1,5 +1,5 @@
-"""`dfer` commands: predict, weights list, weights download (registered on the app from
-dfer_cli.cli).
+"""`dfer` commands: predict, weights list, weights download (registered on the app of
+dfer_cli.cli_app by dfer_cli.cli).
 
 This module only parses flags, finds inputs and routes results to a writer; the work is
 done by `dfer_cli.predict.predict_video`. torch, PyAV and matplotlib are imported inside
@@ -18,7 +18,7 @@ from typing import Callable, List, Optional
 
 import typer
 
-from dfer_cli.cli import FORMAT_HELP, JSON_ALIAS_HELP, DferCommand, DferGroup, app, fail, output_format
+from dfer_cli.cli_app import FORMAT_HELP, JSON_ALIAS_HELP, DferCommand, DferGroup, app, fail, output_format
 from dfer_cli.fsutil import PartialFile, path_problem
 from dfer_cli.weights import DEFAULT_WEIGHTS
 

@@ -1,4 +1,4 @@
-"""`dfer` commands: train, eval, prepare (registered on the app from dfer_cli.cli).
+"""`dfer` commands: train, eval, prepare (registered on the app of dfer_cli.cli_app by dfer_cli.cli).
 
 These functions only parse flags and format output; the work is in dfer_cli.train,
 dfer_cli.evaluate and dfer_cli.prepare.
@@ -12,7 +12,7 @@ from typing import List, Optional
 
 import typer
 
-from dfer_cli.cli import FORMAT_HELP, JSON_ALIAS_HELP, DferCommand, app, fail, output_format
+from dfer_cli.cli_app import FORMAT_HELP, JSON_ALIAS_HELP, DferCommand, app, fail, output_format
 from dfer_cli.weights import DEFAULT_WEIGHTS
 
 _DATASET_HELP = "Dataset layout: folder (ROOT/SPLIT/CLASS/CLIP), dfew, ferv39k, afew."

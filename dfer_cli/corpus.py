@@ -951,7 +951,7 @@ def corpus_command(items, *, output_dir, fmt, fmt_given: bool, output, annotate,
     the summary, and exit (0; 1 when a video failed; 2 for a usage error; 130 on Ctrl-C)."""
     import typer
 
-    from dfer_cli.cli import fail
+    from dfer_cli.cli_app import fail
 
     if output_dir is None:
         for flag, given in (("--shard", shard is not None), ("--ray", ray is not None), ("--force", force)):
