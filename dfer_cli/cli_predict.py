@@ -538,6 +538,35 @@ def _check_output(output: Optional[Path], videos: list[str]) -> Optional[Path]:
     return output
 
 
+class _NotedInterrupt:
+    """While active (in the main thread), Ctrl-C still raises KeyboardInterrupt and is also
+    noted in `seen`, so that an interrupt swallowed on its way (inside a C library's
+    callback) is not taken for the end of the input."""
+
+    def __init__(self):
+        self.seen, self.previous = False, None
+
+    def __enter__(self) -> "_NotedInterrupt":
+        import signal
+        import threading
+
+        if threading.current_thread() is threading.main_thread():
+            self.previous = signal.getsignal(signal.SIGINT)
+            signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        self.seen = True
+        raise KeyboardInterrupt
+
+    def __exit__(self, *exc) -> bool:
+        import signal
+
+        if self.previous is not None:
+            signal.signal(signal.SIGINT, self.previous)
+        return False
+
+
 class _BatchRun:
     """One `dfer predict` run over its inputs without --output-dir: each video through
     `predict_video` in turn, records to one writer, a bad video reported and passed over,
@@ -548,6 +577,7 @@ class _BatchRun:
         self.failed = self.done = self.truncated = self.finished = 0
         self.seconds_of_video = 0.0   # of the videos done, for the real-time factor
         self.sink = self.stream = self.writer = self.fmt = None
+        self.sigint = _NotedInterrupt()   # replaced by the active one while `run` goes
 
     def open_output(self, output: Optional[Path], fmt: str) -> None:
         """The writer: to `output` (as FILE.partial until the run completes) or to stdout."""
@@ -573,7 +603,7 @@ class _BatchRun:
         self.videos = sum(err is None for _, err in items)
         stopped = None  # "interrupted" (Ctrl-C) or "closed" (the reader of stdout went away)
         try:
-            with self.progress, redirect_stdout(_Stderr()):
+            with self.progress, redirect_stdout(_Stderr()), _NotedInterrupt() as self.sigint:
                 for path, error in items:
                     self.one(path, error)
             self.writer.close()
@@ -610,6 +640,10 @@ class _BatchRun:
             raise
         except Exception as e:  # one bad file must not stop the batch
             error = _one_line(e, path)
+        if self.sigint.seen:
+            # Ctrl-C while PyAV was reading a stream: PyAV turns the exception raised in its
+            # read callback into the end of the stream, so it is raised here instead
+            raise KeyboardInterrupt
         for line in notes.lines:
             self.progress.log(f"dfer: {line}")
         self.finished += 1

@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -146,6 +147,9 @@ def test_ctrl_c_on_a_live_input_exits_130_and_keeps_every_record(face_ts, ckpt):
     proc.stdin.flush()                      # the rest never comes: a camera still filming
     first = proc.stdout.readline()
     assert json.loads(first)["type"] == "clip"
+    # let it finish what it has and block reading stdin: an interrupt there reaches Python
+    # inside PyAV's read callback, which used to swallow it as the end of the stream (exit 0)
+    time.sleep(5)
     proc.send_signal(signal.SIGINT)
     rest, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err.decode()
