@@ -108,6 +108,7 @@ class WindowPlan:
         stride_k = max(1, int(round(stride / self.step)))
         self.stride_slots = stride_k  # the stride in grid slots (stride snapped to the grid)
         if self.open_ended:
+            self._offset_set = frozenset(self.offsets)
             self.windows = _OpenWindows(self)
             self._used = None
             return
@@ -163,7 +164,7 @@ class WindowPlan:
     def needed(self, k: int) -> bool:
         """Whether any window samples grid index k (frames between spaced-out windows are skipped)."""
         if self.open_ended:  # some window start first = m * stride has k - first among the offsets
-            return k >= 0 and any(k - o >= 0 and (k - o) % self.stride_slots == 0 for o in set(self.offsets))
+            return k >= 0 and any(k - o >= 0 and (k - o) % self.stride_slots == 0 for o in self._offset_set)
         return 0 <= k < len(self._used) and bool(self._used[k])
 
     def clip_slots(self, first: int) -> list[int]:
