@@ -160,3 +160,44 @@ def tiny_model(num_frames: int = 16, seed: int = 0):
     m.preprocessing = Preprocessing(input_size=32, num_frames=num_frames)
     m.classes = list(CLASSES)
     return m.eval()
+
+
+def slow_fifo_writer(fifo, data: bytes, resume, timeout: float = 300) -> dict:
+    """Start a thread that writes the first half of `data` into the named pipe `fifo`, waits
+    until the `resume` event is set (what the reader does once it has output something), then
+    writes the rest. Returns a dict whose "in_time" becomes True when the event came before
+    `timeout` seconds: a reader that waited for the end of the stream would never set it."""
+    import threading
+
+    waited: dict = {}
+
+    def writer():
+        with open(fifo, "wb") as f:
+            f.write(data[: len(data) // 2])
+            f.flush()
+            waited["in_time"] = resume.wait(timeout=timeout)
+            f.write(data[len(data) // 2:])
+
+    threading.Thread(target=writer, daemon=True).start()
+    return waited
+
+
+def interrupt_when(proc, ready: Callable[[], bool], what: str, timeout: float = 600, settle: float = 0.0):
+    """Send SIGINT (what Ctrl-C sends) to the Popen `proc` once `ready()` holds (checked every
+    50 ms; `settle` seconds later), and return its (stdout, stderr); fails if `proc` ends or
+    `timeout` passes first (`what` names the awaited state), and kills it on any failure."""
+    import signal
+    import time
+
+    deadline = time.monotonic() + timeout
+    try:
+        while not ready():
+            assert proc.poll() is None, proc.communicate()
+            assert time.monotonic() < deadline, f"{what} not in time"
+            time.sleep(0.05)
+        time.sleep(settle)
+        proc.send_signal(signal.SIGINT)
+        return proc.communicate(timeout=300)
+    finally:
+        if proc.poll() is None:
+            proc.kill()

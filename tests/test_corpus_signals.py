@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from synth import face_image, make_video
+from synth import face_image, interrupt_when, make_video
 
 from dfer_cli.corpus import read_manifests, remove_stale_temps, write_result
 
@@ -138,18 +138,9 @@ def test_ctrl_c_exits_130_leaves_whole_files_only_and_a_rerun_resumes(ckpt, smal
     cmd = DFER + [str(d), "-w", str(ckpt), *OPTS, "--output-dir", str(out)]
     proc = subprocess.Popen(cmd, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             preexec_fn=default_sigint)
-    deadline = time.monotonic() + 600
-    try:
-        while not (out.is_dir() and len(read_manifests(out)) >= 2):
-            assert proc.poll() is None, proc.communicate()
-            assert time.monotonic() < deadline, "the first two videos were not done in time"
-            time.sleep(0.05)
-        time.sleep(0.5)  # well into the long video
-        proc.send_signal(signal.SIGINT)  # what Ctrl-C sends
-        stdout, stderr = proc.communicate(timeout=300)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
+    # 0.5 s after the first two videos are done: well into the long one
+    stdout, stderr = interrupt_when(proc, lambda: out.is_dir() and len(read_manifests(out)) >= 2,
+                                    "the first two videos done", settle=0.5)
     assert proc.returncode == 130, stderr
     assert stdout == ""
     assert stderr.splitlines() == [f"dfer: interrupted after 2 of 4 videos; finished results are in {out} "

@@ -15,12 +15,11 @@ import shlex
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
-from synth import face_image, make_video
+from synth import face_image, interrupt_when, make_video
 from typer.testing import CliRunner
 
 from dfer_cli.cli import app
@@ -171,17 +170,9 @@ def test_ctrl_c_exits_130_and_leaves_a_named_partial_file(ckpt, media, tmp_path)
                             # a terminal's default: an ignored SIGINT is inherited across exec, and an
                             # earlier test in the same pytest process (a local Ray driver) can leave it so
                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
-    deadline = time.monotonic() + 600
-    try:
-        while not (partial.exists() and '"type": "video"' in partial.read_text()):
-            assert proc.poll() is None, proc.communicate()
-            assert time.monotonic() < deadline, "the first video was not done in time"
-            time.sleep(0.05)
-        proc.send_signal(signal.SIGINT)  # what Ctrl-C sends, while the long video is processed
-        stdout, stderr = proc.communicate(timeout=300)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
+    # interrupted while the long video is processed
+    stdout, stderr = interrupt_when(proc, lambda: partial.exists() and '"type": "video"' in partial.read_text(),
+                                    "the first video done")
     assert proc.returncode == 130, stderr
     assert stdout == ""
     assert stderr.splitlines() == [f"dfer: interrupted after 1 of 2 videos; partial output in {partial}"]

@@ -8,7 +8,7 @@ import threading
 import numpy as np
 import pytest
 
-from synth import make_video
+from synth import make_video, slow_fifo_writer
 from dfer_cli.video import VideoError, is_stream, iter_stream_frames
 
 
@@ -59,22 +59,11 @@ def test_fifo_frames_arrive_before_the_writer_finishes(tmp_path):
     fifo = tmp_path / "live.fifo"
     os.mkfifo(fifo)
     first_frame = threading.Event()
-    waited = {}
-
-    def writer():
-        with open(fifo, "wb") as f:
-            f.write(data[:len(data) // 2])
-            f.flush()
-            waited["in_time"] = first_frame.wait(timeout=60)
-            f.write(data[len(data) // 2:])
-
-    t = threading.Thread(target=writer, daemon=True)
-    t.start()
+    waited = slow_fifo_writer(fifo, data, first_frame, timeout=60)
     count = 0
     for frame in iter_stream_frames(str(fifo)):
         count += 1
         first_frame.set()
-    t.join(timeout=60)
     assert waited.get("in_time") is True, "no frame was decoded before the writer finished"
     assert count == 60
 

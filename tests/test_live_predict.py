@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from synth import face_image, make_video
+from synth import face_image, make_video, slow_fifo_writer
 from dfer_cli.clips import OPEN_END, WindowPlan
 from dfer_cli.cli_predict import PrefixedReader, looks_like_video, sniff_stdin
 
@@ -118,16 +118,7 @@ def test_first_record_comes_before_a_slow_writer_has_finished(face_ts, ckpt, tmp
     fifo = tmp_path / "camera.fifo"
     os.mkfifo(fifo)
     first_record = threading.Event()
-    waited = {}
-
-    def writer():
-        with open(fifo, "wb") as f:
-            f.write(data[: len(data) // 2])
-            f.flush()
-            waited["in_time"] = first_record.wait(timeout=300)
-            f.write(data[len(data) // 2:])
-
-    threading.Thread(target=writer, daemon=True).start()
+    waited = slow_fifo_writer(fifo, data, first_record)
     proc = dfer([str(fifo), "-w", str(ckpt), *OPTS])
     lines = []
     for line in proc.stdout:
