@@ -202,3 +202,24 @@ def test_models_command_json():
     assert [m["window"] for m in data["models"]] == [[2, 4, 4], None, None, None]
     table = CliRunner().invoke(app, ["models"])
     assert table.exit_code == 0 and "window used: 2x4x4" in table.output, table.output
+
+
+def test_trunk_is_torchvision_resnet18_to_layer3():
+    # dfer builds its own ResNet-18 (torchvision's import pulls in torch._dynamo); its keys
+    # and arithmetic must be torchvision's so that ResNet-18 state dicts load and mean the same
+    from torchvision.models import resnet18
+
+    torch.manual_seed(0)
+    ref = resnet18(weights=None).eval()
+    trunk = ResNetTrunk().eval()
+    want = {k: v for k, v in ref.state_dict().items() if not k.startswith(("layer4.", "fc."))}
+    assert list(trunk.state_dict()) == list(want)
+    trunk.load_state_dict(want)
+    x = torch.randn(2, 3, 80, 80)
+    with torch.no_grad():
+        r = ref.layer3(ref.layer2(ref.layer1(ref.maxpool(ref.relu(ref.bn1(ref.conv1(x)))))))
+        assert torch.allclose(trunk(x), r, atol=1e-5)
+        assert trunk(x).shape == (2, 256, 5, 5)
+    # the same initialisation scheme: conv weights Kaiming-normal with fan_out
+    w = ResNetTrunk().layer3[0].conv1.weight
+    assert abs(float(w.std()) - (2.0 / (256 * 9)) ** 0.5) < 0.002

@@ -1,4 +1,4 @@
-"""The frame encoder: torchvision's ResNet-18 kept up to layer3.
+"""The frame encoder: ResNet-18 kept up to layer3.
 
 A 112x112 face gives a 256x7x7 feature map (stride 16). Other sizes give a
 ceil(size/16) grid: 48 -> 3x3, 64 -> 4x4, 32 -> 2x2.
@@ -9,8 +9,10 @@ That is what small-image networks (CIFAR-style ResNets) do; it costs about 4x th
 of the standard stem at the same input size, the same as a 96 px input would, without
 upsampling 48 px images. Pre-trained conv1 weights (7x7) do not fit it and are skipped.
 
-The module keeps torchvision's attribute names (conv1, bn1, layer1..layer3), so a
-ResNet-18 state dict -- e.g. the MS-Celeb-1M face-recognition ResNet-18 that Former-DFER
+The trunk is built here rather than taken from torchvision: importing torchvision imports
+torch._dynamo (through torchvision.ops), which was the largest single cost of starting
+`dfer predict` (measured in docs/predict.md). It keeps torchvision's attribute names
+(conv1, bn1, layer1..layer3, downsample.0/.1) and initialisation, so a ResNet-18 state dict -- e.g. the MS-Celeb-1M face-recognition ResNet-18 that Former-DFER
 and RAN users keep as ``.pth``/``.pth.tar`` -- loads onto it directly.
 """
 from __future__ import annotations
@@ -45,26 +47,63 @@ def grid_size(input_size: int, stem: str = "standard") -> int:
     return side
 
 
+class BasicBlock(nn.Module):
+    """Two 3x3 convolutions with a residual connection (ResNet-18's block): (N, C_in, H, W)
+    -> (N, C_out, H/stride, W/stride). A 1x1 strided projection (``downsample``) matches the
+    shortcut when the shape changes."""
+
+    def __init__(self, c_in: int, c_out: int, stride: int = 1) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(c_in, c_out, 3, stride=stride, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(c_out)
+        self.relu = nn.ReLU(inplace=True)
+        self.conv2 = nn.Conv2d(c_out, c_out, 3, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(c_out)
+        self.downsample = None
+        if stride != 1 or c_in != c_out:
+            self.downsample = nn.Sequential(nn.Conv2d(c_in, c_out, 1, stride=stride, bias=False),
+                                            nn.BatchNorm2d(c_out))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shortcut = x if self.downsample is None else self.downsample(x)
+        y = self.relu(self.bn1(self.conv1(x)))
+        return self.relu(self.bn2(self.conv2(y)) + shortcut)
+
+
+def _stage(c_in: int, c_out: int, stride: int) -> nn.Sequential:
+    return nn.Sequential(BasicBlock(c_in, c_out, stride), BasicBlock(c_out, c_out))
+
+
 class ResNetTrunk(nn.Module):
     """ResNet-18 up to layer3: (N, 3, H, W) -> (N, 256, ceil(H/16), ceil(W/16)).
 
-    Built with ``weights=None``: nothing is ever downloaded.
+    Randomly initialised as torchvision does (Kaiming-normal convolutions, unit BatchNorm);
+    nothing is ever downloaded.
     """
 
     out_channels = OUT_CHANNELS
 
     def __init__(self, stem: str = "standard") -> None:
         super().__init__()
-        from torchvision.models import resnet18
-
         if stem not in STEMS:
             raise ValueError(f"stem {stem!r} is not one of {', '.join(STEMS)}")
-        r = resnet18(weights=None)
-        if stem == "s1":
-            r.conv1 = nn.Conv2d(3, 64, kernel_size=3, stride=1, padding=1, bias=False)
         self.stem = stem
-        self.conv1, self.bn1, self.relu, self.maxpool = r.conv1, r.bn1, r.relu, r.maxpool
-        self.layer1, self.layer2, self.layer3 = r.layer1, r.layer2, r.layer3
+        if stem == "s1":
+            self.conv1 = nn.Conv2d(3, 64, kernel_size=3, stride=1, padding=1, bias=False)
+        else:
+            self.conv1 = nn.Conv2d(3, 64, kernel_size=7, stride=2, padding=3, bias=False)
+        self.bn1 = nn.BatchNorm2d(64)
+        self.relu = nn.ReLU(inplace=True)
+        self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
+        self.layer1 = _stage(64, 64, 1)
+        self.layer2 = _stage(64, 128, 2)
+        self.layer3 = _stage(128, 256, 2)
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            elif isinstance(m, nn.BatchNorm2d):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.conv1.weight.is_contiguous(memory_format=torch.channels_last):
