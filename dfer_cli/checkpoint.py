@@ -23,6 +23,8 @@ config makes (built on the "meta" device, which allocates nothing) before readin
 """
 from __future__ import annotations
 
+import contextlib
+
 import json
 import math
 from pathlib import Path
@@ -248,6 +250,25 @@ def _nesting(value) -> int:
     return deepest
 
 
+_INITIALISERS = ("uniform_", "normal_", "trunc_normal_", "constant_", "ones_", "zeros_",
+                 "xavier_uniform_", "xavier_normal_", "kaiming_uniform_", "kaiming_normal_")
+
+
+@contextlib.contextmanager
+def _without_init():
+    """Skip torch.nn.init's initialisers while a model is built on the "meta" device: its
+    values do not exist anyway, and torch runs random fills on meta tensors through
+    torch._refs, whose first use imports torch._dynamo (seconds at every `dfer predict`)."""
+    saved = {name: getattr(torch.nn.init, name) for name in _INITIALISERS}
+    try:
+        for name in _INITIALISERS:
+            setattr(torch.nn.init, name, lambda tensor, *args, **kwargs: tensor)
+        yield
+    finally:
+        for name, fn in saved.items():
+            setattr(torch.nn.init, name, fn)
+
+
 def check_tensors(path, meta: dict) -> None:
     """Check that the tensor names and shapes in the file at ``path`` are exactly those of
     the model ``meta`` (from :func:`read_metadata`) declares, reading the safetensors header
@@ -259,7 +280,7 @@ def check_tensors(path, meta: dict) -> None:
 
     path = Path(path)
     try:
-        with torch.device("meta"):
+        with torch.device("meta"), _without_init():
             model = create_model(meta["model"], **meta["config"])
     except (TypeError, ValueError) as e:
         raise CheckpointError(f"{path}: its config does not build a {meta['model']} ({_first_line(e)}); "

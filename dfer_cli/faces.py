@@ -1,4 +1,5 @@
-"""Face detection (MTCNN from facenet-pytorch, its shipped weights, offline) and alignment.
+"""Face detection (MTCNN with facenet-pytorch's shipped weights, offline; `dfer_cli.mtcnn`)
+and alignment.
 
 Speed policy: MTCNN's cost grows with image area and with how small a face it must find
 (its image pyramid starts at scale 12 / min_face_size). On 2 CPU cores a 640x480 frame costs
@@ -52,13 +53,12 @@ class FaceDetector:
                  min_score: float = MIN_SCORE, thresholds: Sequence[float] = THRESHOLDS,
                  factor: float = 0.709, device=None):
         import torch
-        from facenet_pytorch import MTCNN
+
+        from dfer_cli.mtcnn import MTCNN
 
         self.detect_size, self.min_face, self.min_score = detect_size, float(min_face), float(min_score)
         self.device = torch.device(device) if device is not None else torch.device("cpu")
-        self.mtcnn = MTCNN(keep_all=True, select_largest=False, thresholds=list(thresholds),
-                           factor=factor, post_process=False, device=self.device)
-        self.mtcnn.eval()
+        self.mtcnn = MTCNN(thresholds=list(thresholds), factor=factor, device=self.device)
 
     def _scale_for(self, h: int, w: int) -> float:
         if self.detect_size and max(h, w) > self.detect_size:
@@ -81,7 +81,6 @@ class FaceDetector:
         Returns one list per frame (empty when no face), boxes and landmarks in the frames'
         own pixel coordinates."""
         import cv2
-        import torch
 
         if len(frames) == 0:
             return []
@@ -95,23 +94,17 @@ class FaceDetector:
         sy, sx = h / small.shape[1], w / small.shape[2]
         min_side = self.min_face_side(h, w)
         self.mtcnn.min_face_size = self.min_face_pixels(h, w)
-        with torch.inference_mode():
-            boxes, probs, points = self.mtcnn.detect(small, landmarks=True)
         out: list[list[Detection]] = []
-        for b, p, lm in zip(boxes, probs, points):
+        for b, p, lm in self.mtcnn.detect(small):
             dets = []
-            if b is not None:
-                b = np.asarray(b).astype(float).reshape(-1, 4)
-                p = np.asarray(p).astype(float).reshape(-1)
-                lm = np.asarray(lm).astype(float).reshape(-1, 5, 2)
-                for bi, pi, li in zip(b, p, lm):
-                    if pi < self.min_score:
-                        continue
-                    box = bi * np.array([sx, sy, sx, sy])
-                    box = np.clip(box, 0, [w, h, w, h])
-                    if min(box[2] - box[0], box[3] - box[1]) < min_side:
-                        continue  # smaller than --min-face
-                    dets.append(Detection(box, float(pi), li * np.array([sx, sy])))
+            for bi, pi, li in zip(b, p, lm):
+                if pi < self.min_score:
+                    continue
+                box = bi * np.array([sx, sy, sx, sy])
+                box = np.clip(box, 0, [w, h, w, h])
+                if min(box[2] - box[0], box[3] - box[1]) < min_side:
+                    continue  # smaller than --min-face
+                dets.append(Detection(box, float(pi), li * np.array([sx, sy])))
             dets.sort(key=lambda d: -d.score)
             out.append(dets)
         return out

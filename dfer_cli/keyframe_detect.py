@@ -37,6 +37,7 @@ from typing import Sequence
 import numpy as np
 
 from dfer_cli import faces as _faces
+from dfer_cli import mtcnn as _mtcnn
 from dfer_cli import tracking as _tracking
 
 KEY_EVERY = 4            # frames between scheduled full scans: 1 s at predict's default detection
@@ -63,51 +64,6 @@ class _Refined:
     box: np.ndarray        # (4,) float O-Net-regressed box, detection-copy pixels
     landmarks: np.ndarray  # (5, 2) float, detection-copy pixels
     score: float           # O-Net face probability
-
-
-def _square(boxes: np.ndarray) -> np.ndarray:
-    """(N, 4) boxes -> (N, 4) squares with the same centres, side = the longer side."""
-    w = boxes[:, 2] - boxes[:, 0]
-    h = boxes[:, 3] - boxes[:, 1]
-    side = np.maximum(w, h)
-    cx = boxes[:, 0] + 0.5 * w
-    cy = boxes[:, 1] + 0.5 * h
-    return np.stack([cx - 0.5 * side, cy - 0.5 * side, cx + 0.5 * side, cy + 0.5 * side], axis=1)
-
-
-def _regress(boxes: np.ndarray, offsets: np.ndarray) -> np.ndarray:
-    """Apply MTCNN's box regression: (N, 4) boxes moved by (N, 4) offsets given in units of the
-    box's width / height, with MTCNN's inclusive-pixel size (x2 - x1 + 1)."""
-    w = boxes[:, 2] - boxes[:, 0] + 1.0
-    h = boxes[:, 3] - boxes[:, 1] + 1.0
-    return boxes + offsets * np.stack([w, h, w, h], axis=1)
-
-
-def _iou_matrix(a: np.ndarray, b: np.ndarray, over_min: bool = False) -> np.ndarray:
-    """(N, M) overlap of (N, 4) and (M, 4) boxes: IoU, or intersection over the smaller area."""
-    ix = np.clip(np.minimum(a[:, None, 2], b[None, :, 2]) - np.maximum(a[:, None, 0], b[None, :, 0]), 0, None)
-    iy = np.clip(np.minimum(a[:, None, 3], b[None, :, 3]) - np.maximum(a[:, None, 1], b[None, :, 1]), 0, None)
-    inter = ix * iy
-    area_a = np.clip(a[:, 2] - a[:, 0], 0, None) * np.clip(a[:, 3] - a[:, 1], 0, None)
-    area_b = np.clip(b[:, 2] - b[:, 0], 0, None) * np.clip(b[:, 3] - b[:, 1], 0, None)
-    if over_min:
-        denom = np.minimum(area_a[:, None], area_b[None, :])
-    else:
-        denom = area_a[:, None] + area_b[None, :] - inter
-    return np.where(denom > 0, inter / np.maximum(denom, 1e-9), 0.0)
-
-
-def _nms(boxes: np.ndarray, scores: np.ndarray, threshold: float, over_min: bool = False) -> list[int]:
-    """Greedy non-maximum suppression: indices of the kept (N, 4) boxes, best score first."""
-    order = list(np.argsort(-scores, kind="stable"))
-    if not order:
-        return []
-    ov = _iou_matrix(boxes, boxes, over_min)
-    keep: list[int] = []
-    for i in order:
-        if all(ov[i, j] <= threshold for j in keep):
-            keep.append(int(i))
-    return keep
 
 
 def _inside_fraction(box: np.ndarray, w: int, h: int) -> float:
@@ -297,8 +253,8 @@ class KeyframeDetector:
             kept.append(_Face(r.box.copy()))
         # two faces that converged on the same person are one (MTCNN's final "Min" NMS)
         if len(dets) > 1:
-            keep = _nms(np.stack([f.box for f in kept]), np.array([d.score for d in dets]),
-                        DUPLICATE_IOU, over_min=True)
+            keep = _mtcnn.nms(np.stack([f.box for f in kept]), np.array([d.score for d in dets]),
+                              DUPLICATE_IOU, over_min=True)
             dets, kept = [dets[k] for k in keep], [kept[k] for k in keep]
         order = sorted(range(len(dets)), key=lambda k: -dets[k].score)
         self._faces = [kept[k] for k in order]
@@ -310,7 +266,7 @@ class KeyframeDetector:
         crop per face: enough while a face moves a little); for a face O-Net then rejects,
         R-Net on `proposals` around its last box, and O-Net on R-Net's best. Returns the best
         O-Net result per face, or None when some face has no proposal R-Net accepts."""
-        first = self._onet(small, _square(np.stack(boxes).astype(np.float64)), np.arange(len(boxes)))
+        first = self._onet(small, _mtcnn.square(np.stack(boxes).astype(np.float64)), np.arange(len(boxes)))
         out: list[_Refined] = list(first)
         retry = [f for f, r in enumerate(first) if r.score < self.full.min_score]
         if self.fast_first and not retry:
@@ -331,7 +287,7 @@ class KeyframeDetector:
         import torch
 
         thresholds = self.full.mtcnn.thresholds
-        sq = _square(np.stack(boxes).astype(np.float64))                     # (F, 4)
+        sq = _mtcnn.square(np.stack(boxes).astype(np.float64))                     # (F, 4)
         side = (sq[:, 2] - sq[:, 0])[:, None]                                 # (F, 1)
         cx = (0.5 * (sq[:, 0] + sq[:, 2]))[:, None] + self._grid[None, :, 0] * side
         cy = (0.5 * (sq[:, 1] + sq[:, 3]))[:, None] + self._grid[None, :, 1] * side
@@ -339,7 +295,7 @@ class KeyframeDetector:
         props = np.stack([cx - half, cy - half, cx + half, cy + half], axis=-1)  # (F, K, 4)
         n_faces, k = props.shape[:2]
         with torch.inference_mode():
-            x, ok = self._crops(small, props.reshape(-1, 4), 24)             # (F*K, 3, 24, 24)
+            x, ok = _mtcnn.crops(small, props.reshape(-1, 4), 24)             # (F*K, 3, 24, 24)
             reg, prob = self.full.mtcnn.rnet(x)
         reg = reg.numpy().astype(np.float64).reshape(n_faces, k, 4)
         score = np.where(ok, prob[:, 1].numpy(), 0.0).reshape(n_faces, k)
@@ -348,8 +304,8 @@ class KeyframeDetector:
             good = np.flatnonzero(score[f] > thresholds[1])
             if good.size == 0:
                 return None, None
-            keep = good[_nms(props[f, good], score[f, good], RNET_NMS)][:self.max_onet]
-            cands.append(_square(_regress(props[f, keep], reg[f, keep])))
+            keep = good[_mtcnn.nms(props[f, good], score[f, good], RNET_NMS)][:self.max_onet]
+            cands.append(_mtcnn.square(_mtcnn.regress(props[f, keep], reg[f, keep])))
             owner += [f] * len(keep)
         return np.concatenate(cands), np.array(owner)
 
@@ -360,7 +316,7 @@ class KeyframeDetector:
         import torch
 
         with torch.inference_mode():
-            x, ok = self._crops(small, cand, 48)                              # (C, 3, 48, 48)
+            x, ok = _mtcnn.crops(small, cand, 48)                              # (C, 3, 48, 48)
             reg, lms, prob = self.full.mtcnn.onet(x)
         reg = reg.numpy().astype(np.float64)
         lms = lms.numpy().astype(np.float64)                                   # (C, 10): 5 x, then 5 y
@@ -373,51 +329,8 @@ class KeyframeDetector:
             bw, bh = b[2] - b[0] + 1.0, b[3] - b[1] + 1.0
             # landmarks are relative to the O-Net input window (MTCNN's 1-based pixel origin)
             pts = np.stack([lms[best, :5] * bw + b[0] - 1.0, lms[best, 5:] * bh + b[1] - 1.0], axis=1)
-            out.append(_Refined(_regress(b[None], reg[best][None])[0], pts, float(oscore[best])))
+            out.append(_Refined(_mtcnn.regress(b[None], reg[best][None])[0], pts, float(oscore[best])))
         return out
-
-    @staticmethod
-    def _crops(small: np.ndarray, boxes: np.ndarray, size: int):
-        """Cut the (N, 4) boxes out of the (hs, ws, 3) uint8 image with MTCNN's pixel convention
-        (truncated to integers, 1-based, clipped at the image border, not padded), area-resize
-        each to size x size and normalise to [-1, 1). Returns ((N, 3, size, size) float32
-        tensor, (N,) bool: whether the box had any pixel in the image).
-
-        The resize is an adaptive average pool (output cell i averages input rows
-        floor(i * n / size) .. ceil((i + 1) * n / size) - 1, the same for columns), which is
-        what MTCNN's "area" interpolation computes; here all crops are read at once from one
-        integral image of the region they cover."""
-        import torch
-
-        n = len(boxes)
-        hs, ws = small.shape[:2]
-        ib = np.trunc(boxes).astype(np.int64)
-        x0 = np.maximum(ib[:, 0], 1) - 1
-        y0 = np.maximum(ib[:, 1], 1) - 1
-        x1 = np.minimum(ib[:, 2], ws)
-        y1 = np.minimum(ib[:, 3], hs)
-        ok = (x1 > x0) & (y1 > y0)
-        out = np.zeros((n, size, size, 3), dtype=np.float64)
-        if ok.any():
-            rx0, ry0 = int(x0[ok].min()), int(y0[ok].min())
-            rx1, ry1 = int(x1[ok].max()), int(y1[ok].max())
-            integral = np.zeros((ry1 - ry0 + 1, rx1 - rx0 + 1, 3), dtype=np.int64)
-            integral[1:, 1:] = small[ry0:ry1, rx0:rx1].cumsum(0, dtype=np.int64).cumsum(1)
-            cells = np.arange(size)
-            ch = np.where(ok, y1 - y0, 1)[:, None]                      # (N, 1) crop heights
-            cw = np.where(ok, x1 - x0, 1)[:, None]
-            ys = (cells * ch) // size + (y0 - ry0)[:, None]              # (N, size) first row
-            ye = ((cells + 1) * ch + size - 1) // size + (y0 - ry0)[:, None]  # one past the last
-            xs = (cells * cw) // size + (x0 - rx0)[:, None]
-            xe = ((cells + 1) * cw + size - 1) // size + (x0 - rx0)[:, None]
-            ys, ye = np.clip(ys, 0, integral.shape[0] - 1), np.clip(ye, 0, integral.shape[0] - 1)
-            xs, xe = np.clip(xs, 0, integral.shape[1] - 1), np.clip(xe, 0, integral.shape[1] - 1)
-            sums = (integral[ye[:, :, None], xe[:, None, :]] - integral[ys[:, :, None], xe[:, None, :]]
-                    - integral[ye[:, :, None], xs[:, None, :]] + integral[ys[:, :, None], xs[:, None, :]])
-            area = ((ye - ys)[:, :, None] * (xe - xs)[:, None, :]).astype(np.float64)  # (N, size, size)
-            out[ok] = (sums / np.maximum(area, 1.0)[..., None])[ok]
-        x = torch.from_numpy(((out - 127.5) * 0.0078125).astype(np.float32)).permute(0, 3, 1, 2)
-        return x.contiguous(), ok
 
 
 def keyframe_detector(*, window: float = 2.0, num_frames: int = 16, detect_every: int = 2,

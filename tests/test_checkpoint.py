@@ -362,3 +362,24 @@ def test_partial_load_resamples_space_embedding_for_a_larger_input():
                             torch.stack([(a + c) / 2, (a + b + c + d) / 4, (b + d) / 2]),
                             torch.stack([c, (c + d) / 2, d])])
     torch.testing.assert_close(new, expected)
+
+
+def test_shape_check_leaves_torch_init_intact(tmp_path):
+    # check_tensors builds the model on the meta device with torch's initialisers switched
+    # off (they would import torch._dynamo); they must be back afterwards, also after an error
+    import torch
+
+    from dfer_cli.checkpoint import check_tensors, read_metadata
+    from dfer_cli.weights import find_weights
+
+    before = {n: getattr(torch.nn.init, n) for n in ("normal_", "kaiming_normal_", "trunc_normal_")}
+    path = find_weights("logo_former_fer2013")
+    check_tensors(path, read_metadata(path))
+    bad = read_metadata(path)
+    bad["config"] = {**bad["config"], "dim": 8}
+    with pytest.raises(Exception):
+        check_tensors(path, bad)
+    assert {n: getattr(torch.nn.init, n) for n in before} == before
+    w = torch.empty(64, 64)
+    torch.nn.init.kaiming_normal_(w)
+    assert float(w.std()) > 0.05
