@@ -189,10 +189,18 @@ def nms(boxes: np.ndarray, scores: np.ndarray, threshold: float, groups: np.ndar
 
 
 def crops(image: np.ndarray, boxes: np.ndarray, size: int) -> tuple[torch.Tensor, np.ndarray]:
+    """`crop_array` as network input: ((N, 3, size, size) float32 tensor, (N,) bool)."""
+    out, ok = crop_array(image, boxes, size)
+    # (N, size, size, 3) viewed as (N, 3, size, size) is a channels_last tensor: no copy, and
+    # the networks' convolutions take that layout directly
+    return torch.from_numpy(out).permute(0, 3, 1, 2), ok
+
+
+def crop_array(image: np.ndarray, boxes: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
     """Cut the (N, 4) boxes out of an (H, W, 3) uint8 image with MTCNN's pixel convention
     (truncated to integers, 1-based, clipped at the image border, not padded), area-resize
-    each to size x size and normalise to [-1, 1). Returns ((N, 3, size, size) float32
-    tensor, (N,) bool: whether the box had any pixel in the image).
+    each to size x size and normalise to [-1, 1). Returns ((N, size, size, 3) float32
+    array, (N,) bool: whether the box had any pixel in the image).
 
     The resize is an adaptive average pool (output cell i averages input rows
     floor(i * n / size) .. ceil((i + 1) * n / size) - 1, the same for columns), which is
@@ -206,12 +214,14 @@ def crops(image: np.ndarray, boxes: np.ndarray, size: int) -> tuple[torch.Tensor
     x1 = np.minimum(ib[:, 2], ws)
     y1 = np.minimum(ib[:, 3], hs)
     ok = (x1 > x0) & (y1 > y0)
-    out = np.zeros((n, size, size, 3), dtype=np.float64)
+    out = np.zeros((n, size, size, 3), dtype=np.float32)
     if ok.any():
         rx0, ry0 = int(x0[ok].min()), int(y0[ok].min())
         rx1, ry1 = int(x1[ok].max()), int(y1[ok].max())
         integral = np.zeros((ry1 - ry0 + 1, rx1 - rx0 + 1, 3), dtype=np.int64)
         integral[1:, 1:] = image[ry0:ry1, rx0:rx1].cumsum(0, dtype=np.int64).cumsum(1)
+        flat = integral.reshape(-1, 3)
+        row = integral.shape[1]
         cells = np.arange(size)
         ch = np.where(ok, y1 - y0, 1)[:, None]                      # (N, 1) crop heights
         cw = np.where(ok, x1 - x0, 1)[:, None]
@@ -220,13 +230,16 @@ def crops(image: np.ndarray, boxes: np.ndarray, size: int) -> tuple[torch.Tensor
         xs = (cells * cw) // size + (x0 - rx0)[:, None]
         xe = ((cells + 1) * cw + size - 1) // size + (x0 - rx0)[:, None]
         ys, ye = np.clip(ys, 0, integral.shape[0] - 1), np.clip(ye, 0, integral.shape[0] - 1)
-        xs, xe = np.clip(xs, 0, integral.shape[1] - 1), np.clip(xe, 0, integral.shape[1] - 1)
-        sums = (integral[ye[:, :, None], xe[:, None, :]] - integral[ys[:, :, None], xe[:, None, :]]
-                - integral[ye[:, :, None], xs[:, None, :]] + integral[ys[:, :, None], xs[:, None, :]])
-        area = ((ye - ys)[:, :, None] * (xe - xs)[:, None, :]).astype(np.float64)  # (N, size, size)
-        out[ok] = (sums / np.maximum(area, 1.0)[..., None])[ok]
-    x = torch.from_numpy(((out - 127.5) * 0.0078125).astype(np.float32)).permute(0, 3, 1, 2)
-    return x.contiguous(), ok
+        xs, xe = np.clip(xs, 0, row - 1), np.clip(xe, 0, row - 1)
+        # box sums from the integral image, gathered through flat indices (N, size, size)
+        ys_, ye_ = (ys * row)[:, :, None], (ye * row)[:, :, None]
+        xs_, xe_ = xs[:, None, :], xe[:, None, :]
+        sums = flat[ye_ + xe_] - flat[ys_ + xe_] - flat[ye_ + xs_] + flat[ys_ + xs_]  # (N, s, s, 3)
+        area = ((ye - ys)[:, :, None] * (xe - xs)[:, None, :]).astype(np.float32)
+        out[ok] = (sums[ok] / np.maximum(area[ok], 1.0)[..., None]).astype(np.float32)
+    out -= 127.5
+    out *= 0.0078125
+    return out, ok
 
 
 # -- the cascade -----------------------------------------------------------------------------
@@ -347,12 +360,16 @@ class MTCNN:
 
     def _crops(self, images, boxes, owner, size):
         """`crops` of each box from the frame it belongs to: ((N, 3, size, size), (N,) ok)."""
-        x = torch.zeros((len(boxes), 3, size, size))
-        ok = np.zeros(len(boxes), dtype=bool)
+        parts, oks, order = [], [], []
         for i in np.unique(owner):
             sel = np.flatnonzero(owner == i)
-            x[torch.from_numpy(sel)], ok[sel] = crops(images[i], boxes[sel, :4], size)
-        return x.to(self.device), ok
+            x, ok = crop_array(images[i], boxes[sel, :4], size)
+            parts.append(x)
+            oks.append(ok)
+            order.append(sel)
+        back = np.argsort(np.concatenate(order))       # frame-grouped rows back to box order
+        x = torch.from_numpy(np.concatenate(parts)[back]).permute(0, 3, 1, 2)   # channels_last
+        return x.to(self.device), np.concatenate(oks)[back]
 
     @staticmethod
     def _batched(net: nn.Module, x: torch.Tensor, batch: int = 512) -> tuple[np.ndarray, ...]:
