@@ -16,7 +16,7 @@ other not.
 
 --predict also times the whole `dfer predict VIDEO` process (start-up included) with
 `--detector full` and `--detector keyframe` (with a non-default --key-interval or
---scan-when-empty, which the CLI does not offer, the key-frame run swaps predict's detector
+--no-scan-when-empty, which the CLI does not offer, the key-frame run swaps predict's detector
 factory in a wrapper process) and prints its real-time factor.
 The machine is printed first; another process busy on the cores distorts every figure
 (ratios measured in one process, alternating, are the most robust).
@@ -151,7 +151,7 @@ def predict_rtf(path, which: str, threads: int, key_interval: float, scan_when_e
 
     if which == "full":
         cmd = [sys.executable, "-m", "dfer_cli", *args]
-    elif key_interval == KEY_INTERVAL and not scan_when_empty:
+    elif key_interval == KEY_INTERVAL and scan_when_empty:
         cmd = [sys.executable, "-m", "dfer_cli", *args, "--detector", "keyframe"]
     else:
         cmd = [sys.executable, "-c", _WRAPPER, str(key_interval), "1" if scan_when_empty else "0", *args]
@@ -191,7 +191,8 @@ def main():
     ap.add_argument("--detect-every", type=int, default=2)
     ap.add_argument("--detect-batch", type=int, default=8)
     ap.add_argument("--key-interval", type=float, default=1.0, help="seconds between scheduled full scans")
-    ap.add_argument("--scan-when-empty", action="store_true")
+    ap.add_argument("--scan-when-empty", action=argparse.BooleanOptionalAction, default=True,
+                    help="scan frames that follow a frame without faces (the default, as predict)")
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--floor", action="store_true", help="also measure MTCNN's own box repeatability "
                     "(full scan vs full scan of the frames moved by 3, 2 px)")

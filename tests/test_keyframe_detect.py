@@ -144,7 +144,8 @@ def test_a_face_that_jumps_away_triggers_a_full_scan(full, patch, jump):
         for a, b in zip(ref, got):  # what it reports matches the full scan
             assert len(a) == len(b)
             assert all(iou(d.box, e.box) >= MIN_IOU for d, e in zip(a, b))
-    assert len(spy.frames) == 1 + kd.stats["lost"]
+    # full scans: the first frame, each loss, and (the face gone) each frame after an empty one
+    assert len(spy.frames) == 1 + kd.stats["lost"] + kd.stats["empty"] == kd.scans
 
 
 def test_output_format_equals_face_detector(full, patch):
@@ -229,3 +230,18 @@ def test_cli_rejects_an_unknown_detector_in_one_line(tmp_path):
                        capture_output=True, text=True)
     assert r.returncode == 2
     assert r.stderr.strip().splitlines()[0] == "dfer: --detector fast: expected full or keyframe"
+
+
+def test_a_face_that_appears_in_an_empty_shot_is_found_at_once(full, patch):
+    # no cut (same background), no key frame due: by default the frame after an empty one is
+    # scanned; without scan_when_empty the face waits for the next key frame
+    frames = [background()] * 3 + [scene(patch, [(200, 30, 1.0)])] * 2
+    ref = full.detect(frames[3:4])[0]
+    assert len(ref) == 1
+    kd = KeyframeDetector(full, key_every=100, cut_threshold=None)
+    got = kd.detect(frames)
+    assert kd.last_kinds == ["key", "empty", "empty", "empty", "refined"]
+    assert len(got[3]) == 1 and iou(got[3][0].box, ref[0].box) > 0.99
+    lazy = KeyframeDetector(full, key_every=100, cut_threshold=None, scan_when_empty=False)
+    got = lazy.detect(frames)
+    assert lazy.last_kinds == ["key", "none", "none", "none", "none"] and got[3] == []
