@@ -539,31 +539,34 @@ def _check_output(output: Optional[Path], videos: list[str]) -> Optional[Path]:
 
 
 class _NotedInterrupt:
-    """While active (in the main thread), Ctrl-C still raises KeyboardInterrupt and is also
-    noted in `seen`, so that an interrupt swallowed on its way (inside a C library's
-    callback) is not taken for the end of the input."""
+    """While active (in the main thread), Ctrl-C (SIGINT) and SIGTERM (a job scheduler or
+    `kill` stopping the run) raise KeyboardInterrupt, so that both keep the records written so
+    far; the signal is noted in `seen` / `signum`, so that an interrupt swallowed on its way
+    (inside a C library's callback) is not taken for the end of the input."""
 
     def __init__(self):
-        self.seen, self.previous = False, None
+        self.seen, self.signum, self.previous = False, None, {}
 
     def __enter__(self) -> "_NotedInterrupt":
         import signal
         import threading
 
         if threading.current_thread() is threading.main_thread():
-            self.previous = signal.getsignal(signal.SIGINT)
-            signal.signal(signal.SIGINT, self._handle)
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self.previous[sig] = signal.getsignal(sig)
+                signal.signal(sig, self._handle)
         return self
 
     def _handle(self, signum, frame):
-        self.seen = True
+        self.seen, self.signum = True, signum
         raise KeyboardInterrupt
 
     def __exit__(self, *exc) -> bool:
         import signal
 
-        if self.previous is not None:
-            signal.signal(signal.SIGINT, self.previous)
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
+        self.previous = {}
         return False
 
 
@@ -670,7 +673,10 @@ class _BatchRun:
                                       f"{_one_line(e, targets[path])}")
 
     def interrupted(self) -> None:
-        """Ctrl-C: keep what was written, say how far it got, exit 130."""
+        """Ctrl-C or SIGTERM: keep what was written, say how far it got, exit 130 (143 for
+        SIGTERM, the shell's 128 + signal number)."""
+        import signal
+
         from dfer_cli.writers import counted
 
         if self.sink is not None:
@@ -684,9 +690,10 @@ class _BatchRun:
             except _StdoutClosed:
                 pass
             where = "partial output on stdout"
-        typer.echo(f"dfer: interrupted after {self.finished} of {counted(self.videos, 'video')}; {where}",
-                   err=True)
-        raise typer.Exit(EXIT_INTERRUPTED)
+        terminated = self.sigint.signum == signal.SIGTERM
+        typer.echo(f"dfer: {'terminated (SIGTERM)' if terminated else 'interrupted'} after {self.finished} of "
+                   f"{counted(self.videos, 'video')}; {where}", err=True)
+        raise typer.Exit(128 + signal.SIGTERM if terminated else EXIT_INTERRUPTED)
 
     def report(self, inputs: int, quiet: bool) -> None:
         """The summary lines on stderr, and exit status 1 when an input failed."""

@@ -182,10 +182,12 @@ def slow_fifo_writer(fifo, data: bytes, resume, timeout: float = 300) -> dict:
     return waited
 
 
-def interrupt_when(proc, ready: Callable[[], bool], what: str, timeout: float = 600, settle: float = 0.0):
-    """Send SIGINT (what Ctrl-C sends) to the Popen `proc` once `ready()` holds (checked every
-    50 ms; `settle` seconds later), and return its (stdout, stderr); fails if `proc` ends or
-    `timeout` passes first (`what` names the awaited state), and kills it on any failure."""
+def interrupt_when(proc, ready: Callable[[], bool], what: str, timeout: float = 600, settle: float = 0.0,
+                   sig: int | None = None):
+    """Send SIGINT (what Ctrl-C sends; or `sig`) to the Popen `proc` once `ready()` holds
+    (checked every 50 ms; `settle` seconds later), and return its (stdout, stderr); fails if
+    `proc` ends or `timeout` passes first (`what` names the awaited state), and kills it on
+    any failure."""
     import signal
     import time
 
@@ -196,7 +198,7 @@ def interrupt_when(proc, ready: Callable[[], bool], what: str, timeout: float = 
             assert time.monotonic() < deadline, f"{what} not in time"
             time.sleep(0.05)
         time.sleep(settle)
-        proc.send_signal(signal.SIGINT)
+        proc.send_signal(signal.SIGINT if sig is None else sig)
         return proc.communicate(timeout=300)
     finally:
         if proc.poll() is None:

@@ -159,7 +159,10 @@ def test_closed_stdout_ends_the_run_quietly_with_141(ckpt, media, tmp_path):
 
 # --- Ctrl-C ----------------------------------------------------------------------------------
 
-def test_ctrl_c_exits_130_and_leaves_a_named_partial_file(ckpt, media, tmp_path):
+@pytest.mark.parametrize("sig, status, said", [(signal.SIGINT, 130, "interrupted"),
+                                               (signal.SIGTERM, 143, "terminated (SIGTERM)")])
+def test_ctrl_c_exits_130_and_leaves_a_named_partial_file(ckpt, media, tmp_path, sig, status, said):
+    # SIGTERM (kill, a job scheduler's time limit) keeps the finished records the same way
     out = tmp_path / "out.jsonl"
     partial = tmp_path / "out.jsonl.partial"
     # long enough (100 s of video) that an idle machine is still on it when SIGINT arrives
@@ -172,10 +175,10 @@ def test_ctrl_c_exits_130_and_leaves_a_named_partial_file(ckpt, media, tmp_path)
                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     # interrupted while the long video is processed
     stdout, stderr = interrupt_when(proc, lambda: partial.exists() and '"type": "video"' in partial.read_text(),
-                                    "the first video done")
-    assert proc.returncode == 130, stderr
+                                    "the first video done", sig=sig)
+    assert proc.returncode == status, stderr
     assert stdout == ""
-    assert stderr.splitlines() == [f"dfer: interrupted after 1 of 2 videos; partial output in {partial}"]
+    assert stderr.splitlines() == [f"dfer: {said} after 1 of 2 videos; partial output in {partial}"]
     assert not out.exists()  # nothing that looks complete
     recs = jsonl(partial.read_text())  # whole lines only
     assert [r["type"] for r in recs if r["type"] != "clip"] == ["video"]
