@@ -34,6 +34,7 @@ import torch.nn.functional as F
 from torch import nn
 
 WEIGHTS_PACKAGE = "facenet_pytorch"
+NMS_MATRIX_MAX = 1024    # up to this many boxes, NMS computes the whole (N, N) overlap matrix
 
 
 def weights_dir() -> Path:
@@ -179,6 +180,13 @@ def nms(boxes: np.ndarray, scores: np.ndarray, threshold: float, groups: np.ndar
     groups = np.zeros(n, dtype=np.int64) if groups is None else np.asarray(groups)
     alive = np.ones(n, dtype=bool)
     keep = []
+    if n <= NMS_MATRIX_MAX:  # all overlaps at once: one numpy pass instead of one per kept box
+        beaten = (overlap_matrix(boxes, boxes, over_min, inclusive) > threshold) & (groups[:, None] == groups[None, :])
+        for i in order:
+            if alive[i]:
+                keep.append(i)
+                alive &= ~beaten[i]
+        return np.asarray(keep, dtype=np.int64)
     for i in order:
         if not alive[i]:
             continue
