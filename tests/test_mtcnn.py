@@ -71,7 +71,9 @@ def test_same_faces_as_facenet_pytorch(ours, reference, source, min_face):
         assert found >= len(frames)
 
 
-def test_nms_against_a_worked_example():
+@pytest.mark.parametrize("matrix_max", [1024, 0])   # whole overlap matrix, or row by row
+def test_nms_against_a_worked_example(monkeypatch, matrix_max):
+    monkeypatch.setattr(M, "NMS_MATRIX_MAX", matrix_max)
     boxes = np.array([[0, 0, 10, 10],      # score 0.9: kept
                       [1, 1, 11, 11],      # IoU 81/119 = 0.68 with box 0: kept at 0.7, not at 0.5
                       [0, 0, 5, 5],        # inside box 0: IoU 0.25, over the smaller 1.0
