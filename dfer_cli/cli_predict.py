@@ -422,8 +422,9 @@ def predict_cmd(
                                                    "longer side.", show_default="640"),
     detection: str = typer.Option("full", "--detector", metavar="full|keyframe",
                                   help="full: MTCNN's whole pyramid on every detected frame; keyframe: only on "
-                                       "key frames (1 s apart, and at cuts), faces followed between them on "
-                                       "crops (faster; boxes within a few %)."),
+                                       "key frames (1 s apart, at cuts and after a frame without faces), faces "
+                                       "followed between them on crops (faster when faces are in view; boxes "
+                                       "within a few %)."),
     fmt: Optional[str] = typer.Option(None, "--format", "-f", metavar="table|json|jsonl|csv",
                                       help="Output format.",
                                       show_default="table on a terminal, else jsonl; with --output, from its suffix"),
