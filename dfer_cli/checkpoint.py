@@ -24,7 +24,6 @@ config makes (built on the "meta" device, which allocates nothing) before readin
 from __future__ import annotations
 
 import contextlib
-
 import json
 import math
 from pathlib import Path

@@ -291,7 +291,7 @@ class KeyframeDetector:
         import torch
 
         thresholds = self.full.mtcnn.thresholds
-        sq = _mtcnn.square(np.stack(boxes).astype(np.float64))                     # (F, 4)
+        sq = _mtcnn.square(np.stack(boxes).astype(np.float64))              # (F, 4)
         side = (sq[:, 2] - sq[:, 0])[:, None]                                 # (F, 1)
         cx = (0.5 * (sq[:, 0] + sq[:, 2]))[:, None] + self._grid[None, :, 0] * side
         cy = (0.5 * (sq[:, 1] + sq[:, 3]))[:, None] + self._grid[None, :, 1] * side
@@ -299,7 +299,7 @@ class KeyframeDetector:
         props = np.stack([cx - half, cy - half, cx + half, cy + half], axis=-1)  # (F, K, 4)
         n_faces, k = props.shape[:2]
         with torch.inference_mode():
-            x, ok = _mtcnn.crops(small, props.reshape(-1, 4), 24)             # (F*K, 3, 24, 24)
+            x, ok = _mtcnn.crops(small, props.reshape(-1, 4), 24)            # (F*K, 3, 24, 24)
             reg, prob = self.full.mtcnn.rnet(x)
         reg = reg.numpy().astype(np.float64).reshape(n_faces, k, 4)
         score = np.where(ok, prob[:, 1].numpy(), 0.0).reshape(n_faces, k)
@@ -320,7 +320,7 @@ class KeyframeDetector:
         import torch
 
         with torch.inference_mode():
-            x, ok = _mtcnn.crops(small, cand, 48)                              # (C, 3, 48, 48)
+            x, ok = _mtcnn.crops(small, cand, 48)                             # (C, 3, 48, 48)
             reg, lms, prob = self.full.mtcnn.onet(x)
         reg = reg.numpy().astype(np.float64)
         lms = lms.numpy().astype(np.float64)                                   # (C, 10): 5 x, then 5 y
@@ -329,11 +329,9 @@ class KeyframeDetector:
         for f in dict.fromkeys(owner.tolist()):
             idx = np.flatnonzero(owner == f)
             best = int(idx[np.argmax(oscore[idx])])
-            b = cand[best]
-            bw, bh = b[2] - b[0] + 1.0, b[3] - b[1] + 1.0
-            # landmarks are relative to the O-Net input window (MTCNN's 1-based pixel origin)
-            pts = np.stack([lms[best, :5] * bw + b[0] - 1.0, lms[best, 5:] * bh + b[1] - 1.0], axis=1)
-            out.append(_Refined(_mtcnn.regress(b[None], reg[best][None])[0], pts, float(oscore[best])))
+            b = cand[best:best + 1]
+            pts = _mtcnn.place_landmarks(b, lms[best:best + 1])[0]
+            out.append(_Refined(_mtcnn.regress(b, reg[best:best + 1])[0], pts, float(oscore[best])))
         return out
 
 

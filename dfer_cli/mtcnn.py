@@ -150,6 +150,16 @@ def regress(boxes: np.ndarray, offsets: np.ndarray, inclusive: bool = True) -> n
     return boxes + offsets * np.stack([w, h, w, h], axis=1)
 
 
+def place_landmarks(windows: np.ndarray, landmarks: np.ndarray) -> np.ndarray:
+    """O-Net's (N, 10) landmarks (five x in units of the window's width, then five y), given
+    for the (N, 4) windows it looked at, as (N, 5, 2) x, y image pixels. The window's origin
+    is pixel 1 and its size x2 - x1 + 1 (MTCNN's 1-based, inclusive convention)."""
+    w = windows[:, 2] - windows[:, 0] + 1
+    h = windows[:, 3] - windows[:, 1] + 1
+    return np.stack([w[:, None] * landmarks[:, :5] + windows[:, :1] - 1,
+                     h[:, None] * landmarks[:, 5:] + windows[:, 1:2] - 1], axis=2)
+
+
 def overlap_matrix(a: np.ndarray, b: np.ndarray, over_min: bool = False,
                    inclusive: bool = False) -> np.ndarray:
     """(N, M) overlap of (N, 4) and (M, 4) boxes: IoU, or intersection over the smaller area
@@ -354,11 +364,7 @@ class MTCNN:
         score = np.where(ok, prob[:, 1], 0.0).astype(np.float32)
         good = np.flatnonzero(score > self.thresholds[2])
         boxes, owner, reg, lms = boxes[good, :4], owner[good], reg[good], lms[good]
-        w = boxes[:, 2] - boxes[:, 0] + 1
-        h = boxes[:, 3] - boxes[:, 1] + 1
-        # landmarks are relative to the O-Net window, whose origin is pixel 1 (1-based)
-        points = np.stack([w[:, None] * lms[:, :5] + boxes[:, :1] - 1,
-                           h[:, None] * lms[:, 5:] + boxes[:, 1:2] - 1], axis=2)   # (K, 5, 2)
+        points = place_landmarks(boxes, lms)                                  # (K, 5, 2)
         boxes = np.concatenate([regress(boxes, reg), score[good, None]], axis=1).astype(np.float32)
         # nested-box suppression visits boxes in ascending-argsort order from the top, as the
         # reference does, so that equal scores resolve the same way
