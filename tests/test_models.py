@@ -223,3 +223,57 @@ def test_trunk_is_torchvision_resnet18_to_layer3():
     # the same initialisation scheme: conv weights Kaiming-normal with fan_out
     w = ResNetTrunk().layer3[0].conv1.weight
     assert abs(float(w.std()) - (2.0 / (256 * 9)) ** 0.5) < 0.002
+
+
+@pytest.mark.parametrize("stem", ["standard", "s1"])
+def test_folded_trunk_gives_the_eval_maps(stem):
+    from dfer_cli.models.backbone import fold_batchnorm
+
+    torch.manual_seed(0)
+    trunk = ResNetTrunk(stem)
+    for m in trunk.modules():  # trained-looking statistics, so that folding has work to do
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.5, 2.0)
+            m.weight.data.uniform_(0.5, 1.5)
+            m.bias.data.uniform_(-0.2, 0.2)
+    trunk.eval()
+    x = torch.randn(3, 3, 48, 48)
+    # the reference: each conv, then BatchNorm's eval formula written out, block by block
+    def bn(y, m):
+        return (y - m.running_mean.view(1, -1, 1, 1)) / torch.sqrt(m.running_var.view(1, -1, 1, 1) + m.eps) \
+            * m.weight.view(1, -1, 1, 1) + m.bias.view(1, -1, 1, 1)
+
+    def block(y, b):
+        short = y if b.downsample is None else bn(b.downsample[0](y), b.downsample[1])
+        z = torch.relu(bn(b.conv1(y), b.bn1))
+        return torch.relu(bn(b.conv2(z), b.bn2) + short)
+
+    with torch.no_grad():
+        ref = trunk.maxpool(torch.relu(bn(trunk.conv1(x), trunk.bn1)))
+        for layer in (trunk.layer1, trunk.layer2, trunk.layer3):
+            for b in layer:
+                ref = block(ref, b)
+        before = trunk(x)
+        folded = fold_batchnorm(trunk)
+        got = folded(x)
+    assert torch.allclose(before, ref, atol=1e-4, rtol=1e-4)
+    assert got.shape == ref.shape and torch.allclose(got, ref, atol=1e-4, rtol=1e-4)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in folded.modules())
+    assert folded.conv1.weight.is_contiguous(memory_format=torch.channels_last)
+    assert isinstance(trunk.bn1, torch.nn.BatchNorm2d) and torch.equal(trunk(x), before)  # original untouched
+
+
+def test_predict_uses_the_folded_trunk_with_the_same_probabilities():
+    from dfer_cli.pipeline.classify import ClipClassifier
+
+    model = create_model("logo_former", input_size=48, num_frames=4).eval()
+    model.classes = [f"c{i}" for i in range(7)]
+    for m in model.backbone.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_var.fill_(3.0)
+    clf = ClipClassifier(model, torch.device("cpu"))
+    assert clf.frame_features is not model.frame_features
+    frames = torch.randn(5, 3, 48, 48)
+    with torch.no_grad():
+        assert torch.allclose(clf.frame_features(frames), model.frame_features(frames), atol=1e-4, rtol=1e-4)

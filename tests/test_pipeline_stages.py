@@ -246,8 +246,13 @@ def test_classifier_runs_the_trunk_once_per_face_and_matches_the_whole_model(tta
 
     model = tiny_model(num_frames=4)
     seen = []
-    trunk = model.frame_features
-    model.frame_features = lambda x: (seen.append(x.shape[0]), trunk(x))[1]
+    folded = model.inference_frame_features     # the classifier's trunk: BatchNorm folded in
+
+    def counting_trunk():
+        trunk = folded()
+        return lambda x: (seen.append(x.shape[0]), trunk(x))[1]
+
+    model.inference_frame_features = counting_trunk
     rng = np.random.default_rng(0)
     faces = {k: rng.integers(0, 256, (32, 32, 3), dtype=np.uint8) for k in range(8)}   # grid slot -> face
     firsts = [0, 2, 4]
