@@ -277,3 +277,18 @@ def test_predict_uses_the_folded_trunk_with_the_same_probabilities():
     frames = torch.randn(5, 3, 48, 48)
     with torch.no_grad():
         assert torch.allclose(clf.frame_features(frames), model.frame_features(frames), atol=1e-4, rtol=1e-4)
+
+
+def test_folded_trunk_is_kept_until_the_trunk_changes():
+    model = create_model("logo_former", input_size=48, num_frames=4).eval()
+    first = model.inference_frame_features()
+    assert model.inference_frame_features() is first            # a batch of videos folds once
+    assert "_folded_trunk" not in "".join(model.state_dict())   # not saved with the weights
+    with torch.no_grad():
+        model.backbone.layer1[0].bn1.running_var.mul_(4.0)      # as a training step would
+    x = torch.randn(2, 3, 48, 48)
+    again = model.inference_frame_features()
+    assert again is not first
+    with torch.no_grad():
+        assert torch.allclose(again(x), model.frame_features(x), atol=1e-4, rtol=1e-4)
+        assert not torch.allclose(first(x), model.frame_features(x), atol=1e-4, rtol=1e-4)

@@ -16,7 +16,7 @@ until the window stage's bound has passed that slot, and each clip's head reads 
 there. In eval mode the trunk treats frames independently, so the probabilities are those
 of the whole model on the clip (to float rounding). A model with `inference_frame_features`
 gives the trunk with its BatchNorm folded into the convolutions for this (the same maps to
-float rounding, about 1.7x faster on CPU), made once per classifier.
+float rounding, about 1.7x faster on CPU), folded once per model and weights.
 """
 from __future__ import annotations
 
