@@ -264,19 +264,26 @@ def test_folded_trunk_gives_the_eval_maps(stem):
     assert isinstance(trunk.bn1, torch.nn.BatchNorm2d) and torch.equal(trunk(x), before)  # original untouched
 
 
-def test_predict_uses_the_folded_trunk_with_the_same_probabilities():
-    from dfer_cli.pipeline.classify import ClipClassifier
-
-    model = create_model("logo_former", input_size=48, num_frames=4).eval()
-    model.classes = [f"c{i}" for i in range(7)]
+def test_inference_runs_the_folded_trunk_and_training_the_batchnorm_one():
+    model = create_model("logo_former", input_size=48, num_frames=4)
     for m in model.backbone.modules():
         if isinstance(m, torch.nn.BatchNorm2d):
             m.running_var.fill_(3.0)
-    clf = ClipClassifier(model, torch.device("cpu"))
-    assert clf.frame_features is not model.frame_features
     frames = torch.randn(5, 3, 48, 48)
-    with torch.no_grad():
-        assert torch.allclose(clf.frame_features(frames), model.frame_features(frames), atol=1e-4, rtol=1e-4)
+    model.eval()
+    with torch.enable_grad():                   # eval mode with autograd on: the trainable trunk
+        plain = model.frame_features(frames)
+    assert plain.requires_grad and "_folded_trunk" not in model.__dict__
+    with torch.inference_mode():                # predict, eval and corpus runs: the folded one
+        fast = model.frame_features(frames)
+        clip = model(frames[:4][None])          # (1, 4, 3, 48, 48) through trunk_features
+        want = model.forward_head(model.forward_tokens(model.backbone(frames[:4])[None]))
+    assert "_folded_trunk" in model.__dict__
+    assert torch.allclose(fast, plain.detach(), atol=1e-4, rtol=1e-4)
+    assert torch.allclose(clip, want, atol=1e-4, rtol=1e-4)
+    model.train()
+    with torch.no_grad():                       # training mode keeps BatchNorm's batch statistics
+        assert not torch.allclose(model.frame_features(frames), plain.detach(), atol=1e-2)
 
 
 def test_folded_trunk_is_kept_until_the_trunk_changes():
@@ -292,3 +299,11 @@ def test_folded_trunk_is_kept_until_the_trunk_changes():
     with torch.no_grad():
         assert torch.allclose(again(x), model.frame_features(x), atol=1e-4, rtol=1e-4)
         assert not torch.allclose(first(x), model.frame_features(x), atol=1e-4, rtol=1e-4)
+
+
+def test_a_model_made_under_inference_mode_still_runs_folded():
+    with torch.inference_mode():  # e.g. weights converted inside inference_mode: no version counters
+        model = create_model("logo_former", input_size=48, num_frames=4).eval()
+        x = torch.randn(1, 4, 3, 48, 48)
+        assert model(x).shape == (1, model.config.num_classes)
+        assert model.inference_frame_features() is model.inference_frame_features()

@@ -194,7 +194,12 @@ class Former(nn.Module):
 
     def frame_features(self, frames: torch.Tensor) -> torch.Tensor:
         """Frames (N, 3, S, S), any N -> trunk maps (N, 256, g, g). The trunk sees one frame
-        at a time (in eval mode), so a frame shared by overlapping clips needs it only once."""
+        at a time (in eval mode), so a frame shared by overlapping clips needs it only once.
+        For inference (eval mode, autograd off: ``torch.no_grad`` / ``inference_mode``) it
+        runs the trunk with BatchNorm folded in (``inference_frame_features``): the same
+        maps to float rounding, about 1.7x faster on CPU."""
+        if not self.training and not torch.is_grad_enabled() and frames.device.type != "meta":
+            return self.inference_frame_features()(frames)
         return self.backbone(frames)
 
     def inference_frame_features(self) -> nn.Module:
@@ -204,8 +209,10 @@ class Former(nn.Module):
         float rounding. Kept on the model and made again when any trunk tensor has been moved
         or changed in place since (training steps, ``.to(device)``), so a batch of videos folds
         the trunk once (about 50 ms on 2 CPU cores)."""
-        # a tensor's _version counts its in-place changes; data_ptr changes when it is moved
-        key = tuple((t.data_ptr(), t._version) for t in self.backbone.state_dict(keep_vars=True).values())
+        # a tensor's _version counts its in-place changes; data_ptr changes when it is moved.
+        # Tensors made under inference_mode have no version counter (and cannot be trained).
+        key = tuple((t.data_ptr(), -1 if t.is_inference() else t._version)
+                    for t in self.backbone.state_dict(keep_vars=True).values())
         cached = self.__dict__.get("_folded_trunk")  # not a registered submodule: no state_dict entry
         if cached is None or cached[0] != key:
             cached = self.__dict__["_folded_trunk"] = (key, fold_batchnorm(self.backbone))

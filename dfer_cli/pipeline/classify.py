@@ -14,9 +14,9 @@ face is in two clips). For a model that splits into a per-frame trunk and a clip
 trunk runs once per aligned face: its maps are kept by the face's (track, grid slot) key
 until the window stage's bound has passed that slot, and each clip's head reads them from
 there. In eval mode the trunk treats frames independently, so the probabilities are those
-of the whole model on the clip (to float rounding). A model with `inference_frame_features`
-gives the trunk with its BatchNorm folded into the convolutions for this (the same maps to
-float rounding, about 1.7x faster on CPU), folded once per model and weights.
+of the whole model on the clip (to float rounding). Under inference_mode, dfer's Former
+models run their trunk with BatchNorm folded into the convolutions (the same maps to float
+rounding, about 1.7x faster on CPU; `Former.frame_features`).
 """
 from __future__ import annotations
 
@@ -46,9 +46,6 @@ class ClipClassifier:
         # trunk maps of aligned faces, {(track, slot, flipped): (256, g, g) tensor}
         self.cache: dict = {}
         self.split = all(callable(getattr(model, a, None)) for a in ("frame_features", "forward_tokens", "forward_head"))
-        # the trunk with BatchNorm folded in (same maps, ~1.7x faster on CPU), when the model offers one
-        fast = getattr(model, "inference_frame_features", None) if self.split else None
-        self.frame_features = fast() if callable(fast) else getattr(model, "frame_features", None)
 
     def run(self, steps: Iterable[WindowStep]) -> Iterator[tuple[list[tuple[int, ClipPrediction]], int]]:
         """Per window step: the clips finished now, as (first grid slot, clip), and the
@@ -98,7 +95,7 @@ class ClipClassifier:
                     frames = frames_to_tensor(np.stack(list(new.values())), self.model.preprocessing)
                     frames = frames.to(self.device)                               # (N, 3, S, S)
                     for flipped in flips:
-                        maps = self.frame_features(frames.flip(-1) if flipped else frames)  # (N, 256, g, g)
+                        maps = self.model.frame_features(frames.flip(-1) if flipped else frames)  # (N, 256, g, g)
                         for key, m in zip(new, maps):
                             self.cache[(*key, flipped)] = m
                 probs = 0
