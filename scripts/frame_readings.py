@@ -41,6 +41,9 @@ def main() -> None:
         for k, faces in enumerate(detector.detect(frames[start:start + 8])):
             if faces:
                 found.append((start + k, max(faces, key=lambda d: d.area)))
+    if not found:
+        raise SystemExit(f"{args.video}: no face in the {len(frames)} sampled frames; "
+                         "nothing to read (try a smaller --every)")
     models = [load_model(p) for p in args.checkpoints]
     pre = models[0].preprocessing
     template = zoom_template(pre.template, args.zoom)

@@ -4,6 +4,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from synth import make_video
+
 from dfer_cli.labels import CLASSES
 from dfer_cli.weights import DEFAULT_WEIGHTS, bundled_dir
 
@@ -33,3 +35,11 @@ def test_zoom_changes_the_crops_the_model_reads():
     plain = _run(WEIGHTS, "--every", "24")[1]
     zoomed = _run(WEIGHTS, "--every", "24", "--zoom", "0.7")[1]
     assert len(CELL.findall(zoomed)) == 3 and plain != zoomed
+
+
+def test_a_video_without_faces_is_refused_in_one_line(tmp_path):
+    blank = make_video(tmp_path / "blank.mp4", frames=12, fps=10, size=(96, 64))
+    r = subprocess.run([sys.executable, str(SCRIPT), str(blank), WEIGHTS], capture_output=True, text=True)
+    assert r.returncode == 1 and r.stdout == ""
+    assert r.stderr.strip().splitlines()[-1] == (f"{blank}: no face in the 3 sampled frames; "
+                                                 "nothing to read (try a smaller --every)")
