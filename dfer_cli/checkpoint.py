@@ -222,6 +222,9 @@ def _validate(path: Path, meta: dict) -> None:
     if not (isinstance(t, list) and len(t) == 5
             and all(isinstance(p, list) and len(p) == 2 and all(_is_number(x) for x in p) for p in t)):
         raise bad("preprocessing.template", t, "5 [x, y] points (eyes, nose, mouth corners)")
+    d = pre.get("detail_size")
+    if d is not None and not (_is_int(d) and 8 <= d <= c["input_size"]):
+        raise bad("preprocessing.detail_size", d, f"null or an int from 8 to config.input_size ({c['input_size']})")
 
 
 def _is_int(v) -> bool:

@@ -906,6 +906,10 @@ def weights_export(
                                       help="Add ALPHA * log(training class prior) to the "
                                       "classifier bias (post-hoc logit adjustment; needs the class counts in "
                                       "the checkpoint's provenance)."),
+    detail_size: Optional[int] = typer.Option(None, "--detail-size", min=0, metavar="PX",
+                                              help="Reduce video faces to PX x PX before resizing them to the "
+                                              "input size: the training images' native side (48 for FER2013); "
+                                              "0 removes it.", show_default="the checkpoint's"),
 ) -> None:
     """Copy a checkpoint for distribution: model, classes, preprocessing and provenance kept,
     tensors stored in half precision by default; prints the new file's sha256."""
@@ -930,6 +934,11 @@ def weights_export(
 
         shift_prior(model, [counts[c] for c in model.classes], prior_shift)
         provenance["exported_from"]["prior_shift"] = prior_shift
+    if detail_size is not None:
+        if detail_size and not 8 <= detail_size <= model.preprocessing.input_size:
+            fail(f"{src}: --detail-size {detail_size} must be from 8 to the model's input size "
+                 f"({model.preprocessing.input_size}), or 0 for none", 2)
+        model.preprocessing.detail_size = detail_size or None
     if frames is not None and frames != model.config.num_frames:
         provenance["exported_from"]["num_frames"] = model.config.num_frames
         try:

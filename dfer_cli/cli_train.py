@@ -74,6 +74,10 @@ def train_cmd(
                                            "coordinates (recorded)."),
     template_scale: float = typer.Option(1.0, "--template-scale", help="Zoom the template about the centre "
                                          "(<1 = more margin around the face; recorded)."),
+    detail_size: Optional[int] = typer.Option(None, "--detail-size", min=8, metavar="PX",
+                                              help="Native side of the training faces when smaller than "
+                                              "--input-size (48 for FER2013): predict reduces video faces to it "
+                                              "first (recorded)."),
     init: Optional[str] = typer.Option(None, "--init", help="Start from this dfer checkpoint (matching tensors)."),
     freeze_backbone: bool = typer.Option(False, "--freeze-backbone", help="Freeze the ResNet-18 trunk."),
     backbone_weights: Optional[str] = typer.Option(None, "--backbone-weights", help="Face-pretrained ResNet-18 .pth."),
@@ -147,7 +151,7 @@ def train_cmd(
             val_split=_resolve_val_split(val_split, holdout), holdout=holdout, fold=fold,
             limit=limit, val_limit=val_limit, model=model, model_opts=opts,
             grayscale=grayscale, template=_parse_template(template) if template else None,
-            template_scale=template_scale, init=init, freeze_backbone=freeze_backbone,
+            template_scale=template_scale, detail_size=detail_size, init=init, freeze_backbone=freeze_backbone,
             motion=motion, rotate=rotate, zoom=zoom, shift=shift,
             erase=erase, mixup=mixup, cutmix=cutmix, nesterov=nesterov,
             label_smoothing=label_smoothing, logit_adjust=logit_adjust, clip_grad=clip_grad,

@@ -193,7 +193,7 @@ def predict_video(
     cuts = CutDetector(cut_threshold) if cut_threshold is not None else None
     batches = DetectStage(detector, max(1, int(detect_every)) * plan.slots_per_frame, max_gap,
                           detect_batch, cuts, tm).run(decoded)
-    batches = AlignStage(int(pre.input_size), pre.template, tm).run(TrackStage(tracker).run(batches))
+    batches = AlignStage(int(pre.input_size), pre.template, tm, pre.detail_size).run(TrackStage(tracker).run(batches))
     steps = WindowStage(plan, tracker, str(path), duration, all_faces=all_faces, min_coverage=min_coverage,
                         faces_seen=result.faces).run(
         batches, progress=(lambda t: progress(t, duration)) if progress is not None else None)

@@ -51,6 +51,9 @@ class Preprocessing:
     std: tuple[float, float, float] = (0.229, 0.224, 0.225)
     template: tuple[tuple[float, float], ...] = field(default_factory=lambda: DEFAULT_TEMPLATE)
     # 5 landmark targets in unit crop coordinates (align_face scales them by input_size)
+    detail_size: int | None = None  # side at which a video face is sampled before it is resized
+    # to input_size: the training images' native resolution (48 for FER2013), so a sharp video
+    # face carries no finer detail than the upscaled training faces did. None: sampled at input_size
 
     def to_dict(self) -> dict:
         d = asdict(self)

@@ -93,6 +93,8 @@ class TrainConfig:
     grayscale: bool = False
     template: list | None = None       # 5 (x, y) unit landmark targets; default DEFAULT_TEMPLATE
     template_scale: float = 1.0        # zoom_template applied to the template (<1: more margin)
+    detail_size: int | None = None     # native side of the training faces (48 for FER2013): video
+                                       # faces are reduced to it before the resize (Preprocessing)
     init: str | None = None            # a dfer checkpoint to start from (partial load)
     freeze_backbone: bool = False      # trunk frozen (no grad, BN in eval mode)
     # augmentation
@@ -145,7 +147,9 @@ class TrainConfig:
         if self.template_scale != 1.0:
             tpl = zoom_template(tpl, self.template_scale)
         return Preprocessing(input_size=self.input_size, num_frames=self.frames,
-                             grayscale=self.grayscale, template=tpl)
+                             grayscale=self.grayscale, template=tpl,
+                             detail_size=self.detail_size if self.detail_size and self.detail_size < self.input_size
+                             else None)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

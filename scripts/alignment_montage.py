@@ -35,7 +35,7 @@ def video_faces(path: str, pre, count: int, detector) -> list[np.ndarray]:
     for rgb, dets in zip(frames, detector.detect(frames)):
         if dets and len(out) < count:
             d = max(dets, key=lambda d: d.area)
-            out.append(align_face(rgb, d.landmarks, pre.input_size, pre.template))
+            out.append(align_face(rgb, d.landmarks, pre.input_size, pre.template, pre.detail_size))
     return out
 
 

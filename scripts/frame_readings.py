@@ -47,7 +47,7 @@ def main() -> None:
     models = [load_model(p) for p in args.checkpoints]
     pre = models[0].preprocessing
     template = zoom_template(pre.template, args.zoom)
-    crops = np.stack([align_face(frames[i], d.landmarks, int(pre.input_size), template) for i, d in found])
+    crops = np.stack([align_face(frames[i], d.landmarks, int(pre.input_size), template, pre.detail_size) for i, d in found])
     x = frames_to_tensor(crops, pre)  # (N, 3, H, W)
     print(f"{args.video}: {len(found)} of {len(frames)} sampled frames show a face "
           f"(every {args.every}th frame, template zoom {args.zoom:g})")

@@ -246,6 +246,10 @@ BAD_HEADERS = {
                                          "'preprocessing.input_size'"),
     "more frames than the model takes": (_set("preprocessing", "num_frames", value=8),
                                          "'preprocessing.num_frames'"),
+    "detail_size a string": (_set("preprocessing", "detail_size", value="48"), "'preprocessing.detail_size'"),
+    "detail_size above the input": (_set("preprocessing", "detail_size", value=10**6),
+                                    "'preprocessing.detail_size'"),
+    "detail_size tiny": (_set("preprocessing", "detail_size", value=2), "'preprocessing.detail_size'"),
 }
 
 

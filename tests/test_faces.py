@@ -73,3 +73,48 @@ def test_align_face_exact_on_synthetic_landmarks():
         xi, yi = int(round(x)), int(round(y))
         assert crop[yi, xi].min() > 100  # every dot lands on its template point
     assert crop.mean() < 60  # and nothing else is bright
+
+
+def _stripes_face():
+    """A frame whose face region is 1-pixel vertical stripes (detail no 48 px face has) with
+    a bright left half and a dark right half (coarse content any size keeps), and landmarks
+    laid so that the face spans about 200 px."""
+    size = 200
+    template = DEFAULT_TEMPLATE
+    lms = template_points(template, size) + np.array([50.0, 30.0])
+    img = np.zeros((300, 300, 3), np.uint8)
+    img[:, ::2] = 255
+    img[:, 150:] //= 4
+    return img, lms, template
+
+
+def test_align_face_with_detail_size_is_the_reference_pipeline():
+    # reference written out: warp at 4 x detail, area-average to detail, area-resize to size
+    img, lms, template = _stripes_face()
+    size, detail = 64, 16
+    fine = cv2.warpAffine(img, alignment_matrix(lms, 4 * detail, template), (4 * detail, 4 * detail),
+                          flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+    low = cv2.resize(fine, (detail, detail), interpolation=cv2.INTER_AREA)
+    expect = cv2.resize(low, (size, size), interpolation=cv2.INTER_AREA)
+    got = align_face(img, lms, size, template, detail=detail)
+    assert got.shape == (size, size, 3) and got.dtype == np.uint8
+    assert np.array_equal(got, expect)
+    # a detail at or above the crop side is no reduction at all
+    direct = align_face(img, lms, size, template)
+    assert np.array_equal(align_face(img, lms, size, template, detail=size), direct)
+    assert np.array_equal(align_face(img, lms, size, template, detail=None), direct)
+
+
+def test_align_face_with_detail_size_drops_fine_detail_and_keeps_the_coarse():
+    img, lms, template = _stripes_face()
+    size = 64
+    direct = align_face(img, lms, size, template).astype(np.float32)
+    reduced = align_face(img, lms, size, template, detail=16).astype(np.float32)
+    # the 1-pixel stripes alias into strong pixel-to-pixel changes in a direct 64 px warp;
+    # reduced to 16 px first, they average out to grey
+    assert np.abs(np.diff(direct, axis=1)).mean() > 40
+    assert np.abs(np.diff(reduced, axis=1)).mean() < 0.25 * np.abs(np.diff(direct, axis=1)).mean()
+    # while the bright-left / dark-right halves are kept (means of the outer quarters)
+    for crop in (direct, reduced):
+        assert crop[:, : size // 4].mean() > 2 * crop[:, -size // 4:].mean()
+    assert abs(reduced[:, : size // 4].mean() - direct[:, : size // 4].mean()) < 20

@@ -284,3 +284,21 @@ def test_classifier_cache_keeps_only_faces_a_later_clip_can_use():
     step = SimpleNamespace(jobs=[ClipJob(0, clip(0), faces, [(0, k) for k in range(4)])], bound=2, final=False)
     list(clf.run([step]))
     assert sorted(clf.cache) == [(0, 2, False), (0, 3, False)]   # slots 0, 1 are before the bound
+
+
+def test_align_stage_crops_each_located_face_with_the_models_detail_size():
+    from dfer_cli.faces import align_face
+    from dfer_cli.pipeline import AlignStage
+    from dfer_cli.preprocess import DEFAULT_TEMPLATE
+
+    rng = np.random.default_rng(0)
+    f = frame(0, 0.0, size=(60, 80))
+    f.rgb[:] = rng.integers(0, 256, f.rgb.shape, dtype=np.uint8)  # fine detail everywhere
+    face = face_at(20.0)
+    gf = GridFrame(f, [0], located=[(3, face.landmarks, face.box)])
+    timings = {}
+    (out,) = AlignStage(32, DEFAULT_TEMPLATE, timings, detail=8).run([FrameBatch([gf])])
+    crop = out.frames[0].faces[3].crop
+    assert np.array_equal(crop, align_face(f.rgb, face.landmarks, 32, DEFAULT_TEMPLATE, detail=8))
+    assert not np.array_equal(crop, align_face(f.rgb, face.landmarks, 32, DEFAULT_TEMPLATE))
+    assert timings["align"] > 0

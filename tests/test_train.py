@@ -456,3 +456,12 @@ def dataclasses_asdict_without(cfg, *drop):
     for k in drop:
         d.pop(k)
     return d
+
+
+def test_detail_size_is_recorded_in_the_preprocessing_only_below_the_input_size():
+    from dfer_cli.train import TrainConfig
+
+    assert TrainConfig(input_size=80, detail_size=48).preprocessing().detail_size == 48
+    assert TrainConfig(input_size=48, detail_size=48).preprocessing().detail_size is None  # nothing to reduce
+    assert TrainConfig(input_size=80).preprocessing().detail_size is None
+    assert TrainConfig.from_dict(TrainConfig(input_size=80, detail_size=48).to_dict()).detail_size == 48

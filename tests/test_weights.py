@@ -204,6 +204,32 @@ def test_cli_weights_export_prior_shift_moves_the_bias_by_alpha_log_prior(tmp_pa
     assert res.exit_code == 1 and "train_class_counts" in res.output
 
 
+def test_cli_weights_export_detail_size_is_recorded_and_checked(tmp_path):
+    from dfer_cli.checkpoint import load_model, read_checkpoint, save_checkpoint
+    from dfer_cli.labels import CLASSES
+    from dfer_cli.models import create_model
+    from dfer_cli.preprocess import Preprocessing
+
+    m = create_model("logo_former", dim=32, depth=1, heads=2, input_size=32, num_frames=1).eval()
+    src = save_checkpoint(tmp_path / "a.safetensors", m, classes=CLASSES,
+                          preprocessing=Preprocessing(input_size=32, num_frames=1))
+    assert load_model(src).preprocessing.detail_size is None  # the default: no reduction
+    dst = tmp_path / "b.safetensors"
+    res = CliRunner().invoke(app, ["weights", "export", str(src), str(dst), "--detail-size", "16"])
+    assert res.exit_code == 0, res.output
+    assert read_checkpoint(dst)[1]["preprocessing"]["detail_size"] == 16
+    assert load_model(dst).preprocessing.detail_size == 16
+    kept = tmp_path / "c.safetensors"  # re-exported without the flag: kept; with 0: removed
+    assert CliRunner().invoke(app, ["weights", "export", str(dst), str(kept)]).exit_code == 0
+    assert load_model(kept).preprocessing.detail_size == 16
+    assert CliRunner().invoke(app, ["weights", "export", str(dst), str(kept), "--detail-size", "0"]).exit_code == 0
+    assert load_model(kept).preprocessing.detail_size is None
+    res = CliRunner().invoke(app, ["weights", "export", str(src), str(tmp_path / "d.safetensors"),
+                                   "--detail-size", "48"])
+    assert res.exit_code == 2 and "--detail-size 48" in res.output and "input size (32)" in res.output
+    assert not (tmp_path / "d.safetensors").exists()
+
+
 # --- sha256 of registered checkpoints, checked on load -----------------------------------
 
 def test_registry_records_the_bundled_files_real_hash():

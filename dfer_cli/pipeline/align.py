@@ -15,11 +15,12 @@ from dfer_cli.pipeline.frames import AlignedFace, FrameBatch
 
 class AlignStage:
     """size: crop side S in pixels (the model's input size); template: the 5 landmark
-    positions in unit coordinates (`Preprocessing.template`). `timings["align"]`
-    accumulates the seconds spent warping."""
+    positions in unit coordinates (`Preprocessing.template`); detail: the side the face is
+    reduced to before it is resized to S (`Preprocessing.detail_size`, None: none).
+    `timings["align"]` accumulates the seconds spent warping."""
 
-    def __init__(self, size: int, template, timings: dict | None = None):
-        self.size, self.template = int(size), template
+    def __init__(self, size: int, template, timings: dict | None = None, detail: int | None = None):
+        self.size, self.template, self.detail = int(size), template, detail
         self.timings = timings if timings is not None else {}
         self.timings.setdefault("align", 0.0)
 
@@ -29,7 +30,7 @@ class AlignStage:
         for batch in batches:
             t0 = time.perf_counter()
             for gf in batch.frames:
-                gf.faces = {tid: AlignedFace(_faces.align_face(gf.frame.rgb, lm, self.size, self.template), box)
+                gf.faces = {tid: AlignedFace(_faces.align_face(gf.frame.rgb, lm, self.size, self.template, self.detail), box)
                             for tid, lm, box in gf.located}
             self.timings["align"] += time.perf_counter() - t0
             yield batch
