@@ -27,7 +27,7 @@ SUFFIX = ".safetensors"
 # sha256 of the bundled weights/logo_former_fer2013.safetensors. Replacing that file means
 # updating this line (and the hash in weights/README.md): tests/test_weights.py compares it
 # with the file and fails until they agree.
-BUNDLED_SHA256 = "1f00ec95b2cbe37973d2b9f31713222609c3d72b37196ca83e9508e142cb5744"
+BUNDLED_SHA256 = "ea88a9dfdb2d3de1c74d1fd31403ed9b3c7ccbe3bc2cfecc1eb731ad74c57288"
 
 
 @dataclass(frozen=True)

@@ -29,19 +29,20 @@ def test_model_card_names_the_file_hash():
 
 def test_preprocessing_is_what_it_was_trained_with(model):
     pre = model.preprocessing
-    assert (pre.input_size, pre.num_frames, pre.grayscale) == (80, 16, True)
+    assert (pre.input_size, pre.num_frames, pre.grayscale) == (96, 16, True)
+    assert pre.detail_size == 48  # FER2013's native side: video faces are reduced to it first
     assert [c for p in pre.template for c in p] == pytest.approx([c for p in FER2013_TEMPLATE for c in p])
     assert list(model.classes) == list(CLASSES)
     assert model.provenance["data"]  # training provenance travels with the weights
 
 
 def test_windows_are_local_in_space(model):
-    # 80 px faces give a 5x5 layer3 grid; 2x2x2 windows cover 2x2 of its cells, so the
+    # 96 px faces give a 6x6 layer3 grid; 2x2x2 windows cover 2x2 of its cells, so the
     # "local" attention really is local (issue 10, item 2)
     import torch
 
-    grid = model.backbone(torch.zeros(1, 3, 80, 80)).shape[-2:]
-    assert tuple(grid) == (5, 5) and model.grid_hw == (5, 5)
+    grid = model.backbone(torch.zeros(1, 3, 96, 96)).shape[-2:]
+    assert tuple(grid) == (6, 6) and model.grid_hw == (6, 6)
     assert model.config.window == (2, 2, 2) and model.window == (2, 2, 2)
     assert model.window[1] < grid[0] and model.window[2] < grid[1]
 
@@ -50,6 +51,7 @@ def test_smile_example_reads_happy(model):
     res = dfer_cli.predict_video(model, ROOT / "examples" / "single_face_smile.mp4", window=1.0, stride=0.5)
     assert len(res.tracks) == 1 and all(c.status == "ok" for c in res.clips)
     assert res.clips[-1].label == "happy" and res.clips[-1].confidence > 0.5
+    assert res.clips[0].label == "neutral"  # 0-1 s: the man has not started to smile yet
     assert res.tracks[0].label == "happy"
 
 
