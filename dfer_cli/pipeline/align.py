@@ -30,7 +30,8 @@ class AlignStage:
         for batch in batches:
             t0 = time.perf_counter()
             for gf in batch.frames:
-                gf.faces = {tid: AlignedFace(_faces.align_face(gf.frame.rgb, lm, self.size, self.template, self.detail), box)
+                gf.faces = {tid: AlignedFace(_faces.align_face(gf.frame.rgb, lm, self.size, self.template,
+                                                               self.detail), box)
                             for tid, lm, box in gf.located}
             self.timings["align"] += time.perf_counter() - t0
             yield batch
