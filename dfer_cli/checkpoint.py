@@ -144,7 +144,7 @@ def _validate(path: Path, meta: dict) -> None:
     checkpoint without e.g. ``stem`` gets the default); CheckpointError on the first bad key."""
     from dfer_cli.models import available_models, get_config
     from dfer_cli.models.backbone import STEMS
-    from dfer_cli.models.blocks import BLOCK_KINDS
+    from dfer_cli.models.former import MODEL_BLOCKS
 
     def bad(key: str, value, expected: str):
         return CheckpointError(f"{path}: metadata {key!r} is {_show(value)}, expected {expected}; {_FIX}")
@@ -185,8 +185,8 @@ def _validate(path: Path, meta: dict) -> None:
         raise bad("config.heads", c["heads"], f"a divisor of config.dim ({c['dim']})")
     if int(c["dim"] * c["mlp_ratio"]) < 1:
         raise bad("config.mlp_ratio", c["mlp_ratio"], "a ratio giving an MLP at least 1 wide")
-    if c["block"] not in BLOCK_KINDS:
-        raise bad("config.block", c["block"], f"one of {', '.join(BLOCK_KINDS)}")
+    if c["block"] not in MODEL_BLOCKS:
+        raise bad("config.block", c["block"], f"one of {', '.join(MODEL_BLOCKS)}")
     if c["stem"] not in STEMS:
         raise bad("config.stem", c["stem"], f"one of {', '.join(STEMS)}")
     w = c["window"]

@@ -11,12 +11,14 @@ from dfer_cli.models import available_models, create_model, get_config
 from dfer_cli.models.backbone import ResNetTrunk, grid_size, load_backbone_weights
 from dfer_cli.models.cost import model_cost
 
-MODELS = ["logo_former", "stt", "joint", "space_only"]
+MODELS = ["logo_former", "stt", "joint", "space_only"]  # the transformers
+POOL = "trunk_pool"  # the CNN baseline: no attention
 TINY = dict(dim=16, heads=2, depth=2, dropout=0.0, drop_path=0.0)
 
 
 def test_registry_and_paper_defaults():
-    assert available_models() == MODELS
+    assert available_models() == [*MODELS, POOL]
+    assert get_config(POOL).block == "pool"
     for name in MODELS:
         c = get_config(name)
         assert (c.num_frames, c.input_size, c.dim, c.depth, c.heads, c.num_classes) == (16, 112, 512, 4, 8, 7)
@@ -70,7 +72,7 @@ def test_paper_config_shapes_and_window():
     assert get_config("logo_former", input_size=48, num_frames=1).effective_window() == (1, 3, 3)
 
 
-@pytest.mark.parametrize("name", MODELS)
+@pytest.mark.parametrize("name", [*MODELS, POOL])
 def test_every_parameter_gets_a_gradient(name):
     torch.manual_seed(0)
     model = create_model(name, input_size=32, num_frames=4, num_classes=3, window=(2, 1, 2), **TINY)
@@ -194,12 +196,15 @@ def test_models_command_json():
     result = CliRunner().invoke(app, ["models", "--json"])
     assert result.exit_code == 0, result.output
     data = json.loads(result.output)
-    assert [m["model"] for m in data["models"]] == MODELS
+    assert [m["model"] for m in data["models"]] == [*MODELS, POOL]
     for m in data["models"]:
         assert [g["num_frames"] for g in m["growth"]] == [8, 16, 32, 64]
+        if m["model"] == POOL:  # the trunk and a linear classifier: no attention at all
+            assert m["attention_gflops"] == 0 and m["gflops"] > 0
+            continue
         assert m["params"] > 1e7 and m["gflops"] > m["attention_gflops"] > 0
     # the window actually used (after clamping to the grid), LOGO only
-    assert [m["window"] for m in data["models"]] == [[2, 4, 4], None, None, None]
+    assert [m["window"] for m in data["models"]] == [[2, 4, 4], None, None, None, None]
     table = CliRunner().invoke(app, ["models"])
     assert table.exit_code == 0 and "window used: 2x4x4" in table.output, table.output
 
@@ -307,3 +312,42 @@ def test_a_model_made_under_inference_mode_still_runs_folded():
         x = torch.randn(1, 4, 3, 48, 48)
         assert model(x).shape == (1, model.config.num_classes)
         assert model.inference_frame_features() is model.inference_frame_features()
+
+
+def test_trunk_pool_is_the_mean_of_the_projected_trunk_maps():
+    # reference written out: per frame trunk -> 1x1 conv; mean over frames and grid cells;
+    # LayerNorm; linear classifier
+    torch.manual_seed(0)
+    model = create_model(POOL, input_size=32, num_frames=3, num_classes=4, dim=16).eval()
+    x = torch.randn(2, 3, 3, 32, 32)
+    with torch.no_grad():
+        maps = model.backbone(x.flatten(0, 1))                                  # (6, 256, 2, 2)
+        proj = torch.nn.functional.conv2d(maps, model.proj.weight, model.proj.bias)  # (6, 16, 2, 2)
+        pooled = proj.reshape(2, 3, 16, 4).mean(dim=(1, 3))                     # (2, 16)
+        mu = pooled.mean(-1, keepdim=True)
+        var = pooled.var(-1, unbiased=False, keepdim=True)
+        normed = (pooled - mu) / torch.sqrt(var + model.norm.eps) * model.norm.weight + model.norm.bias
+        expected = normed @ model.head.weight.T + model.head.bias
+        torch.testing.assert_close(model(x), expected, rtol=1e-4, atol=1e-5)
+        # frame order cannot matter to a mean; a transformer's output depends on it
+        torch.testing.assert_close(model(x.flip(1)), expected, rtol=1e-4, atol=1e-5)
+    assert not hasattr(model, "pos_space") and len(model.blocks) == 0
+
+
+def test_a_trunk_pool_run_initialises_a_transformer_trunk(tmp_path):
+    # trunk pre-training: the pooled CNN's checkpoint is a --backbone-weights file for LOGO-Former
+    from dfer_cli.checkpoint import load_model, save_checkpoint
+    from dfer_cli.labels import CLASSES
+    from dfer_cli.preprocess import Preprocessing
+
+    torch.manual_seed(0)
+    cnn = create_model(POOL, input_size=32, num_frames=1, dim=16).eval()
+    path = save_checkpoint(tmp_path / "cnn.safetensors", cnn, classes=CLASSES,
+                           preprocessing=Preprocessing(input_size=32, num_frames=1, grayscale=True))
+    loaded = load_model(path)
+    x = torch.randn(2, 1, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(loaded(x), cnn(x))
+    former = create_model("logo_former", input_size=32, num_frames=4, backbone_weights=str(path), **TINY)
+    for key, value in cnn.backbone.state_dict().items():
+        assert torch.equal(former.backbone.state_dict()[key], value), key

@@ -7,7 +7,7 @@
 from __future__ import annotations
 
 from dfer_cli.models.former import (
-    Former, FormerConfig, JointConfig, LogoFormerConfig, SpaceOnlyConfig, STTConfig,
+    Former, FormerConfig, JointConfig, LogoFormerConfig, SpaceOnlyConfig, STTConfig, TrunkPoolConfig,
 )
 
 # name -> (config class, one-line description)
@@ -16,6 +16,7 @@ _REGISTRY: dict[str, tuple[type[FormerConfig], str]] = {
     "stt": (STTConfig, "STT: divided attention, space then time"),
     "joint": (JointConfig, "joint space-time attention (ablation)"),
     "space_only": (SpaceOnlyConfig, "space-only attention, frames mixed only via [CLS] (ablation)"),
+    "trunk_pool": (TrunkPoolConfig, "no attention: trunk maps averaged (CNN baseline, trunk pre-training)"),
 }
 
 

@@ -10,9 +10,14 @@
       -> LayerNorm, take [CLS]               (B, dim)      forward_features
       -> Linear                              (B, classes)  forward_head
 
-The four registered models differ only in the block kind (see blocks.py):
+The four registered transformers differ only in the block kind (see blocks.py):
 ``logo_former`` (local windows + pooled global), ``stt`` (divided space -> time),
-``joint`` (full space-time) and ``space_only``.
+``joint`` (full space-time) and ``space_only``. A fifth, ``trunk_pool`` (block ``"pool"``),
+has no attention at all: the projected trunk maps are averaged over (T, g, g) and go
+straight to LayerNorm -> Linear. It is the CNN baseline the transformers are measured
+against, and a cheap way to pre-train the trunk on a dataset before a transformer is put on
+it (``dfer train --backbone-weights RUN/last.safetensors``; the trunk's ``backbone.`` keys
+load, the rest is ignored).
 
 Position embeddings, two choices made on purpose:
 
@@ -44,6 +49,9 @@ from torch import nn
 from dfer_cli.models.backbone import STEMS, ResNetTrunk, fold_batchnorm, grid_size, load_backbone_weights
 from dfer_cli.models.blocks import BLOCK_KINDS, Block
 
+POOL = "pool"  # the block kind of trunk_pool: no blocks, mean over all tokens
+MODEL_BLOCKS = (*BLOCK_KINDS, POOL)
+
 
 @dataclass
 class FormerConfig:
@@ -59,7 +67,7 @@ class FormerConfig:
     dropout: float = 0.1          # after the embedding, attention output projections and MLPs
     attn_dropout: float = 0.0     # on attention weights
     drop_path: float = 0.1        # stochastic depth of the last block; 0 -> this, linearly
-    block: str = "logo"           # one of blocks.BLOCK_KINDS
+    block: str = "logo"           # one of blocks.BLOCK_KINDS, or "pool" (no attention blocks)
     # LOGO window (frames, rows, cols). Default 2x4x4: LOGO-Former restricts local attention
     # to a window that is local in space AND time ("facial muscles move locally, expressions
     # change gradually"). On the paper's 16x7x7 grid, 4x4 is the smallest square that splits
@@ -99,8 +107,8 @@ class FormerConfig:
         return cls(**d)
 
     def __post_init__(self) -> None:
-        if self.block not in BLOCK_KINDS:
-            raise ValueError(f"block {self.block!r} is not one of {', '.join(BLOCK_KINDS)}")
+        if self.block not in MODEL_BLOCKS:
+            raise ValueError(f"block {self.block!r} is not one of {', '.join(MODEL_BLOCKS)}")
         for name in ("num_frames", "input_size", "num_classes", "dim", "depth", "heads"):
             v = getattr(self, name)
             if not isinstance(v, numbers.Integral) or isinstance(v, bool) or v < 1:
@@ -139,6 +147,14 @@ class SpaceOnlyConfig(FormerConfig):
     block: str = "space"
 
 
+@dataclass
+class TrunkPoolConfig(FormerConfig):
+    """ResNet-18 trunk + mean pooling: depth, heads, mlp_ratio, window and the attention
+    dropouts are not used."""
+
+    block: str = POOL
+
+
 class Former(nn.Module):
     """A ResNet-18 + transformer video classifier; the block kind comes from the config."""
 
@@ -155,6 +171,14 @@ class Former(nn.Module):
         if c.backbone_weights:
             load_backbone_weights(self.backbone, c.backbone_weights)
         self.proj = nn.Conv2d(ResNetTrunk.out_channels, c.dim, kernel_size=1)
+        self.norm = nn.LayerNorm(c.dim)
+        self.head = nn.Linear(c.dim, c.num_classes)
+        self.pooled = c.block == POOL
+        if self.pooled:  # no position embeddings, [CLS] or blocks: a mean has no use for them
+            self.blocks = nn.ModuleList()
+            nn.init.trunc_normal_(self.head.weight, std=0.02)
+            nn.init.zeros_(self.head.bias)
+            return
         self.pos_space = nn.Parameter(torch.zeros(1, 1, g * g, c.dim))      # one per grid cell
         self.pos_time = nn.Parameter(torch.zeros(1, c.num_frames, 1, c.dim))  # one per frame
         self.cls_token = nn.Parameter(torch.zeros(1, 1, c.dim))
@@ -163,8 +187,6 @@ class Former(nn.Module):
         self.blocks = nn.ModuleList(
             Block(c.block, c.dim, c.heads, c.mlp_ratio, c.dropout, c.attn_dropout, r, self.window)
             for r in rates)
-        self.norm = nn.LayerNorm(c.dim)
-        self.head = nn.Linear(c.dim, c.num_classes)
         self._init_weights()
 
     def _init_weights(self) -> None:
@@ -227,6 +249,8 @@ class Former(nn.Module):
             raise ValueError(f"clip has {T} frames; this model takes at most {self.config.num_frames}")
         f = self.proj(f.flatten(0, 1))                                # (B*T, D, g, g)
         D, gh, gw = f.shape[1:]
+        if self.pooled:
+            return self.norm(f.reshape(B, T, D, gh * gw).mean(dim=(1, 3)))  # (B, D)
         f = f.flatten(2).transpose(1, 2).reshape(B, T, gh * gw, D)    # (B, T, g*g, D)
         # T < num_frames: the first T temporal embeddings, on purpose (module docstring)
         f = f + self.pos_space + self.pos_time[:, :T]                 # (B, T, g*g, D)
