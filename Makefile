@@ -28,12 +28,14 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/pipeline.py
 
 # Rebuilds weights/logo_former_fer2013.safetensors exactly as its model card says (about
-# 9 h 30 min on 2 CPU cores): LOGO-Former on grey FER2013 stills, 2x2x2 windows; stage 1 =
+# 10 h 40 min on 2 CPU cores): LOGO-Former on grey FER2013 stills, 2x2x2 windows; stage 1 =
 # 16 epochs at 64 px (4x4 grid), stage 2 = 18 more epochs from stage 1 with a fresh cosine
 # schedule, stage 3 = 12 epochs from stage 2 at 80 px (5x5 grid; the spatial position
 # embedding is resampled), stage 4 = 8 epochs from stage 3's last weights with a wider zoom
 # range, averaged with stage 3's best; stage 5 = 6 epochs from that average at 96 px (6x6
-# grid), its best and last epochs averaged; 10 % of train held out for epoch and prior-shift
+# grid), its best and last epochs averaged; stage 6 = 5 epochs from that average at 96 px
+# with cutmix on half the batches, its last weights averaged with stage 5's average; 10 % of
+# train held out for epoch and prior-shift
 # selection; exported as a 16-frame model that reduces video faces to FER2013's 48 px first;
 # FER2013 val once. An interrupted stage continues with `sh runs/<stage>/command.sh`.
 STILLS := --data-root $(FER2013) --frames 1 --grayscale --template fer2013 \
@@ -56,13 +58,17 @@ starter-weights: $(STAMP)
 	  --warmup-epochs 0.5 --epochs 6 --output runs/starter_v8
 	$(BIN)/python scripts/average_weights.py runs/starter_v8/avg8.safetensors runs/starter_v8/best.safetensors \
 	  runs/starter_v8/last.safetensors
-	$(BIN)/python scripts/prior_shift.py runs/starter_v8/avg8.safetensors --threads 2 \
-	  | tee runs/starter_v8/prior_shift.log
-	sed -n 's/^highest WAR + UAR: alpha //p' runs/starter_v8/prior_shift.log > runs/starter_v8/prior_shift.txt
-	$(BIN)/dfer weights export runs/starter_v8/avg8.safetensors runs/starter_v8/logo_former_fer2013.safetensors \
-	  --frames 16 --prior-shift $$(cat runs/starter_v8/prior_shift.txt) --detail-size 48
-	$(BIN)/dfer eval --weights runs/starter_v8/logo_former_fer2013.safetensors --data-root $(FER2013) --split val
-	cp runs/starter_v8/logo_former_fer2013.safetensors weights/logo_former_fer2013.safetensors
+	$(BIN)/dfer train $(STILLS) --input-size 96 --zoom 0.2 --cutmix 0.5 --detail-size 48 \
+	  --init runs/starter_v8/avg8.safetensors --lr 2e-4 --warmup-epochs 0.5 --epochs 5 --output runs/starter_v9
+	$(BIN)/python scripts/average_weights.py runs/starter_v9/soup9.safetensors runs/starter_v8/avg8.safetensors \
+	  runs/starter_v9/last.safetensors
+	$(BIN)/python scripts/prior_shift.py runs/starter_v9/soup9.safetensors --threads 2 \
+	  | tee runs/starter_v9/prior_shift.log
+	sed -n 's/^highest WAR + UAR: alpha //p' runs/starter_v9/prior_shift.log > runs/starter_v9/prior_shift.txt
+	$(BIN)/dfer weights export runs/starter_v9/soup9.safetensors runs/starter_v9/logo_former_fer2013.safetensors \
+	  --frames 16 --prior-shift $$(cat runs/starter_v9/prior_shift.txt) --detail-size 48
+	$(BIN)/dfer eval --weights runs/starter_v9/logo_former_fer2013.safetensors --data-root $(FER2013) --split val
+	cp runs/starter_v9/logo_former_fer2013.safetensors weights/logo_former_fer2013.safetensors
 	@echo "now set BUNDLED_SHA256 in dfer_cli/weights.py and the hash in weights/README.md to:"
 	@sha256sum weights/logo_former_fer2013.safetensors
 

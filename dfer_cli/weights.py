@@ -27,7 +27,7 @@ SUFFIX = ".safetensors"
 # sha256 of the bundled weights/logo_former_fer2013.safetensors. Replacing that file means
 # updating this line (and the hash in weights/README.md): tests/test_weights.py compares it
 # with the file and fails until they agree.
-BUNDLED_SHA256 = "ea88a9dfdb2d3de1c74d1fd31403ed9b3c7ccbe3bc2cfecc1eb731ad74c57288"
+BUNDLED_SHA256 = "8778802ab590d0b3d28057ec410c6a6f37e2cde2be1dad95fff3112effe65e16"
 
 
 @dataclass(frozen=True)
