@@ -171,27 +171,26 @@ class Former(nn.Module):
         if c.backbone_weights:
             load_backbone_weights(self.backbone, c.backbone_weights)
         self.proj = nn.Conv2d(ResNetTrunk.out_channels, c.dim, kernel_size=1)
-        self.norm = nn.LayerNorm(c.dim)
-        self.head = nn.Linear(c.dim, c.num_classes)
         self.pooled = c.block == POOL
         if self.pooled:  # no position embeddings, [CLS] or blocks: a mean has no use for them
             self.blocks = nn.ModuleList()
-            nn.init.trunc_normal_(self.head.weight, std=0.02)
-            nn.init.zeros_(self.head.bias)
-            return
-        self.pos_space = nn.Parameter(torch.zeros(1, 1, g * g, c.dim))      # one per grid cell
-        self.pos_time = nn.Parameter(torch.zeros(1, c.num_frames, 1, c.dim))  # one per frame
-        self.cls_token = nn.Parameter(torch.zeros(1, 1, c.dim))
-        self.drop = nn.Dropout(c.dropout)
-        rates = [c.drop_path * i / max(c.depth - 1, 1) for i in range(c.depth)]
-        self.blocks = nn.ModuleList(
-            Block(c.block, c.dim, c.heads, c.mlp_ratio, c.dropout, c.attn_dropout, r, self.window)
-            for r in rates)
+        else:
+            self.pos_space = nn.Parameter(torch.zeros(1, 1, g * g, c.dim))      # one per grid cell
+            self.pos_time = nn.Parameter(torch.zeros(1, c.num_frames, 1, c.dim))  # one per frame
+            self.cls_token = nn.Parameter(torch.zeros(1, 1, c.dim))
+            self.drop = nn.Dropout(c.dropout)
+            rates = [c.drop_path * i / max(c.depth - 1, 1) for i in range(c.depth)]
+            self.blocks = nn.ModuleList(
+                Block(c.block, c.dim, c.heads, c.mlp_ratio, c.dropout, c.attn_dropout, r, self.window)
+                for r in rates)
+        self.norm = nn.LayerNorm(c.dim)
+        self.head = nn.Linear(c.dim, c.num_classes)
         self._init_weights()
 
     def _init_weights(self) -> None:
-        for p in (self.pos_space, self.pos_time, self.cls_token):
-            nn.init.trunc_normal_(p, std=0.02)
+        if not self.pooled:
+            for p in (self.pos_space, self.pos_time, self.cls_token):
+                nn.init.trunc_normal_(p, std=0.02)
         for m in [*self.blocks.modules(), self.head]:
             if isinstance(m, nn.Linear):
                 nn.init.trunc_normal_(m.weight, std=0.02)
@@ -247,10 +246,11 @@ class Former(nn.Module):
         B, T = f.shape[:2]
         if T > self.config.num_frames:
             raise ValueError(f"clip has {T} frames; this model takes at most {self.config.num_frames}")
+        if self.pooled:  # proj is linear, so pooling first gives the same mean for less work
+            m = f.mean(dim=(1, 3, 4))                                 # (B, 256)
+            return self.norm(self.proj(m[:, :, None, None]).flatten(1))  # (B, D)
         f = self.proj(f.flatten(0, 1))                                # (B*T, D, g, g)
         D, gh, gw = f.shape[1:]
-        if self.pooled:
-            return self.norm(f.reshape(B, T, D, gh * gw).mean(dim=(1, 3)))  # (B, D)
         f = f.flatten(2).transpose(1, 2).reshape(B, T, gh * gw, D)    # (B, T, g*g, D)
         # T < num_frames: the first T temporal embeddings, on purpose (module docstring)
         f = f + self.pos_space + self.pos_time[:, :T]                 # (B, T, g*g, D)
