@@ -50,11 +50,64 @@ def write_run_command(out: str, argv: list[str] | None) -> None:
     atomic_write_text(os.path.join(out, "command.sh"), text)
 
 
+def optimizer_param_names(model, optimizer) -> list[str]:
+    """Names of the optimizer's parameters in its slot order (param groups in turn)."""
+    name_of = {id(p): n for n, p in model.named_parameters()}
+    try:
+        return [name_of[id(p)] for g in optimizer.param_groups for p in g["params"]]
+    except KeyError:
+        raise ValueError("the optimizer holds a parameter that is not in the model") from None
+
+
+class _SlotMismatch(ValueError):
+    """A train state whose optimizer slots do not fit the model being resumed."""
+
+
+def _optimizer_state_by_name(saved: dict, saved_names: list[str] | None, model, optimizer) -> dict:
+    """The saved optimizer state with its slots renumbered to the optimizer's current order.
+
+    torch numbers optimizer slots by position, so a state saved before parameters were
+    registered in another order (a new dfer version) would hand one tensor's momentum to
+    another -- silently when the shapes agree. With the names saved alongside, slots follow
+    their names; an old state without names is accepted only if every slot's tensors have
+    the shape of the parameter now in that position.
+    """
+    names = optimizer_param_names(model, optimizer)
+    params = [p for g in optimizer.param_groups for p in g["params"]]
+    if saved_names is not None:
+        if sorted(saved_names) != sorted(names) or len(set(names)) != len(names):
+            gone = sorted(set(saved_names) - set(names))
+            new = sorted(set(names) - set(saved_names))
+            raise _SlotMismatch(f"its parameters differ from this model's (only in the state: {gone[:3]}, "
+                             f"only in the model: {new[:3]})")
+        now = {n: i for i, n in enumerate(names)}
+        order = [now[n] for n in saved_names]  # saved slot i -> current slot
+        groups, at = [], 0
+        for g_saved, g_now in zip(saved["param_groups"], optimizer.param_groups, strict=True):
+            ids = [order[i] for i in g_saved["params"]]
+            mine = list(range(at, at + len(g_now["params"])))
+            if sorted(ids) != mine:
+                raise _SlotMismatch("its parameter groups differ from this run's")
+            groups.append({**g_saved, "params": mine})
+            at += len(mine)
+        saved = {"state": {order[int(i)]: s for i, s in saved["state"].items()}, "param_groups": groups}
+    for i, slot in saved["state"].items():
+        for key, t in slot.items():
+            if hasattr(t, "shape") and t.ndim > 0 and t.shape != params[int(i)].shape:
+                raise _SlotMismatch(f"its optimizer {key} for {names[int(i)]} has shape {tuple(t.shape)}, "
+                                 f"the parameter {tuple(params[int(i)].shape)}")
+    return saved
+
+
 def save_state(path: str, model, optimizer, counters: TrainState, device) -> None:
-    """Write the resume state (plain tensors and dicts only) atomically: the epoch's commit point."""
+    """Write the resume state (plain tensors and dicts only) atomically: the epoch's commit point.
+
+    The optimizer's slots are saved with their parameter names, so a resume maps them by name.
+    """
     import torch
 
-    state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": counters.epoch,
+    state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+             "param_names": optimizer_param_names(model, optimizer), "epoch": counters.epoch,
              "step": counters.step, "best_uar": counters.best_uar, "best_epoch": counters.best_epoch,
              "torch_rng": torch.get_rng_state()}
     if device.type == "cuda":
@@ -76,7 +129,8 @@ def load_state(path: str, model, optimizer, device) -> TrainState:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
         model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
+        optimizer.load_state_dict(_optimizer_state_by_name(state["optimizer"], state.get("param_names"),
+                                                           model, optimizer))
         counters = TrainState(int(state["epoch"]), int(state["step"]), float(state["best_uar"]),
                               state["best_epoch"])
         if counters.epoch < 0 or counters.step < 0 or not (
@@ -85,6 +139,9 @@ def load_state(path: str, model, optimizer, device) -> TrainState:
         torch.set_rng_state(state["torch_rng"])
         if device.type == "cuda" and "cuda_rng" in state:
             torch.cuda.set_rng_state(state["cuda_rng"], device)
+    except _SlotMismatch as e:
+        raise ValueError(f"cannot resume: {path} does not fit this model ({e}); resume it with the dfer "
+                         "version that started the run, or start the run again without --resume") from None
     except Exception as e:  # noqa: BLE001 -- any unusable state becomes one clear line
         text = str(e).strip()
         reason = text.splitlines()[0][:200] if text else type(e).__name__

@@ -171,6 +171,10 @@ class Former(nn.Module):
         if c.backbone_weights:
             load_backbone_weights(self.backbone, c.backbone_weights)
         self.proj = nn.Conv2d(ResNetTrunk.out_channels, c.dim, kernel_size=1)
+        # registered before the blocks: parameter order is the order of a train state's
+        # optimizer slots in runs saved before names were recorded (run_folder.load_state)
+        self.norm = nn.LayerNorm(c.dim)
+        self.head = nn.Linear(c.dim, c.num_classes)
         self.pooled = c.block == POOL
         if self.pooled:  # no position embeddings, [CLS] or blocks: a mean has no use for them
             self.blocks = nn.ModuleList()
@@ -183,8 +187,6 @@ class Former(nn.Module):
             self.blocks = nn.ModuleList(
                 Block(c.block, c.dim, c.heads, c.mlp_ratio, c.dropout, c.attn_dropout, r, self.window)
                 for r in rates)
-        self.norm = nn.LayerNorm(c.dim)
-        self.head = nn.Linear(c.dim, c.num_classes)
         self._init_weights()
 
     def _init_weights(self) -> None:
