@@ -82,6 +82,8 @@ class TrainConfig:
     val_split: str | None = "val"      # validation split; None or "" disables validation
     holdout: float = 0.0               # >0: validate on this stratified, seeded fraction carved
                                        # out of the training split instead (val_split must be None)
+    holdout_seed: int | None = None    # seed of that split (None: seed), so runs with other seeds
+                                       # hold out, and select on, the same images
     fold: int | None = None            # DFEW fold 1..5
     limit: int | None = None           # keep a seeded random subset of the training samples
     val_limit: int | None = None       # same for validation
@@ -151,6 +153,11 @@ class TrainConfig:
                              detail_size=self.detail_size if self.detail_size and self.detail_size < self.input_size
                              else None)
 
+    @property
+    def split_seed(self) -> int:
+        """The seed of the held-out split: ``holdout_seed``, or ``seed`` when it is not set."""
+        return self.seed if self.holdout_seed is None else self.holdout_seed
+
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
@@ -173,6 +180,8 @@ class TrainConfig:
             raise ValueError(f"--precision {self.precision!r}: choose one of {', '.join(PRECISIONS)}")
         if not 0 <= self.holdout < 1:
             raise ValueError(f"--holdout must be in [0, 1), got {self.holdout}")
+        if self.holdout_seed is not None and not self.holdout:
+            raise ValueError("--holdout-seed chooses the --holdout split: pass --holdout too")
         if self.holdout and self.val_split:
             raise ValueError(f"--holdout and --val-split {self.val_split} both choose the validation set; "
                              "pass --val-split none with --holdout")
@@ -396,7 +405,7 @@ def load_datasets(cfg: TrainConfig, log=None):
         raise ValueError(f"no training samples found in {cfg.data_root} (split {cfg.split!r})")
     held = []
     if cfg.holdout:
-        samples, held = holdout_split(samples, cfg.holdout, cfg.seed)
+        samples, held = holdout_split(samples, cfg.holdout, cfg.split_seed)
     train_ds = ClipDataset(samples, pre, train=True, augment=aug, seed=cfg.seed, sampling=cfg.sampling)
     prov = {"dataset": cfg.dataset, "root": os.path.abspath(cfg.data_root), "split": cfg.split,
             "fold": cfg.fold, "train_samples": len(samples),
@@ -405,7 +414,7 @@ def load_datasets(cfg: TrainConfig, log=None):
     val_ds = None
     if held:
         val_ds = ClipDataset(held, pre, train=False, test_clips=cfg.test_clips, sampling=cfg.sampling)
-        prov.update(val_split=f"holdout {cfg.holdout:g} of {cfg.split} (stratified, seed {cfg.seed})",
+        prov.update(val_split=f"holdout {cfg.holdout:g} of {cfg.split} (stratified, seed {cfg.split_seed})",
                     val_samples=len(held), val_class_counts=dict(zip(CLASSES, class_counts(held))),
                     holdout_sha256=_names_digest(held))
     if cfg.val_split:

@@ -41,14 +41,14 @@ def main() -> None:
         raise SystemExit(f"{args.checkpoint}: its run had no --holdout split to select on")
     samples, _ = scan(recipe.dataset, recipe.data_root, recipe.split, fold=recipe.fold, limit=recipe.limit,
                       seed=recipe.seed)
-    _, held = holdout_split(samples, recipe.holdout, recipe.seed)
+    _, held = holdout_split(samples, recipe.holdout, recipe.split_seed)
     ds = ClipDataset(held, model.preprocessing, train=False, classes=model.classes)
     probs, labels = predict_dataset(model, ds, batch_size=args.batch_size, tta=args.tta)
     logp = np.log(np.clip(probs, 1e-12, None))
     counts = model.provenance["data"]["train_class_counts"]
     log_prior = logit_adjustment([counts[c] for c in model.classes], 1.0).numpy()
     print(f"{args.checkpoint}: {len(held)} held-out images ({recipe.holdout:g} of {recipe.split}, "
-          f"seed {recipe.seed}), tta {args.tta}")
+          f"seed {recipe.split_seed}), tta {args.tta}")
     print("alpha    WAR     UAR")
     best = None
     for alpha in np.round(np.arange(0.0, 1.01, 0.1), 2):

@@ -47,6 +47,8 @@ def test_train_usage_errors(tmp_path):
     assert r.exit_code == 2 and "--optimizer" in r.output
     r = runner.invoke(app, ["train"])
     assert r.exit_code == 2 and "--data-root" in r.output
+    r = runner.invoke(app, ["train", "--data-root", str(tmp_path), "--holdout-seed", "1"])
+    assert r.exit_code == 2 and "--holdout-seed chooses the --holdout split" in r.output
     r = runner.invoke(app, ["train", "--data-root", str(tmp_path / "missing"), "--quiet"])
     assert r.exit_code == 1 and "missing" in r.output and "does not exist" in r.output
 

@@ -301,6 +301,23 @@ def test_holdout_validates_on_part_of_train(data, tmp_path):
         train(still_config(data, tmp_path / "both", val_split="val"), progress=False)
 
 
+def test_holdout_seed_holds_out_the_same_images_whatever_the_run_seed(data, tmp_path):
+    from dfer_cli.train import load_datasets
+
+    def held(**kw):
+        _, val, prov = load_datasets(still_config(data, tmp_path / "x", **kw))
+        return sorted(s.path for s in val.samples), prov
+
+    base, p0 = held(seed=0)
+    other_seed, _ = held(seed=1)
+    pinned, p1 = held(seed=1, holdout_seed=0)
+    assert other_seed != base  # the run seed alone moves the split ...
+    assert pinned == base      # ... unless the split has its own seed
+    assert p1["holdout_sha256"] == p0["holdout_sha256"] and "seed 0)" in p1["val_split"]
+    with pytest.raises(ValueError, match="--holdout-seed chooses the --holdout split"):
+        still_config(data, tmp_path / "y", holdout=0.0, holdout_seed=3).validate()
+
+
 def test_bf16_training_runs_finite_and_learns(data, tmp_path):
     out = tmp_path / "bf16"
     train(still_config(data, out, precision="bf16", optimizer="adamw", lr=3e-3, logit_adjust=0.0, epochs=4,
