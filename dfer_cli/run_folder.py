@@ -75,11 +75,11 @@ def _optimizer_state_by_name(saved: dict, saved_names: list[str] | None, model, 
     names = optimizer_param_names(model, optimizer)
     params = [p for g in optimizer.param_groups for p in g["params"]]
     if saved_names is not None:
-        if sorted(saved_names) != sorted(names) or len(set(names)) != len(names):
+        if sorted(saved_names) != sorted(names):
             gone = sorted(set(saved_names) - set(names))
             new = sorted(set(names) - set(saved_names))
             raise _SlotMismatch(f"its parameters differ from this model's (only in the state: {gone[:3]}, "
-                             f"only in the model: {new[:3]})")
+                                f"only in the model: {new[:3]})")
         now = {n: i for i, n in enumerate(names)}
         order = [now[n] for n in saved_names]  # saved slot i -> current slot
         groups, at = [], 0
@@ -95,7 +95,7 @@ def _optimizer_state_by_name(saved: dict, saved_names: list[str] | None, model, 
         for key, t in slot.items():
             if hasattr(t, "shape") and t.ndim > 0 and t.shape != params[int(i)].shape:
                 raise _SlotMismatch(f"its optimizer {key} for {names[int(i)]} has shape {tuple(t.shape)}, "
-                                 f"the parameter {tuple(params[int(i)].shape)}")
+                                    f"the parameter {tuple(params[int(i)].shape)}")
     return saved
 
 
