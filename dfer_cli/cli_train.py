@@ -55,9 +55,9 @@ def train_cmd(
     holdout: float = typer.Option(0.0, "--holdout", help="Validate on this fraction of the training split "
                                   "(stratified, seeded) instead of a separate split: select models without "
                                   "touching the test data."),
-    holdout_seed: Optional[int] = typer.Option(None, "--holdout-seed", help="Seed of the --holdout split "
-                                               "(default: --seed): runs with other seeds then select on the same "
-                                               "images, e.g. to average or ensemble them."),
+    holdout_seed: Optional[int] = typer.Option(None, "--holdout-seed", help="Seed of the --holdout split, "
+                                               "--seed when not given: runs with other seeds then select on the "
+                                               "same images, e.g. to average or ensemble them."),
     fold: Optional[int] = typer.Option(None, "--fold", min=1, max=5, help="DFEW fold 1..5."),
     model: str = typer.Option("logo_former", "--model", help="A registered model (dfer models)."),
     model_opt: List[str] = typer.Option([], "--model-opt", help="Model config override key=value "
