@@ -36,7 +36,8 @@ bench: $(STAMP)
 # grid), its best and last epochs averaged; stage 6 = 5 epochs from that average at 96 px
 # with cutmix on half the batches, its last weights averaged with stage 5's average; 10 % of
 # train held out for epoch and prior-shift selection; exported as a 16-frame model that
-# reduces video faces to FER2013's 48 px first; FER2013 val once. An interrupted stage continues with `sh runs/<stage>/command.sh`.
+# reduces video faces to FER2013's 48 px first; FER2013 val once. An interrupted stage
+# continues with `sh runs/<stage>/command.sh`.
 STILLS := --data-root $(FER2013) --frames 1 --grayscale --template fer2013 \
   --model-opt dim=256 --model-opt depth=2 --model-opt heads=4 --model-opt window=2,2,2 \
   --holdout 0.1 --optimizer adamw --weight-decay 0.05 --batch-size 128 \
