@@ -402,8 +402,10 @@ def load_state_partial(model: torch.nn.Module, state_dict: dict) -> tuple[list[s
     (``pos_time``, shape (1, T, 1, D)) of another length is resized along T by linear
     interpolation (a length-1 embedding is repeated) rather than skipped, a spatial one
     (``pos_space``, (1, 1, g*g, D)) made for another input size is resized over the g x g
-    grid by bicubic interpolation (fine-tuning at a higher resolution), and a LOGO window
-    pool kernel built for 1 frame is spread evenly over the window's frames; everything else
+    grid by bicubic interpolation (fine-tuning at a higher resolution), a LOGO window
+    pool kernel built for 1 frame is spread evenly over the window's frames and one built for
+    several frames is summed over them for a 1-frame model (a video model fine-tuned on
+    stills); everything else
     with a different shape, or absent from the model, is skipped.
 
     Returns ``(loaded, skipped)``: loaded names, and ``"name: reason"`` strings.
@@ -426,6 +428,11 @@ def load_state_partial(model: torch.nn.Module, state_dict: dict) -> tuple[list[s
                 and v.shape[:2] == target.shape[:2] and v.shape[3:] == target.shape[3:]:
             # a LOGO window pool built for 1 frame: spread it evenly over the f frames
             v = v.repeat(1, 1, target.shape[2], 1, 1) / target.shape[2]
+        if v.shape != target.shape and k.endswith("pool.weight") and v.ndim == 5 and target.shape[2] == 1 \
+                and v.shape[:2] == target.shape[:2] and v.shape[3:] == target.shape[3:]:
+            # the reverse, a video model back to stills: on f identical frames the kernel acts as
+            # its sum over time, so that sum is the 1-frame kernel (exact for a still)
+            v = v.sum(dim=2, keepdim=True)
         if v.shape != target.shape:
             skipped.append(f"{k}: shape {tuple(v.shape)} != {tuple(target.shape)}")
             continue

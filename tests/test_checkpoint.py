@@ -168,6 +168,22 @@ def test_partial_load_resizes_time_embedding_and_skips_mismatches():
     assert "head.weight" not in loaded
 
 
+def test_partial_load_turns_a_video_model_back_into_a_still_model():
+    """Fine-tuning a video model on stills (``--frames 1 --init logo_former_fer2013``): the
+    window pool kernel is summed over its frames, so a 1-frame window summarises a still
+    exactly as the video model's window summarises that still repeated."""
+    video = _model(num_frames=4, window=(2, 2, 2))
+    still = _model(num_frames=1, window=(2, 2, 2))
+    loaded, skipped = load_state_partial(still, video.state_dict())
+    assert not skipped and "blocks.0.steps.1.pool.weight" in loaded
+    frame = torch.randn(2, 1, 2, 2, 16)                                       # (B, 1, H, W, D)
+    clip = frame.expand(2, 4, 2, 2, 16)                                       # the still, 4 times
+    with torch.no_grad():
+        s1 = still.blocks[0].steps[1].summaries(frame.reshape(2, 4, 16), (1, 2, 2))   # (B, 1, D)
+        s4 = video.blocks[0].steps[1].summaries(clip.reshape(2, 16, 16), (4, 2, 2))   # (B, 2, D)
+    torch.testing.assert_close(s4, s1.expand(2, 2, 16))
+
+
 # --- hostile and broken headers (issue 15): refused before anything is built -----------------
 
 @pytest.fixture(scope="module")
