@@ -176,6 +176,33 @@ def test_cli_weights_export_frames_makes_a_video_model_from_a_stills_model(tmp_p
     assert video(torch.randn(1, 16, 3, 32, 32)).shape == (1, 7)
 
 
+def test_cli_weights_export_frames_1_takes_a_video_model_back_to_the_stills_model(tmp_path):
+    """stills -> 16 frames -> stills gives back every tensor: the bundled default can be
+    fine-tuned on stills from what it was exported from."""
+    import torch
+
+    from dfer_cli.checkpoint import read_checkpoint, save_checkpoint
+    from dfer_cli.labels import CLASSES
+    from dfer_cli.models import create_model
+    from dfer_cli.preprocess import Preprocessing
+
+    torch.manual_seed(0)
+    m = create_model("logo_former", dim=32, depth=1, heads=2, input_size=32, num_frames=1,
+                     window=(2, 1, 1)).eval()
+    src = save_checkpoint(tmp_path / "stills.safetensors", m, classes=CLASSES,
+                          preprocessing=Preprocessing(input_size=32, num_frames=1, grayscale=True))
+    video, back = tmp_path / "video.safetensors", tmp_path / "back.safetensors"
+    for a, b, n in ((src, video, "16"), (video, back, "1")):
+        res = CliRunner().invoke(app, ["weights", "export", str(a), str(b), "--frames", n, "--float32"])
+        assert res.exit_code == 0, res.output
+    first, _ = read_checkpoint(src)
+    again, meta = read_checkpoint(back)
+    assert meta["config"]["num_frames"] == 1 and meta["provenance"]["exported_from"]["num_frames"] == 16
+    assert first.keys() == again.keys()
+    for k in first:
+        torch.testing.assert_close(again[k], first[k], msg=k)
+
+
 def test_cli_weights_export_prior_shift_moves_the_bias_by_alpha_log_prior(tmp_path):
     import numpy as np
     import torch
