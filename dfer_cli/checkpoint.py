@@ -402,11 +402,10 @@ def load_state_partial(model: torch.nn.Module, state_dict: dict) -> tuple[list[s
     (``pos_time``, shape (1, T, 1, D)) of another length is resized along T by linear
     interpolation (a length-1 embedding is repeated) rather than skipped, a spatial one
     (``pos_space``, (1, 1, g*g, D)) made for another input size is resized over the g x g
-    grid by bicubic interpolation (fine-tuning at a higher resolution), a LOGO window
-    pool kernel built for 1 frame is spread evenly over the window's frames and one built for
+    grid by bicubic interpolation (fine-tuning at a higher resolution), a LOGO window pool
+    kernel built for 1 frame is spread evenly over the window's frames, and one built for
     several frames is summed over them for a 1-frame model (a video model fine-tuned on
-    stills); everything else
-    with a different shape, or absent from the model, is skipped.
+    stills); everything else with a different shape, or absent from the model, is skipped.
 
     Returns ``(loaded, skipped)``: loaded names, and ``"name: reason"`` strings.
     """
