@@ -61,6 +61,9 @@ def make_video(
     with av.open(str(path), "w") as out:
         stream = out.add_stream(codec, rate=rate)
         stream.width, stream.height, stream.pix_fmt = w, h, pix_fmt
+        # x264's bitstream depends on its thread count, which defaults to the machine's core
+        # count: one thread makes every fixture the same bytes on every machine.
+        stream.codec_context.thread_count = 1
         if pts is not None:
             stream.codec_context.time_base = Fraction(1, 1000)
             stream.time_base = Fraction(1, 1000)
