@@ -106,6 +106,13 @@ def train_cmd(
     label_smoothing: float = typer.Option(0.0, "--label-smoothing", help="Label smoothing (--loss ce)."),
     logit_adjust: float = typer.Option(0.0, "--logit-adjust", help="Train on logits + tau*log(class prior) "
                                        "(tau; 0: off); lifts rare classes' recall."),
+    teacher: List[str] = typer.Option([], "--teacher", metavar="CKPT", help="Distil from this dfer checkpoint "
+                                      "(repeatable: several are an ensemble, their probabilities averaged); it "
+                                      "sees the same augmented batch. Needs --distill."),
+    distill: float = typer.Option(0.0, "--distill", metavar="W", help="Weight of the distillation term: loss = "
+                                  "(1-W) * label loss + W * T^2 * KL(teachers || student) at temperature T."),
+    distill_temperature: float = typer.Option(1.0, "--distill-temperature", metavar="T",
+                                              help="Softmax temperature of the distillation term."),
     crop_scale: Optional[float] = typer.Option(None, "--crop-scale", **_r(
         "Random resized crop keeps between this fraction and all of the area.", "crop_scale")),
     flip: Optional[float] = typer.Option(None, "--flip", **_r("Horizontal flip probability.", "flip")),
@@ -144,6 +151,9 @@ def train_cmd(
             opts["backbone_weights"] = backbone_weights
         if init and not os.path.isfile(init):
             raise ValueError(f"--init {init} does not exist: give a dfer .safetensors checkpoint")
+        for t in teacher:
+            if not os.path.isfile(t):
+                raise ValueError(f"--teacher {t} does not exist: give a dfer .safetensors checkpoint")
         # flags a recipe covers: None = not given on the command line, the recipe's value
         recipe_kw = recipe_values(
             recipe, input_size=input_size, frames=frames, sampling=sampling, epochs=epochs, batch_size=batch_size,
@@ -158,6 +168,7 @@ def train_cmd(
             motion=motion, rotate=rotate, zoom=zoom, shift=shift,
             erase=erase, mixup=mixup, cutmix=cutmix, nesterov=nesterov,
             label_smoothing=label_smoothing, logit_adjust=logit_adjust, clip_grad=clip_grad,
+            teachers=list(teacher), distill=distill, distill_temperature=distill_temperature,
             seed=seed, workers=workers, threads=threads, device=device, precision=precision,
             test_clips=test_clips, output=output, log_every=log_every, **recipe_kw)
         if not resume:

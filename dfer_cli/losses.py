@@ -90,6 +90,29 @@ class CompactLoss(nn.Module):
         return f"lam={self.lam}, symmetric={self.symmetric}"
 
 
+def distillation_loss(student_logits: torch.Tensor, teacher_probs: torch.Tensor,
+                      temperature: float = 1.0) -> torch.Tensor:
+    """Knowledge distillation (Hinton et al., 2015): mean over the batch of
+    ``T^2 * KL(p_t || softmax(z / T))``, where ``p_t`` are the teacher's probabilities at the
+    same temperature T (``teacher_probabilities``). The T^2 keeps the gradient's size
+    independent of T, so the weight between this and the label loss means the same at any T.
+    student_logits (B, C) float, teacher_probs (B, C) rows summing to 1. Zero exactly when
+    the student's tempered softmax equals the teacher's."""
+    log_s = F.log_softmax(student_logits / temperature, dim=1)             # (B, C)
+    p_t = teacher_probs.to(log_s.dtype)
+    log_t = torch.log(p_t.clamp_min(1e-12))
+    kl = (p_t * (log_t - log_s)).sum(dim=1)                               # (B,)
+    return temperature ** 2 * kl.mean()
+
+
+def teacher_probabilities(teacher_logits, temperature: float = 1.0) -> torch.Tensor:
+    """The soft target of one or more teachers: the mean of their softmax(z / T), (B, C).
+    Averaging probabilities (not logits) is the ensemble whose accuracy the student is asked
+    to reach."""
+    probs = [F.softmax(z.float() / temperature, dim=1) for z in teacher_logits]
+    return torch.stack(probs).mean(0)
+
+
 def logit_adjustment(class_counts, tau: float = 1.0) -> torch.Tensor:
     """``tau * log(prior)`` per class, the offset that logit-adjusted training adds to the
     logits before the loss (Menon et al., "Long-tail learning via logit adjustment", ICLR

@@ -129,6 +129,11 @@ class TrainConfig:
     logit_adjust: float = 0.0          # tau: train on logits + tau * log(class prior) (Menon et
                                        # al. 2021), test on raw logits: lifts rare-class recall (UAR)
     clip_grad: float = 0.0             # >0: clip the global gradient norm to this
+    # knowledge distillation (distill.py): loss = (1 - distill) * label loss
+    #   + distill * T^2 * KL(teachers' softmax(z/T) || student's softmax(z/T))
+    teachers: list = field(default_factory=list)  # dfer checkpoints; several = an ensemble
+    distill: float = 0.0               # weight of the distillation term, in [0, 1]
+    distill_temperature: float = 1.0   # T: > 1 softens both distributions
     # recipe and frame sampling (fields added later: their defaults keep older runs' behaviour)
     recipe: str = "dfer"               # the recipe the run's defaults came from (RECIPES); recorded
     sampling: str = "uniform"          # uniform | segments8x2 (data/sampling.py); recorded in checkpoints
@@ -189,6 +194,14 @@ class TrainConfig:
             raise ValueError("--mixup/--cutmix make soft targets: use them with --loss ce")
         if (self.mixup or self.cutmix) and self.optimizer == "sam":
             raise ValueError("--mixup/--cutmix are not supported with --optimizer sam")
+        if not 0 <= self.distill <= 1:
+            raise ValueError(f"--distill is the weight of the distillation term, in [0, 1]; got {self.distill}")
+        if self.distill and not self.teachers:
+            raise ValueError("--distill needs a teacher: pass --teacher CKPT (a dfer checkpoint)")
+        if self.teachers and not self.distill:
+            raise ValueError("--teacher is used only with --distill W (the weight of its term, e.g. 0.5)")
+        if not self.distill_temperature > 0:
+            raise ValueError(f"--distill-temperature must be > 0, got {self.distill_temperature}")
         if not 0 < self.crop_scale <= 1:
             raise ValueError(f"--crop-scale must be in (0, 1], got {self.crop_scale}")
         if self.recipe not in RECIPES:
@@ -523,6 +536,7 @@ class _Run:
     counters: TrainState
     scaler: object = None          # GradScaler under fp16 autocast on CUDA
     log_prior: object = None       # (C,) logit adjustment added during training, or None
+    teachers: object = None        # distill.Teachers, or None
     precision: str = "fp32"        # fp32 | bf16 | fp16 (autocast)
     autocast_dtype: object = None
     total_steps: int = 0
@@ -560,6 +574,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True, rich
     run = _build_run(cfg, model, train_ds, device, rank, world, rep)
     state_path = os.path.join(cfg.output, "state.pt")
     if resume:
+        _check_same_teachers(run)
         run.counters = load_state(state_path, model, run.optimizer, device)
         rep.log(f"resuming {cfg.output} after epoch {run.counters.epoch}")
     if run.distributed:
@@ -596,6 +611,22 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True, rich
     return {"output": cfg.output, "epochs": cfg.epochs, "best_epoch": best_epoch,
             "best_uar": run.counters.best_uar if best_epoch else None,
             "last": last_scores.to_dict() if last_scores is not None else None}
+
+
+def _check_same_teachers(run: _Run) -> None:
+    """A resumed run must distil from the files it started with: compare their sha256 with
+    those its last checkpoint recorded (ValueError naming the file otherwise)."""
+    last = os.path.join(run.cfg.output, "last.safetensors")
+    if run.teachers is None or not os.path.isfile(last):
+        return
+    from dfer_cli.checkpoint import read_metadata
+
+    recorded = (read_metadata(last).get("provenance") or {}).get("teachers") or []
+    for now, then in zip(run.teachers.records, recorded):
+        if now["sha256"] != then.get("sha256"):
+            raise ValueError(f"cannot resume: teacher {now['file']} has changed since the run started (sha256 "
+                             f"{now['sha256'][:12]}, was {str(then.get('sha256'))[:12]}); put the original back "
+                             "or start a new run")
 
 
 def _resumed_config(cfg: TrainConfig) -> TrainConfig:
@@ -690,6 +721,11 @@ def _build_run(cfg: TrainConfig, model, train_ds, device, rank: int, world: int,
     if cfg.logit_adjust:
         from dfer_cli.losses import logit_adjustment
         run.log_prior = logit_adjustment(class_counts_of(train_ds), cfg.logit_adjust).to(device)
+    if cfg.teachers:
+        from dfer_cli.distill import Teachers, describe_teachers
+
+        run.teachers = Teachers(cfg.teachers, list(CLASSES), cfg.preprocessing(), cfg.frames, device=device)
+        rep.log(describe_teachers(run.teachers.records))
     return run
 
 
@@ -781,12 +817,24 @@ def training_step(run: _Run, x, y):
     import torch
 
     cfg, params = run.cfg, run.params
+    autocast = dict(device_type=run.device.type, dtype=run.autocast_dtype, enabled=run.precision != "fp32")
+    soft = None
+    if run.teachers is not None:  # once per batch, also under SAM: the target does not move
+        with torch.autocast(**autocast):
+            soft = run.teachers.probabilities(x, cfg.distill_temperature)  # (B, C)
 
     def forward_loss():
-        with torch.autocast(run.device.type, dtype=run.autocast_dtype, enabled=run.precision != "fp32"):
+        with torch.autocast(**autocast):
             logits = run.net(x)                                        # (B, C)
         adjusted = logits.float() if run.log_prior is None else logits.float() + run.log_prior
-        return run.criterion(adjusted, y), logits
+        loss = run.criterion(adjusted, y)
+        if soft is not None:
+            from dfer_cli.losses import distillation_loss
+
+            # raw logits against the teachers' raw logits: both estimate the same posterior
+            kd = distillation_loss(logits.float(), soft, cfg.distill_temperature)
+            loss = (1 - cfg.distill) * loss + cfg.distill * kd
+        return loss, logits
 
     loss, logits = forward_loss()
     run.optimizer.zero_grad(set_to_none=True)
@@ -857,6 +905,8 @@ def _finish_epoch(run: _Run, epoch: int, row: dict, data_prov: dict, argv, valid
         c.best_uar, c.best_epoch = row["val_uar"], epoch + 1
     prov = {"recipe": cfg.to_dict(), "data": data_prov, "epoch": epoch + 1, "metrics": dict(row),
             "best_epoch": c.best_epoch, "world_size": run.world, "command": argv or []}
+    if run.teachers is not None:
+        prov["teachers"] = run.teachers.records
     append_metrics(out, row)
     if tb is not None:
         for k, v in row.items():
