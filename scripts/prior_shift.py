@@ -1,6 +1,8 @@
-"""Choose the post-hoc prior shift of a logit-adjusted model on its run's held-out split.
+"""Choose the post-hoc prior shift of a logit-adjusted model on its run's held-out split,
+and score several models as an ensemble there.
 
-    python scripts/prior_shift.py runs/starter/best.safetensors [--tta flip] [--threads 2]
+    python scripts/prior_shift.py runs/starter/best.safetensors [MORE.safetensors ...]
+                                  [--tta flip] [--threads 2]
 
 A model trained with `--logit-adjust tau` predicts as if the classes were balanced (best
 UAR); adding alpha * log(prior) to its logits moves it back towards the training prior
@@ -9,15 +11,61 @@ UAR); adding alpha * log(prior) to its logits moves it back towards the training
 test data), computes the logits once and prints WAR and UAR for alpha = 0, 0.1, ..., 1, then
 the alpha with the highest WAR + UAR. Export with it:
 `dfer weights export RUN/best.safetensors OUT.safetensors --prior-shift ALPHA`.
+
+With several checkpoints (runs that held out the same images: same data, `--holdout` and
+`--holdout-seed`), each is scored on its own, then their ensemble: the mean of their
+probabilities, the soft target that `dfer train --teacher A --teacher B` distils. Each model
+sees the images at its own input size, so a 64 px and a 96 px model can be compared and
+combined.
 """
 from __future__ import annotations
 
 import argparse
 
 
+def held_out(model, tta: str, batch_size: int):
+    """(probabilities (N, C), labels (N,), split description, sample paths) of ``model`` on
+    its run's held-out split."""
+    from dfer_cli.data import ClipDataset, scan
+    from dfer_cli.evaluate import predict_dataset
+    from dfer_cli.train import TrainConfig, holdout_split
+
+    recipe = TrainConfig.from_dict(model.provenance["recipe"])
+    if not recipe.holdout:
+        raise SystemExit(f"{model.checkpoint_path}: its run had no --holdout split to select on")
+    samples, _ = scan(recipe.dataset, recipe.data_root, recipe.split, fold=recipe.fold, limit=recipe.limit,
+                      seed=recipe.seed)
+    _, held = holdout_split(samples, recipe.holdout, recipe.split_seed)
+    ds = ClipDataset(held, model.preprocessing, train=False, classes=model.classes)
+    probs, labels = predict_dataset(model, ds, batch_size=batch_size, tta=tta)
+    where = (f"{len(held)} held-out images ({recipe.holdout:g} of {recipe.split}, seed {recipe.split_seed}), "
+             f"tta {tta}")
+    return probs, labels, where, [str(sample.path) for sample in held]
+
+
+def sweep(name: str, probs, labels, log_prior, classes) -> float:
+    """Print WAR and UAR per alpha; return the alpha with the highest WAR + UAR."""
+    import numpy as np
+
+    from dfer_cli.metrics import Scores, confusion_matrix
+
+    logp = np.log(np.clip(probs, 1e-12, None))
+    print(name)
+    print("alpha    WAR     UAR")
+    best = None
+    for alpha in np.round(np.arange(0.0, 1.01, 0.1), 2):
+        pred = (logp + alpha * log_prior).argmax(1)
+        s = Scores(list(classes), confusion_matrix(labels, pred, len(classes)))
+        print(f"{alpha:5.1f}  {100 * s.war:6.2f}  {100 * s.uar:6.2f}")
+        if best is None or s.war + s.uar > best[1]:
+            best = (float(alpha), s.war + s.uar)
+    print(f"highest WAR + UAR: alpha {best[0]:.1f}")
+    return best[0]
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("checkpoint")
+    p.add_argument("checkpoints", nargs="+", metavar="checkpoint")
     p.add_argument("--tta", default="none", choices=("none", "flip"))
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--batch-size", type=int, default=128)
@@ -27,37 +75,27 @@ def main() -> None:
     import torch
 
     from dfer_cli.checkpoint import load_model
-    from dfer_cli.data import ClipDataset, scan
-    from dfer_cli.evaluate import predict_dataset
     from dfer_cli.losses import logit_adjustment
-    from dfer_cli.metrics import Scores, confusion_matrix
-    from dfer_cli.train import TrainConfig, holdout_split
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    model = load_model(args.checkpoint)
-    recipe = TrainConfig.from_dict(model.provenance["recipe"])
-    if not recipe.holdout:
-        raise SystemExit(f"{args.checkpoint}: its run had no --holdout split to select on")
-    samples, _ = scan(recipe.dataset, recipe.data_root, recipe.split, fold=recipe.fold, limit=recipe.limit,
-                      seed=recipe.seed)
-    _, held = holdout_split(samples, recipe.holdout, recipe.split_seed)
-    ds = ClipDataset(held, model.preprocessing, train=False, classes=model.classes)
-    probs, labels = predict_dataset(model, ds, batch_size=args.batch_size, tta=args.tta)
-    logp = np.log(np.clip(probs, 1e-12, None))
+    runs = []
+    for path in args.checkpoints:
+        model = load_model(path)
+        probs, labels, where, paths = held_out(model, args.tta, args.batch_size)
+        if runs and (list(model.classes) != list(runs[0][0].classes) or paths != runs[0][4]):
+            raise SystemExit(f"{path}: its run held out other images than {args.checkpoints[0]}'s (or has other "
+                             "classes); an ensemble needs the same --holdout and --holdout-seed on the same data")
+        runs.append((model, probs, labels, where, paths))
+    model, _, labels, where, _ = runs[0]
     counts = model.provenance["data"]["train_class_counts"]
     log_prior = logit_adjustment([counts[c] for c in model.classes], 1.0).numpy()
-    print(f"{args.checkpoint}: {len(held)} held-out images ({recipe.holdout:g} of {recipe.split}, "
-          f"seed {recipe.split_seed}), tta {args.tta}")
-    print("alpha    WAR     UAR")
-    best = None
-    for alpha in np.round(np.arange(0.0, 1.01, 0.1), 2):
-        pred = (logp + alpha * log_prior).argmax(1)
-        s = Scores(list(model.classes), confusion_matrix(labels, pred, len(model.classes)))
-        print(f"{alpha:5.1f}  {100 * s.war:6.2f}  {100 * s.uar:6.2f}")
-        if best is None or s.war + s.uar > best[1]:
-            best = (float(alpha), s.war + s.uar)
-    print(f"highest WAR + UAR: alpha {best[0]:.1f}")
+    print(where)
+    for path, (_, probs, _, _, _) in zip(args.checkpoints, runs):
+        sweep(path, probs, labels, log_prior, model.classes)
+    if len(runs) > 1:
+        mean = np.mean([run[1] for run in runs], axis=0)
+        sweep(f"ensemble of {len(runs)} (mean of probabilities)", mean, labels, log_prior, model.classes)
 
 
 if __name__ == "__main__":
