@@ -1,13 +1,16 @@
-"""Training throughput and loss curves, fp32 against bf16 autocast (+ channels_last trunk).
+"""Training throughput and loss curves: fp32 with a contiguous trunk, fp32 with a
+channels_last trunk (what `dfer train` does on the CPU) and bf16 autocast (+ channels_last).
 
     python benchmarks/precision.py                       # starter-model sizes, 2 threads
     python benchmarks/precision.py --size 48 --stem s1 --steps 6 --batch 64 --threads 1
+    python benchmarks/precision.py --size 96 --batch 128 --modes fp32 fp32+channels_last
 
 Trains the same model from the same initial weights on the same fixed batches (FER2013-like
 48 px grey noise with a class-dependent brightness, so the loss has something to fall on)
-once per precision, and prints images/s (the first step, warm-up, excluded) and the loss of
+once per mode, and prints images/s (the first step, warm-up, excluded) and the loss of
 every step side by side. bf16 pays off only on CPUs with native bf16 arithmetic
-(AVX512-BF16 or AMX); elsewhere PyTorch emulates it and it is much slower.
+(AVX512-BF16 or AMX); elsewhere PyTorch emulates it and it is much slower. channels_last
+alone pays off on any x86 CPU where oneDNN runs the convolutions in NHWC.
 """
 from __future__ import annotations
 
@@ -16,7 +19,10 @@ import platform
 import time
 
 
-def run(precision: str, args, batches, init_state):
+MODES = ("fp32", "fp32+channels_last", "bf16")
+
+
+def run(mode: str, args, batches, init_state):
     import torch
 
     from dfer_cli.models import create_model
@@ -25,7 +31,8 @@ def run(precision: str, args, batches, init_state):
                          window=tuple(args.window), stem=args.stem)
     model.load_state_dict(init_state)
     model.train()
-    if precision == "bf16":
+    precision = mode.split("+")[0]
+    if mode != "fp32":
         model.backbone.to(memory_format=torch.channels_last)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.05)
     losses, times = [], []
@@ -51,6 +58,8 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--steps", type=int, default=8)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES),
+                   help="what to compare (the first is the reference of the speed ratios)")
     args = p.parse_args()
 
     import torch
@@ -72,13 +81,13 @@ def main() -> None:
           f"cpu flags: {' '.join(flags) or 'unknown'}")
     print(f"model: logo_former dim 256 depth 2, {args.size} px, stem {args.stem}, batch {args.batch}, "
           f"{args.steps} steps")
-    results = {prec: run(prec, args, batches, init) for prec in ("fp32", "bf16")}
-    for prec, (rate, _) in results.items():
-        print(f"{prec}: {rate:.1f} images/s")
-    print(f"bf16 / fp32 throughput: {results['bf16'][0] / results['fp32'][0]:.2f}x")
-    print("step  loss fp32  loss bf16")
-    for i, (a, b) in enumerate(zip(results["fp32"][1], results["bf16"][1]), 1):
-        print(f"{i:4d}  {a:9.4f}  {b:9.4f}")
+    results = {mode: run(mode, args, batches, init) for mode in args.modes}
+    ref = args.modes[0]
+    for mode, (rate, _) in results.items():
+        print(f"{mode}: {rate:.1f} images/s ({rate / results[ref][0]:.2f}x {ref})")
+    print("step  " + "  ".join(f"{m:>18}" for m in args.modes))
+    for i, row in enumerate(zip(*(results[m][1] for m in args.modes)), 1):
+        print(f"{i:4d}  " + "  ".join(f"{v:18.4f}" for v in row))
 
 
 if __name__ == "__main__":

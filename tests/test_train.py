@@ -482,3 +482,55 @@ def test_detail_size_is_recorded_in_the_preprocessing_only_below_the_input_size(
     assert TrainConfig(input_size=48, detail_size=48).preprocessing().detail_size is None  # nothing to reduce
     assert TrainConfig(input_size=80).preprocessing().detail_size is None
     assert TrainConfig.from_dict(TrainConfig(input_size=80, detail_size=48).to_dict()).detail_size == 48
+
+
+def test_resume_takes_an_explicit_precision_and_keeps_the_runs_own_on_auto(data, tmp_path):
+    """bf16 is fast only where the hardware has it: a run moved to such a machine (or off
+    one) resumes with --precision; without it, the run's own precision stays."""
+    from dfer_cli.train import _resumed_config
+
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "config.json").write_text(json.dumps(still_config(data, out, precision="fp32", epochs=7).to_dict()))
+    (out / "state.pt").write_bytes(b"")  # only its presence matters here
+    assert _resumed_config(TrainConfig(output=str(out), precision="bf16", epochs=1)).precision == "bf16"
+    kept = _resumed_config(TrainConfig(output=str(out), epochs=1))
+    assert kept.precision == "fp32" and kept.epochs == 7  # the schedule is the run's
+
+
+def test_fp32_training_on_cpu_keeps_the_trunk_channels_last_with_the_same_numbers(data, tmp_path):
+    from dfer_cli.train import _build_model, _Reporter, trunk_channels_last
+
+    assert trunk_channels_last("fp32", torch.device("cpu")) and trunk_channels_last("bf16", torch.device("cuda"))
+    assert not trunk_channels_last("fp32", torch.device("cuda"))
+    torch.manual_seed(0)
+    model = _build_model(still_config(data, tmp_path / "m"), False, torch.device("cpu"), _Reporter(False, 1), False)
+    assert model.backbone.conv1.weight.is_contiguous(memory_format=torch.channels_last)
+    # one training step from the same weights on the same batch, NHWC against NCHW trunk
+    plain = type(model)(model.config, model.model_name)
+    plain.load_state_dict(model.state_dict())
+    plain.backbone.to(memory_format=torch.contiguous_format)
+    x, y = torch.randn(4, 1, 3, 32, 32), torch.tensor([0, 1, 2, 0])
+    for m in (model, plain):
+        m.train()
+        torch.manual_seed(1)  # the same dropout masks
+        torch.nn.functional.cross_entropy(m(x), y).backward()
+    for (name, a), b in zip(model.named_parameters(), plain.parameters()):
+        assert torch.allclose(a.grad, b.grad, rtol=1e-4, atol=1e-5), name
+
+
+def test_native_bf16_is_read_from_the_cpu_flags_and_hinted_only_for_auto_fp32(monkeypatch):
+    from dfer_cli import train as tr
+
+    amd = "processor\t: 0\nflags\t\t: fpu sse2 avx2 avx512f avx512_bf16 avx512bw\n"
+    intel = "flags\t\t: fpu avx2 avx512f amx_bf16 amx_tile\n"
+    old = "flags\t\t: fpu sse2 avx2 fma\n"
+    assert tr.cpu_has_native_bf16(amd) and tr.cpu_has_native_bf16(intel) and not tr.cpu_has_native_bf16(old)
+    assert not tr.cpu_has_native_bf16("")
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(tr, "cpu_has_native_bf16", lambda cpuinfo=None: True)
+    assert "--precision bf16 trains about 1.7x faster" in tr.precision_note("auto", "fp32", cpu)
+    assert tr.precision_note("fp32", "fp32", cpu) == ""  # asked for fp32: no advice
+    assert tr.precision_note("bf16", "bf16", cpu) == ""
+    monkeypatch.setattr(tr, "cpu_has_native_bf16", lambda cpuinfo=None: False)
+    assert tr.precision_note("auto", "fp32", cpu) == ""
