@@ -5,8 +5,9 @@ being trained, and the same input normalisation (grey or colour, mean and std, a
 template): it is shown the very batch the student is shown, after augmentation (flip, zoom,
 erasing, cutmix...), so the soft target matches what the student sees ("consistent
 teaching"). A teacher with another input size gets the batch resized to its own size
-(bilinear, antialiased); a still model (1 frame) teaches stills, a video model clips of at
-most its frame count.
+(bilinear, antialiased). A still model (1 frame) teaches stills. A video model teaches
+clips of its own length and frame sampling, and stills too: a still is repeated to the
+teacher's clip length, as dfer's datasets repeat it for a video model.
 
 Several teachers are an ensemble: the soft target is the mean of their probabilities
 (``losses.teacher_probabilities``). The teachers are frozen: in eval mode, under
@@ -30,15 +31,19 @@ class Teachers:
     """Frozen teacher models loaded from dfer checkpoints (see the module docstring).
 
     paths: checkpoint paths or weights names. classes: the student's class names, in its
-    logit order. preprocessing: the student's Preprocessing. Raises ValueError (one line,
-    naming the teacher file and the fix) for a teacher that cannot teach this student.
+    logit order. preprocessing: the student's Preprocessing; num_frames and sampling: the
+    student's clips. recipe: the student's TrainConfig as a dict (optional), to warn about
+    teachers trained on another split or with another logit adjustment (``warnings``).
+    Raises ValueError (one line, naming the teacher file and the fix) for a teacher that
+    cannot teach this student.
     """
 
-    def __init__(self, paths, classes, preprocessing, num_frames: int, device="cpu") -> None:
+    def __init__(self, paths, classes, preprocessing, num_frames: int, device="cpu", sampling: str = "uniform",
+                 recipe: dict | None = None) -> None:
         from dfer_cli.checkpoint import CheckpointError, load_model
         from dfer_cli.weights import file_sha256
 
-        self.models, self.records = [], []
+        self.models, self.records, self.warnings = [], [], []
         student = preprocessing.to_dict()
         for path in paths:
             try:
@@ -52,13 +57,15 @@ class Teachers:
             theirs = model.preprocessing.to_dict()
             for key in _SAME_INPUT:
                 if not _same(theirs.get(key), student.get(key)):
-                    flag = "--grayscale/--color" if key == "grayscale" else "--template" if key == "template" else key
+                    how = {"grayscale": " (--grayscale/--color)", "template": " (--template)"}.get(key, "")
                     raise ValueError(f"--teacher {name}: its preprocessing {key} is {theirs.get(key)!r}, the "
-                                     f"student's {student.get(key)!r}; train the student with the teacher's "
-                                     f"({flag})")
-            if model.config.num_frames < num_frames:
-                raise ValueError(f"--teacher {name}: it takes clips of at most {model.config.num_frames} frames, "
-                                 f"the student {num_frames}; export it with --frames {num_frames}")
+                                     f"student's {student.get(key)!r}; train the student with the teacher's{how}")
+            frames = int(model.preprocessing.num_frames)
+            if num_frames > 1 and (frames != num_frames or model.sampling != sampling):
+                raise ValueError(f"--teacher {name}: it takes clips of {frames} frames sampled {model.sampling}, "
+                                 f"the student {num_frames} sampled {sampling}; give a teacher of the student's "
+                                 f"clips (`dfer weights export {name} OUT.safetensors --frames {num_frames}`)")
+            self.warnings += _recipe_warnings(name, model.provenance.get("recipe") or {}, recipe or {})
             model.requires_grad_(False)
             self.models.append(model.eval())
             self.records.append({"file": str(name), "sha256": file_sha256(name),
@@ -74,11 +81,14 @@ class Teachers:
         for model in self.models:
             size = model.config.input_size
             clips = x
-            if x.shape[-1] != size or x.shape[-2] != size:
-                B, T = x.shape[:2]
-                frames = F.interpolate(x.flatten(0, 1).float(), size=(size, size), mode="bilinear",
-                                       align_corners=False, antialias=True)       # (B*T, 3, s, s)
-                clips = frames.reshape(B, T, *frames.shape[1:]).to(x.dtype)       # (B, T, 3, s, s)
+            frames = int(model.preprocessing.num_frames)
+            if x.shape[1] == 1 and frames > 1:  # a still, shown to a video model as its datasets do
+                clips = x.expand(-1, frames, -1, -1, -1)                          # (B, frames, 3, S, S)
+            if clips.shape[-1] != size or clips.shape[-2] != size:
+                B, T = clips.shape[:2]
+                resized = F.interpolate(clips.flatten(0, 1).float(), size=(size, size), mode="bilinear",
+                                        align_corners=False, antialias=True)      # (B*T, 3, s, s)
+                clips = resized.reshape(B, T, *resized.shape[1:]).to(x.dtype)     # (B, T, 3, s, s)
             out.append(model(clips).float())                                      # (B, C)
         return out
 
@@ -87,6 +97,27 @@ class Teachers:
         from dfer_cli.losses import teacher_probabilities
 
         return teacher_probabilities(self.logits(x), temperature)
+
+
+def _recipe_warnings(name: str, teacher: dict, student: dict) -> list[str]:
+    """Warnings (not errors: it may be intended) about a teacher trained in a way that
+    biases this run: on the images the student holds out for selection, or with another
+    logit adjustment (then its raw logits and the student's estimate different priors)."""
+    if not teacher or not student:
+        return []
+    out = []
+    def split(r):
+        seed = r.get("holdout_seed")
+        return (r.get("data_root"), r.get("split"), r.get("holdout") or 0.0,
+                r.get("seed") if seed is None else seed)
+    if student.get("holdout") and split(teacher) != split(student):
+        out.append(f"teacher {name} was not trained with this run's --holdout split (data root, fraction and "
+                   "seed differ): it may have learnt the images this run selects on, so held-out scores "
+                   "flatter the student")
+    if float(teacher.get("logit_adjust") or 0.0) != float(student.get("logit_adjust") or 0.0):
+        out.append(f"teacher {name} was trained with --logit-adjust {teacher.get('logit_adjust') or 0:g}, this "
+                   f"run {student.get('logit_adjust') or 0:g}: its raw probabilities assume another class prior")
+    return out
 
 
 def _same(a, b) -> bool:

@@ -14,13 +14,15 @@ the alpha with the highest WAR + UAR. Export with it:
 
 With several checkpoints (runs that held out the same images: same data, `--holdout` and
 `--holdout-seed`), each is scored on its own, then their ensemble: the mean of their
-probabilities, the soft target that `dfer train --teacher A --teacher B` distils. Each model
+probabilities, the soft target that `dfer train --teacher A --teacher B` distils from
+un-augmented images. Each model
 sees the images at its own input size, so a 64 px and a 96 px model can be compared and
 combined.
 """
 from __future__ import annotations
 
 import argparse
+import os
 
 
 def held_out(model, tta: str, batch_size: int):
@@ -30,6 +32,9 @@ def held_out(model, tta: str, batch_size: int):
     from dfer_cli.evaluate import predict_dataset
     from dfer_cli.train import TrainConfig, holdout_split
 
+    if "recipe" not in model.provenance:
+        raise SystemExit(f"{model.checkpoint_path}: no training recipe in its provenance (not written by dfer "
+                         "train), so its held-out split is unknown")
     recipe = TrainConfig.from_dict(model.provenance["recipe"])
     if not recipe.holdout:
         raise SystemExit(f"{model.checkpoint_path}: its run had no --holdout split to select on")
@@ -40,7 +45,8 @@ def held_out(model, tta: str, batch_size: int):
     probs, labels = predict_dataset(model, ds, batch_size=batch_size, tta=tta)
     where = (f"{len(held)} held-out images ({recipe.holdout:g} of {recipe.split}, seed {recipe.split_seed}), "
              f"tta {tta}")
-    return probs, labels, where, [str(sample.path) for sample in held]
+    # relative to the data root: the same images reached through another path are the same
+    return probs, labels, where, [os.path.relpath(sample.path, recipe.data_root) for sample in held]
 
 
 def sweep(name: str, probs, labels, log_prior, classes) -> float:

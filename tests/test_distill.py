@@ -102,8 +102,44 @@ def test_a_teacher_that_cannot_teach_is_refused_in_one_line(tmp_path):
     with pytest.raises(ValueError, match="order.safetensors: its classes .* same order"):
         Teachers([shuffled], list(CLASSES), _preprocessing(32), num_frames=1)
     still = _teacher_file(tmp_path / "still.safetensors", frames=1)
-    with pytest.raises(ValueError, match="at most 1 frames, the student 4; export it with --frames 4"):
+    with pytest.raises(ValueError, match=r"clips of 1 frames sampled uniform, the student 4 sampled uniform; .*"
+                                         r"`dfer weights export .*still.safetensors OUT.safetensors --frames 4`"):
         Teachers([still], list(CLASSES), _preprocessing(32, frames=4), num_frames=4)
+    video = _teacher_file(tmp_path / "video.safetensors", frames=4)
+    with pytest.raises(ValueError, match="sampled uniform, the student 4 sampled segments8x2"):
+        Teachers([video], list(CLASSES), _preprocessing(32, frames=4), num_frames=4, sampling="segments8x2")
+
+
+def test_a_video_teacher_sees_a_still_repeated_to_its_clip_length(tmp_path):
+    video = _teacher_file(tmp_path / "video.safetensors", frames=4, seed=5)
+    teachers = Teachers([video], list(CLASSES), _preprocessing(32), num_frames=1)
+    x = torch.randn(2, 1, 3, 32, 32)
+    with torch.no_grad():
+        want = load_model(video)(x.repeat(1, 4, 1, 1, 1))
+        once = load_model(video)(x)
+    (got,) = teachers.logits(x)
+    assert torch.allclose(got, want, atol=1e-5)
+    assert not torch.allclose(got, once, atol=1e-5)  # one frame alone is not what it was trained on
+
+
+def test_teachers_trained_on_another_split_or_prior_are_warned_about(tmp_path):
+    def teacher(name, **recipe):
+        torch.manual_seed(0)
+        model = create_model("logo_former", num_frames=1, input_size=32, **TINY)
+        full = {"data_root": "/d", "split": "train", "holdout": 0.1, "seed": 0, "holdout_seed": None,
+                "logit_adjust": 1.0, **recipe}
+        return save_checkpoint(tmp_path / name, model, classes=list(CLASSES), preprocessing=_preprocessing(),
+                               provenance={"recipe": full})
+
+    student = {"data_root": "/d", "split": "train", "holdout": 0.1, "seed": 3, "holdout_seed": 0, "logit_adjust": 1.0}
+    same = teacher("same.safetensors")  # seed 0 holds out what the student's holdout seed 0 does
+    assert Teachers([same], list(CLASSES), _preprocessing(), 1, recipe=student).warnings == []
+    other = teacher("other.safetensors", seed=1)
+    (w,) = Teachers([other], list(CLASSES), _preprocessing(), 1, recipe=student).warnings
+    assert "other.safetensors" in w and "--holdout split" in w
+    plain = teacher("plain.safetensors", logit_adjust=0.0)
+    (w,) = Teachers([plain], list(CLASSES), _preprocessing(), 1, recipe=student).warnings
+    assert "--logit-adjust 0, this run 1" in w
 
 
 @pytest.fixture(scope="module")
