@@ -71,9 +71,6 @@ class Teachers:
             self.records.append({"file": str(name), "sha256": file_sha256(name),
                                  "input_size": int(model.config.input_size)})
 
-    def __len__(self) -> int:
-        return len(self.models)
-
     @torch.no_grad()
     def logits(self, x: torch.Tensor) -> list[torch.Tensor]:
         """Clips (B, T, 3, S, S) as the student sees them -> each teacher's logits (B, C)."""
@@ -81,14 +78,14 @@ class Teachers:
         for model in self.models:
             size = model.config.input_size
             clips = x
-            frames = int(model.preprocessing.num_frames)
-            if x.shape[1] == 1 and frames > 1:  # a still, shown to a video model as its datasets do
-                clips = x.expand(-1, frames, -1, -1, -1)                          # (B, frames, 3, S, S)
             if clips.shape[-1] != size or clips.shape[-2] != size:
                 B, T = clips.shape[:2]
                 resized = F.interpolate(clips.flatten(0, 1).float(), size=(size, size), mode="bilinear",
                                         align_corners=False, antialias=True)      # (B*T, 3, s, s)
                 clips = resized.reshape(B, T, *resized.shape[1:]).to(x.dtype)     # (B, T, 3, s, s)
+            frames = int(model.preprocessing.num_frames)
+            if clips.shape[1] == 1 and frames > 1:  # a still, shown to a video model as its datasets do
+                clips = clips.expand(-1, frames, -1, -1, -1)                      # (B, frames, 3, s, s)
             out.append(model(clips).float())                                      # (B, C)
         return out
 

@@ -741,7 +741,8 @@ def trunk_channels_last(precision: str, device) -> bool:
     """Whether training keeps the trunk in channels_last memory format: under bf16/fp16
     autocast, and on the CPU at any precision. oneDNN's convolutions run faster on NHWC:
     measured with ``benchmarks/precision.py`` on 2 AVX512-BF16 cores, fp32 training is 1.17x
-    as fast at 64 px and 1.07x at 96 px. The weights are the same numbers either way; checkpoints are stored contiguous."""
+    as fast at 64 px and 1.07x at 96 px. The weights are the same numbers either way;
+    checkpoints are stored contiguous."""
     return precision in ("bf16", "fp16") or getattr(device, "type", str(device)) == "cpu"
 
 
