@@ -32,6 +32,7 @@ import torch
 
 from dfer_cli import __version__
 from dfer_cli.fsutil import atomic_path
+from dfer_cli.models.ensemble import ENSEMBLE
 from dfer_cli.preprocess import Preprocessing
 
 FORMAT = "dfer-checkpoint"
@@ -47,6 +48,7 @@ CONFIG_INTS = {"num_frames": (1, 512), "input_size": (1, 2048), "num_classes": (
 CONFIG_FLOATS = {"mlp_ratio": (0.0, 64.0), "dropout": (0.0, 1.0), "attn_dropout": (0.0, 1.0),
                  "drop_path": (0.0, 1.0), "compact_lambda": (0.0, 1e6)}
 MAX_WINDOW = 4096
+MAX_MEMBERS = 16      # models in an ensemble checkpoint (each is run on every frame)
 MAX_NESTING = 64      # levels of JSON arrays/objects in a header (real ones use about 4)
 _FIX = "the file is damaged or not from dfer; re-download it or re-save it with dfer"
 
@@ -85,7 +87,8 @@ def save_checkpoint(path, model, *, classes, preprocessing, provenance=None, hal
     }
     # The trunk is already in the tensors; the path to its initial weights is not needed
     # (and may not exist) where the checkpoint is loaded.
-    meta["config"]["backbone_weights"] = None
+    for c in _former_configs(meta):
+        c["backbone_weights"] = None
     tensors = {}
     for k, v in model.state_dict().items():
         v = v.detach().to("cpu")
@@ -142,9 +145,7 @@ def read_metadata(path) -> dict:
 def _validate(path: Path, meta: dict) -> None:
     """Check the types and ranges of a parsed header, and fill in config defaults (an older
     checkpoint without e.g. ``stem`` gets the default); CheckpointError on the first bad key."""
-    from dfer_cli.models import available_models, get_config
-    from dfer_cli.models.backbone import STEMS
-    from dfer_cli.models.former import MODEL_BLOCKS
+    from dfer_cli.models import available_models
 
     def bad(key: str, value, expected: str):
         return CheckpointError(f"{path}: metadata {key!r} is {_show(value)}, expected {expected}; {_FIX}")
@@ -152,9 +153,9 @@ def _validate(path: Path, meta: dict) -> None:
     name = meta["model"]
     if not isinstance(name, str):
         raise bad("model", name, "a model name")
-    if name not in available_models():
+    if name != ENSEMBLE and name not in available_models():
         raise CheckpointError(f"{path}: model {name!r} is unknown to this dfer "
-                              f"({', '.join(available_models())}); upgrade dfer")
+                              f"({', '.join([*available_models(), ENSEMBLE])}); upgrade dfer")
     for key, kinds, expected in (("dfer_version", (str,), "a string"), ("dtype", (str,), "a string"),
                                  ("provenance", (dict, type(None)), "an object"), ("sampling", (str,), "a string")):
         if key in meta and not isinstance(meta[key], kinds):
@@ -169,30 +170,29 @@ def _validate(path: Path, meta: dict) -> None:
     config = meta["config"]
     if not isinstance(config, dict):
         raise bad("config", config, "an object of model sizes")
-    defaults = get_config(name).to_dict()
-    unknown = sorted(set(config) - set(defaults))
-    if unknown:
-        raise CheckpointError(f"{path}: config field(s) {', '.join(map(repr, unknown))} are unknown to "
-                              "this dfer; upgrade dfer")
-    c = {**defaults, **config, "backbone_weights": None}  # the trunk is in the tensors
-    for key, (lo, hi) in CONFIG_INTS.items():
-        if not (_is_int(c[key]) and lo <= c[key] <= hi):
-            raise bad(f"config.{key}", c[key], f"an int from {lo} to {hi}")
-    for key, (lo, hi) in CONFIG_FLOATS.items():
-        if not (_is_number(c[key]) and lo <= c[key] <= hi):
-            raise bad(f"config.{key}", c[key], f"a number from {lo:g} to {hi:g}")
-    if c["dim"] % c["heads"]:
-        raise bad("config.heads", c["heads"], f"a divisor of config.dim ({c['dim']})")
-    if int(c["dim"] * c["mlp_ratio"]) < 1:
-        raise bad("config.mlp_ratio", c["mlp_ratio"], "a ratio giving an MLP at least 1 wide")
-    if c["block"] not in MODEL_BLOCKS:
-        raise bad("config.block", c["block"], f"one of {', '.join(MODEL_BLOCKS)}")
-    if c["stem"] not in STEMS:
-        raise bad("config.stem", c["stem"], f"one of {', '.join(STEMS)}")
-    w = c["window"]
-    if not (isinstance(w, list) and len(w) == 3 and all(_is_int(v) and 1 <= v <= MAX_WINDOW for v in w)):
-        raise bad("config.window", w, f"3 ints from 1 to {MAX_WINDOW} (frames, rows, cols)")
-    meta["config"] = c
+    if name == ENSEMBLE:
+        members = config.get("members")
+        if set(config) != {"members"} or not (isinstance(members, list) and 2 <= len(members) <= MAX_MEMBERS):
+            raise bad("config", config, f"an object with 'members', a list of 2 to {MAX_MEMBERS} models")
+        filled = []
+        for i, m in enumerate(members):
+            if not (isinstance(m, dict) and set(m) == {"model", "config"} and isinstance(m["model"], str)):
+                raise bad(f"config.members[{i}]", m, "an object with 'model' and 'config'")
+            if m["model"] not in available_models():
+                raise CheckpointError(f"{path}: member {i} is a model {m['model']!r}, unknown to this dfer "
+                                      f"({', '.join(available_models())}); upgrade dfer")
+            filled.append({"model": m["model"],
+                           "config": _validate_config(path, m["model"], m["config"], f"config.members[{i}]")})
+        for i, m in enumerate(filled[1:], 1):
+            for key in ("num_classes", "num_frames"):
+                if m["config"][key] != filled[0]["config"][key]:
+                    raise bad(f"config.members[{i}].config.{key}", m["config"][key],
+                              f"member 0's ({filled[0]['config'][key]})")
+        meta["config"] = {"members": filled}
+        c = {"num_classes": filled[0]["config"]["num_classes"], "num_frames": filled[0]["config"]["num_frames"],
+             "input_size": max(m["config"]["input_size"] for m in filled)}
+    else:
+        c = meta["config"] = _validate_config(path, name, config, "config")
 
     classes = meta["classes"]
     if not (isinstance(classes, list) and all(isinstance(v, str) and v for v in classes)):
@@ -225,6 +225,73 @@ def _validate(path: Path, meta: dict) -> None:
     d = pre.get("detail_size")
     if d is not None and not (_is_int(d) and 8 <= d <= c["input_size"]):
         raise bad("preprocessing.detail_size", d, f"null or an int from 8 to config.input_size ({c['input_size']})")
+
+
+def _validate_config(path: Path, name: str, config, where: str) -> dict:
+    """The config of a registered model ``name`` with its defaults filled in, every field
+    checked; CheckpointError naming ``where`` (its key in the header) on the first bad one."""
+    from dfer_cli.models import get_config
+    from dfer_cli.models.backbone import STEMS
+    from dfer_cli.models.former import MODEL_BLOCKS
+
+    def bad(key: str, value, expected: str):
+        return CheckpointError(f"{path}: metadata '{where}.{key}' is {_show(value)}, expected {expected}; {_FIX}")
+
+    if not isinstance(config, dict):
+        raise CheckpointError(f"{path}: metadata {where!r} is {_show(config)}, expected an object of model "
+                              f"sizes; {_FIX}")
+    defaults = get_config(name).to_dict()
+    unknown = sorted(set(config) - set(defaults))
+    if unknown:
+        raise CheckpointError(f"{path}: {where} field(s) {', '.join(map(repr, unknown))} are unknown to "
+                              "this dfer; upgrade dfer")
+    c = {**defaults, **config, "backbone_weights": None}  # the trunk is in the tensors
+    for key, (lo, hi) in CONFIG_INTS.items():
+        if not (_is_int(c[key]) and lo <= c[key] <= hi):
+            raise bad(key, c[key], f"an int from {lo} to {hi}")
+    for key, (lo, hi) in CONFIG_FLOATS.items():
+        if not (_is_number(c[key]) and lo <= c[key] <= hi):
+            raise bad(key, c[key], f"a number from {lo:g} to {hi:g}")
+    if c["dim"] % c["heads"]:
+        raise bad("heads", c["heads"], f"a divisor of {where}.dim ({c['dim']})")
+    if int(c["dim"] * c["mlp_ratio"]) < 1:
+        raise bad("mlp_ratio", c["mlp_ratio"], "a ratio giving an MLP at least 1 wide")
+    if c["block"] not in MODEL_BLOCKS:
+        raise bad("block", c["block"], f"one of {', '.join(MODEL_BLOCKS)}")
+    if c["stem"] not in STEMS:
+        raise bad("stem", c["stem"], f"one of {', '.join(STEMS)}")
+    w = c["window"]
+    if not (isinstance(w, list) and len(w) == 3 and all(_is_int(v) and 1 <= v <= MAX_WINDOW for v in w)):
+        raise bad("window", w, f"3 ints from 1 to {MAX_WINDOW} (frames, rows, cols)")
+    return c
+
+
+def _former_configs(meta: dict) -> list[dict]:
+    """The Former configs in a header: its own, or each ensemble member's."""
+    if meta["model"] == ENSEMBLE:
+        return [m["config"] for m in meta["config"]["members"]]
+    return [meta["config"]]
+
+
+def build_model(meta: dict):
+    """A model with fresh weights of the architecture a validated header declares: a
+    registered Former, or an Ensemble of them. Build it under ``torch.device("meta")`` to
+    allocate nothing."""
+    from dfer_cli.models import create_model
+    from dfer_cli.models.ensemble import Ensemble
+
+    if meta["model"] == ENSEMBLE:
+        return Ensemble([create_model(m["model"], **{**m["config"], "backbone_weights": None})
+                         for m in meta["config"]["members"]])
+    return create_model(meta["model"], **{**meta["config"], "backbone_weights": None})
+
+
+def _sizes(meta: dict) -> str:
+    """The sizes of a header's model, for error messages."""
+    one = lambda c: ", ".join(f"{k}={c[k]}" for k in CONFIG_INTS)  # noqa: E731
+    if meta["model"] == ENSEMBLE:
+        return "; ".join(f"member {i}: {one(c)}" for i, c in enumerate(_former_configs(meta)))
+    return one(meta["config"])
 
 
 def _is_int(v) -> bool:
@@ -278,12 +345,10 @@ def check_tensors(path, meta: dict) -> None:
     Raises CheckpointError naming the first tensor that does not fit."""
     from safetensors import safe_open
 
-    from dfer_cli.models import create_model
-
     path = Path(path)
     try:
         with torch.device("meta"), _without_init():
-            model = create_model(meta["model"], **meta["config"])
+            model = build_model(meta)
     except (TypeError, ValueError) as e:
         raise CheckpointError(f"{path}: its config does not build a {meta['model']} ({_first_line(e)}); "
                               "upgrade dfer") from None
@@ -294,7 +359,7 @@ def check_tensors(path, meta: dict) -> None:
             found = {k: (tuple(f.get_slice(k).get_shape()), f.get_slice(k).get_dtype()) for k in f.keys()}
     except Exception as e:  # noqa: BLE001
         raise CheckpointError(f"{path}: cannot read the tensor index ({_first_line(e)}); {_FIX}") from None
-    sizes = ", ".join(f"{k}={meta['config'][k]}" for k in CONFIG_INTS)
+    sizes = _sizes(meta)
     for k, shape in expected.items():
         if k not in found:
             continue
@@ -339,7 +404,6 @@ def load_model(name_or_path="logo_former_fer2013", device="cpu"):
     sampling it was trained with, ``uniform`` or ``segments8x2``) and ``.checkpoint_path``.
     Raises CheckpointError (one line naming the file and the fix) for any unusable file.
     """
-    from dfer_cli.models import create_model
     from dfer_cli.weights import find_weights
 
     try:
@@ -348,10 +412,8 @@ def load_model(name_or_path="logo_former_fer2013", device="cpu"):
         raise CheckpointError(str(e)) from None
     state, meta = read_checkpoint(path)  # validated: a known model, a config that fits the tensors
     name = meta["model"]
-    config = dict(meta["config"])
-    config["backbone_weights"] = None
     try:
-        model = create_model(name, **config)
+        model = build_model(meta)
     except (TypeError, ValueError) as e:
         raise CheckpointError(f"{path}: its config does not build a {name} ({e}); upgrade dfer") from None
     try:
@@ -374,15 +436,20 @@ def with_num_frames(model, num_frames: int):
     This is how a model trained on stills (``num_frames=1``) becomes a video model: the
     temporal position embedding is repeated and a LOGO window pool kernel is spread evenly
     over the window's frames (see :func:`load_state_partial`); every other tensor is copied.
+    An ensemble has each of its members resized.
     The preprocessing's ``num_frames`` follows. Raises ValueError if a tensor cannot be
     carried over.
     """
     from dataclasses import replace
 
     from dfer_cli.models import create_model
+    from dfer_cli.models.ensemble import Ensemble
 
-    config = replace(model.config, num_frames=int(num_frames), backbone_weights=None).to_dict()
-    new = create_model(model.model_name, **config)
+    def resized(m):
+        return create_model(m.model_name, **replace(m.config, num_frames=int(num_frames),
+                                                     backbone_weights=None).to_dict())
+
+    new = Ensemble([resized(m) for m in model.members]) if isinstance(model, Ensemble) else resized(model)
     loaded, skipped = load_state_partial(new, model.state_dict())
     if skipped:
         raise ValueError(f"cannot make a {num_frames}-frame model: {'; '.join(skipped[:3])}")

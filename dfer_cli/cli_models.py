@@ -54,20 +54,30 @@ def checkpoint_info(path: str | Path) -> dict:
     from dfer_cli.models import get_config
     from dfer_cli.models.backbone import grid_size
 
+    from dfer_cli.models.ensemble import ENSEMBLE
+
     meta = read_metadata(path)
+    members = meta["config"]["members"] if meta["model"] == ENSEMBLE else [meta]
     try:
-        cfg = get_config(meta["model"], **{**meta["config"], "backbone_weights": None})
+        cfgs = [get_config(m["model"], **{**m["config"], "backbone_weights": None}) for m in members]
     except (KeyError, TypeError, ValueError) as e:
         raise CheckpointError(f"{path}: its config does not build a {meta['model']} ({e}); upgrade dfer") from None
     recorded = (meta.get("provenance") or {}).get("recipe")
     recipe = recorded.get("recipe") if isinstance(recorded, dict) else None
-    return {
+    described = [{"model": m["model"], "input_size": c.input_size,
+                  "window": list(c.effective_window()) if c.block == "logo" else None,
+                  "grid": [c.num_frames, grid_size(c.input_size, c.stem), grid_size(c.input_size, c.stem)]}
+                 for m, c in zip(members, cfgs)]
+    info = {
         "path": str(path), "model": meta["model"],
         "recipe": recipe if isinstance(recipe, str) and recipe else "unknown",
-        "window": list(cfg.effective_window()) if cfg.block == "logo" else None,
-        "grid": [cfg.num_frames, grid_size(cfg.input_size, cfg.stem), grid_size(cfg.input_size, cfg.stem)],
-        "frames": cfg.num_frames, "sampling": meta["sampling"], "input_size": cfg.input_size,
+        "window": described[0]["window"], "grid": described[0]["grid"],
+        "frames": cfgs[0].num_frames, "sampling": meta["sampling"],
+        "input_size": max(c.input_size for c in cfgs),
     }
+    if meta["model"] == ENSEMBLE:  # window and grid above are the first member's
+        info["members"] = described
+    return info
 
 
 def checkpoint_paths(specs: list[str]) -> list[tuple[str, str | None]]:
@@ -170,8 +180,12 @@ def models_cmd(
     for col in ("checkpoint", "model", "recipe", "window used", "frames", "sampling", "input px"):
         c.add_column(col, no_wrap=col != "checkpoint")
     for k in ckpts:
-        c.add_row(k["name"], k["model"], k["recipe"], _window_text(k), str(k["frames"]), k["sampling"],
-                  str(k["input_size"]))
+        model, window, size = k["model"], _window_text(k), str(k["input_size"])
+        if "members" in k:  # an ensemble: one entry per member
+            model = "\n".join(["ensemble of", *(f"  {m['model']}" for m in k["members"])])
+            window = "\n".join(["", *(_window_text(m) for m in k["members"])])
+            size = "\n".join(["", *(str(m["input_size"]) for m in k["members"])])
+        c.add_row(k["name"], model, k["recipe"], window, str(k["frames"]), k["sampling"], size)
     if ckpts:
         console.print(c)
         console.print('recipe: the --recipe of the `dfer train` run ("unknown": trained before dfer recorded it); '

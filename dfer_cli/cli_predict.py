@@ -948,3 +948,40 @@ def weights_export(
     save_checkpoint(dst, model, classes=model.classes, preprocessing=model.preprocessing,
                     provenance=provenance, half=half)
     typer.echo(f"{dst}  {dst.stat().st_size / 1e6:.2f} MB  sha256 {file_sha256(dst)}")
+
+
+@weights_app.command("ensemble", cls=DferCommand)
+def weights_ensemble(
+    members: List[str] = typer.Argument(..., metavar="CHECKPOINT...", help="Two or more checkpoints (paths or "
+                                        "names) of models with the same classes, clip length and face crops."),
+    output: Path = typer.Option(..., "--output", "-o", metavar="OUT.safetensors", help="The ensemble file to write."),
+    half: bool = typer.Option(True, "--half/--float32", help="Store floating tensors as float16 (half the size)."),
+) -> None:
+    """Combine checkpoints into one ensemble checkpoint that predicts the mean of their
+    probabilities (models of other seeds or input sizes make different mistakes, so the
+    mean is more accurate than either). It loads and predicts like any checkpoint; each
+    member runs on every face, so it costs the sum of their model times. `dfer weights
+    export` then sets its clip length, prior shift or detail size."""
+    from dfer_cli.checkpoint import CheckpointError, load_model, save_checkpoint
+    from dfer_cli.models.ensemble import combine
+    from dfer_cli.weights import file_sha256
+
+    if output.suffix != ".safetensors":
+        fail(f"{output}: the ensemble file must end in .safetensors", 2)
+    if len(members) < 2:
+        fail(f"an ensemble needs at least 2 checkpoints, got {len(members)}; name each member", 2)
+    models = []
+    for spec in members:
+        try:
+            models.append(load_model(spec))
+        except (CheckpointError, FileNotFoundError) as e:
+            fail(str(e), 1)
+    try:
+        ensemble = combine(models, names=list(members))
+    except ValueError as e:
+        fail(str(e), 1)
+    save_checkpoint(output, ensemble, classes=ensemble.classes, preprocessing=ensemble.preprocessing,
+                    provenance=ensemble.provenance, half=half, sampling=ensemble.sampling)
+    sizes = " + ".join(f"{m.config.input_size} px" for m in ensemble.members)
+    typer.echo(f"{output}  {len(models)} members ({sizes})  {output.stat().st_size / 1e6:.2f} MB  "
+               f"sha256 {file_sha256(output)}")

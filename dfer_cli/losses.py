@@ -127,6 +127,9 @@ def shift_prior(model, class_counts, alpha: float) -> None:
     adjustment. A model trained with ``logit_adjustment(counts, tau)`` predicts as if the
     classes were balanced; ``alpha = tau`` restores the training prior (best accuracy, WAR),
     ``alpha = 0`` keeps balanced predictions (best mean recall, UAR), values in between trade
-    one for the other. ``model.head`` must be the final ``nn.Linear``."""
+    one for the other. ``model.head`` must be the final ``nn.Linear``, or the model has a
+    ``logit_bias`` added to its output (an ``Ensemble``: the shift applies to the members'
+    mean probability, not to each member)."""
+    bias = model.logit_bias if hasattr(model, "logit_bias") else model.head.bias
     with torch.no_grad():
-        model.head.bias += logit_adjustment(class_counts, alpha).to(model.head.bias)
+        bias += logit_adjustment(class_counts, alpha).to(bias)

@@ -89,16 +89,27 @@ def _stripes_face():
 
 
 def test_align_face_with_detail_size_is_the_reference_pipeline():
-    # reference written out: warp at 4 x detail, area-average to detail, area-resize to size
+    # reference written out: warp at 4 x detail, area-average to detail, then the bilinear
+    # upsampling `dfer eval` gives a still of detail px (pixel centres at i + 0.5 on both sides)
     img, lms, template = _stripes_face()
     size, detail = 64, 16
     fine = cv2.warpAffine(img, alignment_matrix(lms, 4 * detail, template), (4 * detail, 4 * detail),
                           flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
     low = cv2.resize(fine, (detail, detail), interpolation=cv2.INTER_AREA)
-    expect = cv2.resize(low, (size, size), interpolation=cv2.INTER_AREA)
+    s = size / detail
+    up = np.array([[s, 0.0, 0.5 * s - 0.5], [0.0, s, 0.5 * s - 0.5]])
+    expect = cv2.warpAffine(low, up, (size, size), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT101)
     got = align_face(img, lms, size, template, detail=detail)
     assert got.shape == (size, size, 3) and got.dtype == np.uint8
     assert np.array_equal(got, expect)
+    # the same crop `dfer eval` makes of that 16 px face as a still
+    from dfer_cli.data.transforms import ClipTransform
+    from dfer_cli.preprocess import Preprocessing
+
+    still = ClipTransform(Preprocessing(input_size=size, num_frames=1), train=False).frames([low], None)
+    assert np.array_equal(got, still[0])
+    # not an area resize, which repeats pixels 4 x 4 here
+    assert not np.array_equal(got, cv2.resize(low, (size, size), interpolation=cv2.INTER_AREA))
     # a detail at or above the crop side is no reduction at all
     direct = align_face(img, lms, size, template)
     assert np.array_equal(align_face(img, lms, size, template, detail=size), direct)
