@@ -910,6 +910,10 @@ def weights_export(
                                               help="Reduce video faces to PX x PX before resizing them to the "
                                               "input size: the training images' native side (48 for FER2013); "
                                               "0 removes it.", show_default="the checkpoint's"),
+    member: Optional[int] = typer.Option(None, "--member", min=1, metavar="N",
+                                         help="Of an ensemble, export only its N-th model (from 1), with the "
+                                         "ensemble's prior shift in its classifier bias, e.g. to fine-tune it "
+                                         "with `dfer train --init`."),
 ) -> None:
     """Copy a checkpoint for distribution: model, classes, preprocessing and provenance kept,
     tensors stored in half precision by default; prints the new file's sha256."""
@@ -922,9 +926,22 @@ def weights_export(
         model = load_model(src)
     except (CheckpointError, FileNotFoundError) as e:
         fail(str(e), 1)
+    source = Path(model.checkpoint_path).name
+    if member is not None:
+        from dfer_cli.models.ensemble import Ensemble, member_model
+
+        if not isinstance(model, Ensemble):
+            fail(f"{src}: --member picks a model of an ensemble, and this checkpoint is a single "
+                 f"{model.model_name}; leave --member out", 2)
+        try:
+            model = member_model(model, member - 1)
+        except IndexError:
+            fail(f"{src}: --member {member}, but the ensemble has {len(model.members)} members; "
+                 f"pick 1 to {len(model.members)}", 2)
     provenance = dict(model.provenance)
-    provenance["exported_from"] = {"file": Path(model.checkpoint_path).name,
-                                   "dtype": "float16" if half else "float32"}
+    provenance["exported_from"] = {"file": source, "dtype": "float16" if half else "float32"}
+    if member is not None:
+        provenance["exported_from"]["member"] = member
     if prior_shift:
         counts = (provenance.get("data") or {}).get("train_class_counts") or {}
         if sorted(counts) != sorted(model.classes):

@@ -717,6 +717,10 @@ def _build_model(cfg: TrainConfig, resume: bool, device, rep: _Reporter, warn: b
     opts, init_state = dict(cfg.model_opts), None
     if cfg.init and not resume:
         init_state, init_meta = ckpt.read_checkpoint(cfg.init)
+        if init_meta["model"] == "ensemble":
+            raise ValueError(f"--init {cfg.init}: an ensemble of {len(init_meta['config']['members'])} models, "
+                             "and a run trains one; start from one member: `dfer weights export "
+                             f"{cfg.init} member.safetensors --member 1 --float32`, then --init member.safetensors")
         inherited = {k: v for k, v in init_meta.get("config", {}).items() if k not in _PER_RUN_SIZES}
         opts = cfg.model_opts = {**inherited, **opts}
     model = create_model(cfg.model, num_frames=cfg.frames, input_size=cfg.input_size,

@@ -27,7 +27,7 @@ SUFFIX = ".safetensors"
 # sha256 of the bundled weights/logo_former_fer2013.safetensors. Replacing that file means
 # updating this line (and the hash in weights/README.md): tests/test_weights.py compares it
 # with the file and fails until they agree.
-BUNDLED_SHA256 = "8778802ab590d0b3d28057ec410c6a6f37e2cde2be1dad95fff3112effe65e16"
+BUNDLED_SHA256 = "fddac80f053bbe4679a188711108c3deed0228a9fe6791550640f307bd876107"
 
 
 @dataclass(frozen=True)

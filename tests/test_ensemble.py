@@ -265,3 +265,50 @@ def test_cli_refuses_a_lone_member_or_a_bad_name(tmp_path):
                             "-o", str(tmp_path / "e.safetensors")])
     assert r.exit_code == 1 and "nope.safetensors" in r.stderr and len(r.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "e.safetensors").exists()
+
+
+def test_a_member_is_exported_alone_with_the_ensembles_shift(tmp_path, pair):
+    counts = [80, 40, 60, 30, 20, 5, 10]
+    ens = combine([load_model(p) for p in pair])
+    shift_prior(ens, counts, 0.5)
+    path = save_checkpoint(tmp_path / "ens.safetensors", ens, classes=ens.classes, preprocessing=ens.preprocessing,
+                           provenance=ens.provenance, half=False)
+    runner = CliRunner()
+    out = tmp_path / "m2.safetensors"
+    r = runner.invoke(app, ["weights", "export", str(path), str(out), "--member", "2", "--float32"])
+    assert r.exit_code == 0, r.output
+    m2 = load_model(out)
+    assert m2.model_name == "logo_former" and m2.preprocessing.input_size == 32 and m2.config.input_size == 32
+    assert read_metadata(out)["provenance"]["exported_from"]["member"] == 2
+    x = torch.randn(2, 1, 3, 32, 32)
+    with torch.no_grad():
+        raw = load_model(pair[1])(x)
+        prior = torch.tensor(counts, dtype=torch.float32) / sum(counts)
+        assert torch.allclose(m2(x), raw + 0.5 * prior.log(), atol=1e-5)  # the ensemble's shift, in its bias
+    # the documented way back to a raw member for fine-tuning: take the shift out again
+    raw_file = tmp_path / "raw.safetensors"
+    r = runner.invoke(app, ["weights", "export", str(path), str(raw_file), "--member", "1", "--prior-shift", "-0.5",
+                            "--float32"])
+    assert r.exit_code == 0, r.output
+    x48 = torch.randn(2, 1, 3, 48, 48)
+    with torch.no_grad():
+        assert torch.allclose(load_model(raw_file)(x48), load_model(pair[0])(x48), atol=1e-4)
+
+    r = runner.invoke(app, ["weights", "export", str(path), str(tmp_path / "x.safetensors"), "--member", "3"])
+    assert r.exit_code == 2 and "the ensemble has 2 members; pick 1 to 2" in r.stderr
+    r = runner.invoke(app, ["weights", "export", str(pair[0]), str(tmp_path / "y.safetensors"), "--member", "1"])
+    assert r.exit_code == 2 and "is a single logo_former; leave --member out" in r.stderr
+
+
+def test_training_from_an_ensemble_names_the_member_export(tmp_path, pair):
+    from test_train import make_dataset
+
+    ens = combine([load_model(p) for p in pair])
+    path = save_checkpoint(tmp_path / "ens.safetensors", ens, classes=ens.classes, preprocessing=ens.preprocessing,
+                           provenance=ens.provenance)
+    root = make_dataset(tmp_path / "data", per_class=2, val_per_class=1)
+    r = CliRunner().invoke(app, ["train", "--data-root", str(root), "--frames", "1", "--input-size", "48",
+                                 "--init", str(path), "--epochs", "1", "--output", str(tmp_path / "run")])
+    assert r.exit_code == 1
+    assert "an ensemble of 2 models" in r.stderr and "--member 1" in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1

@@ -222,3 +222,29 @@ def combine(models: list, names: list[str] | None = None) -> Ensemble:
         for name, m in zip(names, models)]
     ensemble.provenance = provenance
     return ensemble.eval()
+
+
+def member_model(ensemble: Ensemble, index: int) -> nn.Module:
+    """Member ``index`` (0-based) of a loaded ensemble as a model of its own, ready to save:
+    the ensemble's classes, sampling and face crop at the member's input size, the member's
+    own provenance, and the ensemble's ``logit_bias`` (its prior shift) carried into the
+    member's classifier bias. Raises IndexError for a member that does not exist."""
+    from dfer_cli.preprocess import Preprocessing
+
+    if not 0 <= index < len(ensemble.members):
+        raise IndexError(f"member {index + 1} of an ensemble of {len(ensemble.members)}")
+    member = ensemble.members[index]
+    with torch.no_grad():
+        member.head.bias += ensemble.logit_bias.to(member.head.bias)
+    size = int(member.config.input_size)
+    pre = ensemble.preprocessing.to_dict()
+    pre["input_size"] = size
+    if pre.get("detail_size") and pre["detail_size"] > size:
+        pre["detail_size"] = None
+    member.classes = list(ensemble.classes)
+    member.preprocessing = Preprocessing.from_dict(pre)
+    member.sampling = getattr(ensemble, "sampling", "uniform")
+    records = (getattr(ensemble, "provenance", None) or {}).get("members") or []
+    member.provenance = dict(records[index].get("provenance") or {}) if index < len(records) else {}
+    member.checkpoint_path = getattr(ensemble, "checkpoint_path", None)
+    return member.eval()
