@@ -44,7 +44,7 @@ class KnownWeights:
 KNOWN: dict[str, KnownWeights] = {
     DEFAULT_WEIGHTS: KnownWeights(
         DEFAULT_WEIGHTS,
-        "LOGO-Former (ResNet-18 trunk), trained on FER2013 stills with synthetic motion; bundled",
+        "two LOGO-Formers (ResNet-18 trunks, 96 and 64 px) averaged, trained on FER2013 stills; bundled",
         sha256=BUNDLED_SHA256,
     ),
 }
