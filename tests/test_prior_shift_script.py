@@ -84,3 +84,28 @@ def test_models_that_held_out_other_images_are_refused(runs):
     p = run_script(runs / "s0" / "last.safetensors", runs / "other" / "last.safetensors")
     assert p.returncode != 0
     assert "held out other images" in p.stderr and "--holdout-seed" in p.stderr
+
+
+def test_unseen_tables_score_only_held_out_images_without_a_training_twin(runs):
+    sys.path.insert(0, str(SCRIPT.parent))
+    try:
+        from prior_shift import split_of
+    finally:
+        sys.path.pop(0)
+    from dfer_cli.data.duplicates import file_hashes, nearest_distances, unseen_mask
+
+    a = runs / "s0" / "last.safetensors"
+    _, kept, held = split_of(load_model(a))
+    # the fixture's noise images are all different: a threshold between the nearest distances
+    # found makes some held-out images "duplicates" and leaves the others unseen
+    d = nearest_distances(file_hashes([s.path for s in held]), file_hashes([s.path for s in kept]))
+    bits = int(np.median(d))
+    mask = unseen_mask([s.path for s in held], [s.path for s in kept], bits)
+    assert mask.tolist() == (d > bits).tolist() and 0 < mask.sum() < len(mask)
+    p = run_script(a, "--unseen", "--duplicate-distance", bits)
+    assert p.returncode == 0, p.stderr
+    t = tables(p.stdout)
+    name = f"{a}, unseen images only ({int(mask.sum())} of 15: no near-duplicate in its training images)"
+    probs, labels = held_out_probs(a)
+    assert t[name][0.0] == pytest.approx(scores(probs[mask], labels[mask]), abs=0.006)
+    assert t[str(a)][0.0] == pytest.approx(scores(probs, labels), abs=0.006)
