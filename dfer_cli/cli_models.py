@@ -53,7 +53,6 @@ def checkpoint_info(path: str | Path) -> dict:
     from dfer_cli.checkpoint import CheckpointError, read_metadata
     from dfer_cli.models import get_config
     from dfer_cli.models.backbone import grid_size
-
     from dfer_cli.models.ensemble import ENSEMBLE
 
     meta = read_metadata(path)
