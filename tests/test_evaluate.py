@@ -124,6 +124,33 @@ def test_flip_tta_averages_the_mirrored_clip():
         clip_probs(model, x, "rotate")
 
 
+def test_a_still_repeated_in_time_runs_the_trunk_once_with_the_same_logits():
+    from dfer_cli.evaluate import clip_logits
+
+    torch.manual_seed(0)
+    model = create_model("logo_former", dim=32, depth=1, heads=2, input_size=32, num_frames=4).eval()
+    calls = []
+    trunk = model.frame_features
+    model.frame_features = lambda frames: calls.append(len(frames)) or trunk(frames)
+    stills = torch.randn(3, 1, 3, 32, 32).expand(3, 4, 3, 32, 32)   # each still 4 times, as datasets feed it
+    with torch.inference_mode():
+        want = model.forward_head(model.forward_tokens(trunk(stills.flatten(0, 1)).reshape(3, 4, 256, 2, 2)))
+        got = clip_logits(model, stills)
+        assert calls == [3]                                            # 3 stills, not 12 frames
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
+        # a clip whose frames differ goes through the whole model
+        video = stills.clone()
+        video[1, 2] += 0.5
+        calls.clear()
+        torch.testing.assert_close(clip_logits(model, video), model(video))
+        assert calls == [12, 12]
+    # training or autograd: always the whole model
+    model.train()
+    calls.clear()
+    clip_logits(model, stills)
+    assert calls == [12]
+
+
 def test_fold_std_is_the_sample_std():
     # 5 folds, 2 classes of 10 clips, k right in each class: UAR = WAR = k / 10
     def fold(i, k):
