@@ -312,3 +312,17 @@ def test_training_from_an_ensemble_names_the_member_export(tmp_path, pair):
     assert r.exit_code == 1
     assert "an ensemble of 2 models" in r.stderr and "--member 1" in r.stderr
     assert len(r.stderr.strip().splitlines()) == 1
+
+
+def test_an_ensemble_teaches_as_the_mean_of_its_members(tmp_path, pair):
+    from dfer_cli.distill import Teachers
+
+    ens = combine([load_model(p) for p in pair])
+    path = save_checkpoint(tmp_path / "ens.safetensors", ens, classes=ens.classes, preprocessing=ens.preprocessing,
+                           provenance=ens.provenance, half=False)
+    teachers = Teachers([path], list(CLASSES), Preprocessing(input_size=48, num_frames=1, grayscale=True),
+                        num_frames=1)
+    x = torch.randn(2, 1, 3, 48, 48)
+    with torch.no_grad():
+        want = (load_model(pair[0])(x).softmax(-1) + load_model(pair[1])(_area(x, 32)).softmax(-1)) / 2
+    torch.testing.assert_close(teachers.probabilities(x, 1.0), want, atol=1e-5, rtol=1e-4)
