@@ -58,6 +58,10 @@ def train_cmd(
     holdout_seed: Optional[int] = typer.Option(None, "--holdout-seed", help="Seed of the --holdout split, "
                                                "--seed when not given: runs with other seeds then select on the "
                                                "same images, e.g. to average or ensemble them."),
+    holdout_unseen: bool = typer.Option(False, "--holdout-unseen", help="Validate only on the --holdout images "
+                                        "without a near-duplicate among the training images (the others stay out "
+                                        "of training too): on datasets with near-copies, as FER2013, their scores "
+                                        "predict those on new images."),
     fold: Optional[int] = typer.Option(None, "--fold", min=1, max=5, help="DFEW fold 1..5."),
     model: str = typer.Option("logo_former", "--model", help="A registered model (dfer models)."),
     model_opt: List[str] = typer.Option([], "--model-opt", help="Model config override key=value "
@@ -161,7 +165,8 @@ def train_cmd(
             schedule=schedule, warmup_epochs=warmup_epochs, loss=loss, lam=lam, crop_scale=crop_scale, flip=flip)
         cfg = TrainConfig(
             dataset=dataset, data_root=data_root or "", split=split,
-            val_split=_resolve_val_split(val_split, holdout), holdout=holdout, holdout_seed=holdout_seed, fold=fold,
+            val_split=_resolve_val_split(val_split, holdout), holdout=holdout, holdout_seed=holdout_seed,
+            holdout_unseen=holdout_unseen, fold=fold,
             limit=limit, val_limit=val_limit, model=model, model_opts=opts,
             grayscale=grayscale, template=_parse_template(template) if template else None,
             template_scale=template_scale, detail_size=detail_size, init=init, freeze_backbone=freeze_backbone,

@@ -84,6 +84,8 @@ class TrainConfig:
                                        # out of the training split instead (val_split must be None)
     holdout_seed: int | None = None    # seed of that split (None: seed), so runs with other seeds
                                        # hold out, and select on, the same images
+    holdout_unseen: bool = False       # validate only on held-out images without a near-duplicate
+                                       # among the training images (the rest stay out of training)
     fold: int | None = None            # DFEW fold 1..5
     limit: int | None = None           # keep a seeded random subset of the training samples
     val_limit: int | None = None       # same for validation
@@ -187,6 +189,8 @@ class TrainConfig:
             raise ValueError(f"--holdout must be in [0, 1), got {self.holdout}")
         if self.holdout_seed is not None and not self.holdout:
             raise ValueError("--holdout-seed chooses the --holdout split: pass --holdout too")
+        if self.holdout_unseen and not self.holdout:
+            raise ValueError("--holdout-unseen filters the --holdout split: pass --holdout too")
         if self.holdout and self.val_split:
             raise ValueError(f"--holdout and --val-split {self.val_split} both choose the validation set; "
                              "pass --val-split none with --holdout")
@@ -416,9 +420,14 @@ def load_datasets(cfg: TrainConfig, log=None):
         log(f"{cfg.split}: " + report.summary().replace("\n", f"\n{cfg.split}: "))
     if not samples:
         raise ValueError(f"no training samples found in {cfg.data_root} (split {cfg.split!r})")
-    held = []
+    held, twins = [], []
     if cfg.holdout:
         samples, held = holdout_split(samples, cfg.holdout, cfg.split_seed)
+        if cfg.holdout_unseen:
+            held, twins = unseen_held_out(samples, held)
+            if log:
+                log(f"--holdout-unseen: validating on {len(held)} held-out images; {len(twins)} others have a "
+                    "near-duplicate among the training images and are left out of both")
     train_ds = ClipDataset(samples, pre, train=True, augment=aug, seed=cfg.seed, sampling=cfg.sampling)
     prov = {"dataset": cfg.dataset, "root": os.path.abspath(cfg.data_root), "split": cfg.split,
             "fold": cfg.fold, "train_samples": len(samples),
@@ -427,9 +436,12 @@ def load_datasets(cfg: TrainConfig, log=None):
     val_ds = None
     if held:
         val_ds = ClipDataset(held, pre, train=False, test_clips=cfg.test_clips, sampling=cfg.sampling)
-        prov.update(val_split=f"holdout {cfg.holdout:g} of {cfg.split} (stratified, seed {cfg.split_seed})",
+        unseen = ", images without a near-duplicate in training only" if cfg.holdout_unseen else ""
+        prov.update(val_split=f"holdout {cfg.holdout:g} of {cfg.split} (stratified, seed {cfg.split_seed}{unseen})",
                     val_samples=len(held), val_class_counts=dict(zip(CLASSES, class_counts(held))),
                     holdout_sha256=_names_digest(held))
+        if cfg.holdout_unseen:
+            prov["holdout_twins"] = len(twins)
     if cfg.val_split:
         vs, vreport = scan(cfg.dataset, cfg.data_root, cfg.val_split, fold=cfg.fold, limit=cfg.val_limit,
                            seed=cfg.seed)
@@ -439,6 +451,21 @@ def load_datasets(cfg: TrainConfig, log=None):
             val_ds = ClipDataset(vs, pre, train=False, test_clips=cfg.test_clips, sampling=cfg.sampling)
         prov.update(val_split=cfg.val_split, val_samples=len(vs), val_skipped=vreport.counts())
     return train_ds, val_ds, prov
+
+
+def unseen_held_out(train: list, held: list) -> tuple[list, list]:
+    """``held`` split into (samples with no near-duplicate among ``train``, samples with one),
+    by difference hash (``data.duplicates``). Still images only: a held-out clip has no single
+    image to compare. Raises ValueError naming a sample that is not an image file."""
+    from dfer_cli.data import IMAGE_EXTS
+    from dfer_cli.data.duplicates import unseen_mask
+
+    for s in (*held, *train):
+        if not (os.path.isfile(s.path) and os.path.splitext(str(s.path))[1].lower() in IMAGE_EXTS):
+            raise ValueError(f"--holdout-unseen compares still images, and {s.path} is not an image file; "
+                             "leave --holdout-unseen out for clip datasets")
+    mask = unseen_mask([s.path for s in held], [s.path for s in train])
+    return [s for s, m in zip(held, mask) if m], [s for s, m in zip(held, mask) if not m]
 
 
 def selection_record(cfg: TrainConfig) -> dict | None:

@@ -45,6 +45,10 @@ def split_of(model):
     samples, _ = scan(recipe.dataset, recipe.data_root, recipe.split, fold=recipe.fold, limit=recipe.limit,
                       seed=recipe.seed)
     kept, held = holdout_split(samples, recipe.holdout, recipe.split_seed)
+    if recipe.holdout_unseen:  # the run validated on these only
+        from dfer_cli.train import unseen_held_out
+
+        held, _ = unseen_held_out(kept, held)
     return recipe, kept, held
 
 

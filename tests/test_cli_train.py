@@ -49,6 +49,8 @@ def test_train_usage_errors(tmp_path):
     assert r.exit_code == 2 and "--data-root" in r.output
     r = runner.invoke(app, ["train", "--data-root", str(tmp_path), "--holdout-seed", "1"])
     assert r.exit_code == 2 and "--holdout-seed chooses the --holdout split" in r.output
+    r = runner.invoke(app, ["train", "--data-root", str(tmp_path), "--holdout-unseen"])
+    assert r.exit_code == 2 and "--holdout-unseen filters the --holdout split: pass --holdout too" in r.output
     r = runner.invoke(app, ["train", "--data-root", str(tmp_path / "missing"), "--quiet"])
     assert r.exit_code == 1 and "missing" in r.output and "does not exist" in r.output
 

@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from dfer_cli.checkpoint import load_model, read_checkpoint
-from dfer_cli.train import TrainConfig, batch_sizes, describe_batches, lr_at, parse_model_opts, train
+from dfer_cli.train import TrainConfig, batch_sizes, describe_batches, holdout_split, lr_at, parse_model_opts, train
 
 TINY = {"dim": 32, "depth": 1, "heads": 2, "dropout": 0.1, "drop_path": 0.1}
 REPO = Path(__file__).resolve().parents[1]
@@ -534,3 +534,39 @@ def test_native_bf16_is_read_from_the_cpu_flags_and_hinted_only_for_auto_fp32(mo
     assert tr.precision_note("bf16", "bf16", cpu) == ""
     monkeypatch.setattr(tr, "cpu_has_native_bf16", lambda cpuinfo=None: False)
     assert tr.precision_note("auto", "fp32", cpu) == ""
+
+
+def test_holdout_unseen_validates_only_on_held_out_images_without_a_twin_in_training(tmp_path):
+    """Every image is saved twice (the twin 8 levels brighter, as FER2013's near-copies): a
+    held-out image whose twin was kept for training is left out of validation (and of
+    training); one whose twin was held out too is validated on. Reference: file names."""
+    from dfer_cli.data import scan
+
+    rng = np.random.default_rng(3)
+    root = tmp_path / "twins"
+    for cls, level in (("happy", 40), ("sad", 120), ("neutral", 200)):
+        d = root / "train" / cls
+        d.mkdir(parents=True)
+        for i in range(10):
+            img = np.clip(level + rng.normal(0, 25, (32, 32)), 0, 240).astype(np.uint8)
+            cv2.imwrite(str(d / f"{i}.png"), img)
+            cv2.imwrite(str(d / f"{i}_twin.png"), img + 8)
+    cfg = still_config(root, tmp_path / "run", holdout=0.3, holdout_unseen=True, epochs=1)
+    cfg.validate()
+    kept, held = holdout_split(scan("folder", str(root), "train")[0], 0.3, cfg.split_seed)
+
+    def twin_of(path):
+        stem = Path(path).stem
+        return str(Path(path).with_name((stem[:-5] if stem.endswith("_twin") else stem + "_twin") + ".png"))
+
+    kept_paths = {str(s.path) for s in kept}
+    unseen = [str(s.path) for s in held if twin_of(s.path) not in kept_paths]
+    assert 0 < len(unseen) < len(held)
+    train(cfg, progress=False)
+    prov = load_model(tmp_path / "run" / "last.safetensors").provenance
+    assert prov["data"]["val_samples"] == len(unseen)
+    assert prov["data"]["holdout_twins"] == len(held) - len(unseen)
+    assert prov["data"]["train_samples"] == len(kept)
+    assert "without a near-duplicate in training" in prov["data"]["val_split"]
+    with pytest.raises(ValueError, match="--holdout-unseen filters the --holdout split"):
+        TrainConfig(data_root=str(root), holdout_unseen=True, val_split=None).validate()
