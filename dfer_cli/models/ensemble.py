@@ -21,12 +21,16 @@ and ``forward_head`` turns those into the ensemble's output.
 """
 from __future__ import annotations
 
+import copy
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
+
+from dfer_cli.models.backbone import ResNetTrunk
 
 ENSEMBLE = "ensemble"  # the model name in a checkpoint header
 
@@ -113,7 +117,7 @@ class Ensemble(nn.Module):
         self.config = EnsembleConfig([{"model": m.model_name, "config": m.config.to_dict()} for m in members])
         self.register_buffer("logit_bias", torch.zeros(first.num_classes))
         # floats per frame of each member's flattened trunk maps, for splitting them back
-        self._map_sizes = [256 * m.grid_hw[0] * m.grid_hw[1] for m in members]
+        self._map_sizes = [ResNetTrunk.out_channels * m.grid_hw[0] * m.grid_hw[1] for m in members]
         self._resamplers: dict = {}  # (S, size, detail) -> (size, S) matrix
 
     def _resized(self, frames: torch.Tensor, size: int) -> torch.Tensor:
@@ -154,7 +158,7 @@ class Ensemble(nn.Module):
         feats = []
         for m, part in zip(self.members, f.split(self._map_sizes, dim=2)):
             g = m.grid_hw
-            feats.append(m.forward_tokens(part.reshape(B, T, 256, *g)))     # (B, D_i)
+            feats.append(m.forward_tokens(part.reshape(B, T, ResNetTrunk.out_channels, *g)))  # (B, D_i)
         return torch.cat(feats, dim=1)                                      # (B, sum D_i)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
@@ -167,7 +171,7 @@ class Ensemble(nn.Module):
         logp = torch.stack([m.forward_head(part).float().log_softmax(-1)
                             for m, part in zip(self.members, feats.split(dims, dim=1))])  # (M, B, C)
         # log(mean_i p_i), computed in log space: no underflow for confident members
-        return torch.logsumexp(logp, dim=0) - torch.log(torch.tensor(float(len(self.members)))) + self.logit_bias
+        return torch.logsumexp(logp, dim=0) - math.log(len(self.members)) + self.logit_bias
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Clips (B, T, 3, S, S) -> log mean probability + logit_bias (B, num_classes)."""
@@ -233,7 +237,7 @@ def member_model(ensemble: Ensemble, index: int) -> nn.Module:
 
     if not 0 <= index < len(ensemble.members):
         raise IndexError(f"member {index + 1} of an ensemble of {len(ensemble.members)}")
-    member = ensemble.members[index]
+    member = copy.deepcopy(ensemble.members[index])  # the ensemble itself stays as it was
     with torch.no_grad():
         member.head.bias += ensemble.logit_bias.to(member.head.bias)
     size = int(member.config.input_size)
