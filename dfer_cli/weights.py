@@ -27,7 +27,7 @@ SUFFIX = ".safetensors"
 # sha256 of the bundled weights/logo_former_fer2013.safetensors. Replacing that file means
 # updating this line (and the hash in weights/README.md): tests/test_weights.py compares it
 # with the file and fails until they agree.
-BUNDLED_SHA256 = "fddac80f053bbe4679a188711108c3deed0228a9fe6791550640f307bd876107"
+BUNDLED_SHA256 = "fd9e267a26daa5d055d5a2b5b39731f1bcde4c5d43311eec0b8a38e36d84ec08"
 
 
 @dataclass(frozen=True)

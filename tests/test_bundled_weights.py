@@ -59,10 +59,11 @@ def test_smile_example_reads_happy(model):
     assert len(res.tracks) == 1 and all(c.status == "ok" for c in res.clips)
     assert res.clips[-1].label == "happy" and res.clips[-1].confidence > 0.5
     assert res.tracks[0].label == "happy"
-    # 0-1 s: the man is neutral for the first third and starts to smile: the least happy
-    # clip, with neutral one of its two most likely labels
+    # 0-1 s: the man is neutral for the first third and starts to smile: clearly the least
+    # happy clip, with neutral one of its two most likely labels; every later clip is happy
+    # with p > 0.5
     happy = [c.probabilities["happy"] for c in res.clips]
-    assert happy[0] == min(happy) and happy[0] < 0.5 < min(happy[1:])
+    assert happy[0] == min(happy) and min(happy[1:]) > 0.5 and min(happy[1:]) - happy[0] > 0.15
     first = sorted(res.clips[0].probabilities, key=res.clips[0].probabilities.get, reverse=True)
     assert "neutral" in first[:2]
 
