@@ -124,10 +124,18 @@ class CheckpointChoice:
     best_epoch: int | None = None
     selected_on: dict | None = None
     note: str | None = None
+    members: "list[CheckpointChoice] | None" = None   # of an ensemble: each member's own record
+    averaged_from: list[str] | None = None   # of a weight average (scripts/average_weights.py): its inputs
 
     def describe(self) -> str:
         """'last (epoch 100 of 100)', 'best (epoch 37 of 100, selected on holdout 0.1 of
-        dfew train fold 1)', or 'no training record' for files without one."""
+        dfew train fold 1)', 'ensemble of 2 members: 1) ...; 2) ...', or 'checkpoint (no
+        training epoch recorded)' for files without one."""
+        if self.members is not None:
+            parts = "; ".join(f"{i}) {m.describe()}" for i, m in enumerate(self.members, 1))
+            return f"ensemble of {len(self.members)} members: {parts}"
+        if self.averaged_from is not None:
+            return f"weight average of {len(self.averaged_from)} checkpoints ({', '.join(self.averaged_from)})"
         if self.epoch is None:
             return f"{self.which or 'checkpoint'} (no training epoch recorded)"
         of = f" of {self.epochs}" if self.epochs else ""
@@ -143,7 +151,9 @@ class CheckpointChoice:
     def to_dict(self) -> dict:
         return {"path": self.path, "requested": self.requested, "which": self.which, "epoch": self.epoch,
                 "epochs": self.epochs, "best_epoch": self.best_epoch, "selected_on": self.selected_on,
-                "substituted": self.path != self.requested, "description": self.describe()}
+                "substituted": self.path != self.requested, "description": self.describe(),
+                **({"members": [m.to_dict() for m in self.members]} if self.members is not None else {}),
+                **({"averaged_from": list(self.averaged_from)} if self.averaged_from is not None else {})}
 
 
 def describe_selection(sel: dict | None) -> str:
@@ -203,11 +213,31 @@ def selected_on_split(sel: dict | None, dataset: str, data_root: str, split: str
 
 def _read_choice(path: str, requested: str) -> CheckpointChoice:
     """What a checkpoint's provenance says about itself (best/last, epoch, selection)."""
-    import os
 
     from dfer_cli.checkpoint import read_metadata
 
     prov = read_metadata(path).get("provenance") or {}
+    records = prov.get("members")
+    if isinstance(records, list) and records:
+        # an ensemble (`dfer weights ensemble`): its top-level record is its first member's, so
+        # each member is described from its own record and the file as a whole is neither a
+        # run's best nor its last (never substituted)
+        members = [_choice_from_provenance(str(r.get("file") or f"member {i}"), str(r.get("file") or ""),
+                                           r.get("provenance") or {}) if isinstance(r, dict)
+                   else CheckpointChoice(path=f"member {i}", requested="")
+                   for i, r in enumerate(records, 1)]
+        return CheckpointChoice(path=path, requested=requested, members=members)
+    return _choice_from_provenance(path, requested, prov)
+
+
+def _choice_from_provenance(path: str, requested: str, prov: dict) -> CheckpointChoice:
+    """A CheckpointChoice from one model's provenance record."""
+    import os
+
+    averaged = prov.get("averaged_from")
+    if isinstance(averaged, list) and averaged:
+        # its other fields are its first input's: the average is neither a best nor a last
+        return CheckpointChoice(path=path, requested=requested, averaged_from=[str(a) for a in averaged])
     which = prov.get("checkpoint")
     if which not in ("best", "last"):
         # written before dfer recorded it: the file name (or the name it was exported from)
@@ -228,7 +258,9 @@ def choose_checkpoint(weights: str, dataset: str, data_root: str, split: str, fo
     A run's ``best`` checkpoint selected on the split being scored (e.g. a DFEW fold trained
     with the test fold as validation) is replaced by the ``last.safetensors`` next to it,
     with a one-line ``note``; when there is none, ValueError naming the fix. A best whose
-    epoch is the run's last epoch is the last checkpoint already and is kept."""
+    epoch is the run's last epoch is the last checkpoint already and is kept. An ensemble
+    (`dfer weights ensemble`) is described member by member and always scored as it is, with
+    a ``note`` naming any member that is a best selected on the split being scored."""
     import os
 
     from dfer_cli.checkpoint import CheckpointError
@@ -239,6 +271,17 @@ def choose_checkpoint(weights: str, dataset: str, data_root: str, split: str, fo
     except FileNotFoundError as e:
         raise CheckpointError(str(e)) from None
     choice = _read_choice(path, path)
+    if choice.members is not None:
+        # an ensemble cannot be swapped for a last checkpoint: say which members were chosen here
+        here = [(i, m) for i, m in enumerate(choice.members, 1)
+                if m.which == "best" and selected_on_split(m.selected_on, dataset, data_root, split, fold)
+                and not (m.epochs and m.epoch is not None and m.epoch >= m.epochs)]
+        if here:
+            named = ", ".join(f"member {i} ({m.path}, epoch {m.epoch})" for i, m in here)
+            choice.note = (f"{path}: {named} {'was' if len(here) == 1 else 'were'} selected on "
+                           f"{describe_selection(here[0][1].selected_on)}, the split being scored, so this "
+                           "score overstates unseen data; rebuild the ensemble from the runs' last checkpoints")
+        return choice
     if choice.which != "best" or not selected_on_split(choice.selected_on, dataset, data_root, split, fold):
         return choice
     if choice.epochs and choice.epoch is not None and choice.epoch >= choice.epochs:

@@ -120,3 +120,50 @@ def test_selection_rules():
     old["data"]["val_split"] = "holdout 0.1 of train (stratified, seed 0)"
     sel = _selection_from_provenance(old)
     assert sel["holdout"] == 0.1 and describe_selection(sel) == "holdout 0.1 of folder train (/data/fer)"
+
+
+def test_an_ensemble_is_described_member_by_member_and_never_substituted(dfew_runs, tmp_path):
+    """An ensemble's top-level provenance is its first member's; eval must not read it as that
+    member (a best of fold 1 would have been swapped for a last.safetensors that is not
+    there) but describe every member and warn about the one chosen on the scored split."""
+    root, run = dfew_runs
+    ens = tmp_path / "pair.safetensors"
+    r = runner.invoke(app, ["weights", "ensemble", str(run / "fold1" / "best.safetensors"),
+                            str(run / "fold2" / "last.safetensors"), "-o", str(ens)])
+    assert r.exit_code == 0, r.output
+    common = ["eval", "-w", str(ens), "--dataset", "dfew", "--data-root", str(root), "--json", "--threads", "1"]
+    r = runner.invoke(app, [*common, "--split", "test", "--fold", "1"])
+    assert r.exit_code == 0, r.output
+    ck = json.loads(r.stdout)["checkpoint"]
+    assert ck["path"] == str(ens) and not ck["substituted"] and ck["which"] is None
+    assert ck["description"] == ("ensemble of 2 members: 1) best (epoch 1 of 2, selected on dfew test fold 1); "
+                                 "2) last (epoch 2 of 2; the run's best was epoch 1)")
+    assert [(m["path"], m["which"], m["epoch"]) for m in ck["members"]] == [
+        ("best.safetensors", "best", 1), ("last.safetensors", "last", 2)]
+    (note,) = [line for line in r.stderr.splitlines() if "selected" in line]
+    assert note == (f"dfer: {ens}: member 1 (best.safetensors, epoch 1) was selected on dfew test fold 1, the split "
+                    "being scored, so this score overstates unseen data; rebuild the ensemble from the runs' last "
+                    "checkpoints")
+    # on another fold nothing was selected on the scored split: no note
+    r = runner.invoke(app, [*common, "--split", "test", "--fold", "3"])
+    assert r.exit_code == 0 and "selected" not in r.stderr, r.output
+
+
+def test_a_weight_average_is_described_as_one(dfew_runs, tmp_path):
+    """scripts/average_weights.py keeps its first input's provenance (a best) and adds
+    averaged_from: eval describes the average, not that best, and does not substitute it."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root, run = dfew_runs
+    avg = tmp_path / "avg.safetensors"
+    script = Path(__file__).resolve().parents[1] / "scripts" / "average_weights.py"
+    a, b = str(run / "fold1" / "best.safetensors"), str(run / "fold1" / "last.safetensors")
+    subprocess.run([sys.executable, str(script), str(avg), a, b], check=True, capture_output=True)
+    r = runner.invoke(app, ["eval", "-w", str(avg), "--dataset", "dfew", "--data-root", str(root), "--json",
+                            "--threads", "1", "--split", "test", "--fold", "1"])
+    assert r.exit_code == 0, r.output
+    ck = json.loads(r.stdout)["checkpoint"]
+    assert ck["averaged_from"] == [a, b] and not ck["substituted"]
+    assert ck["description"] == f"weight average of 2 checkpoints ({a}, {b})"
