@@ -213,7 +213,6 @@ def selected_on_split(sel: dict | None, dataset: str, data_root: str, split: str
 
 def _read_choice(path: str, requested: str) -> CheckpointChoice:
     """What a checkpoint's provenance says about itself (best/last, epoch, selection)."""
-
     from dfer_cli.checkpoint import read_metadata
 
     prov = read_metadata(path).get("provenance") or {}
