@@ -40,7 +40,8 @@ from dfer_cli.preprocess import DEFAULT_TEMPLATE, Preprocessing, zoom_template
 from dfer_cli.run_folder import (TrainState, append_metrics, load_state, open_tensorboard, save_state,
                                  truncate_metrics, write_run_command)
 
-OPTIMIZERS = ("sam", "sgd", "adamw")
+OPTIMIZERS = ("sam", "sam-adamw", "sgd", "adamw")
+SAM_OPTIMIZERS = ("sam", "sam-adamw")   # two forward/backward passes per step
 LOSSES = ("compact", "ce")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
@@ -116,7 +117,7 @@ class TrainConfig:
     # optimisation
     epochs: int = 100
     batch_size: int = 32
-    optimizer: str = "sam"             # sam (SGD inside SAM) | sgd | adamw
+    optimizer: str = "sam"             # sam (SGD inside SAM) | sam-adamw (AdamW inside SAM) | sgd | adamw
     lr: float = 1e-3
     min_lr: float = 0.0                # end of the cosine decay
     momentum: float = 0.9
@@ -196,8 +197,6 @@ class TrainConfig:
                              "pass --val-split none with --holdout")
         if (self.mixup or self.cutmix) and self.loss != "ce":
             raise ValueError("--mixup/--cutmix make soft targets: use them with --loss ce")
-        if (self.mixup or self.cutmix) and self.optimizer == "sam":
-            raise ValueError("--mixup/--cutmix are not supported with --optimizer sam")
         if not 0 <= self.distill <= 1:
             raise ValueError(f"--distill is the weight of the distillation term, in [0, 1]; got {self.distill}")
         if self.distill and not self.teachers:
@@ -391,6 +390,8 @@ def _build_optimizer(params, cfg: TrainConfig):
     if cfg.optimizer == "sam":
         return SAM(params, torch.optim.SGD, rho=cfg.rho, lr=cfg.lr, momentum=cfg.momentum,
                    weight_decay=cfg.weight_decay, nesterov=cfg.nesterov)
+    if cfg.optimizer == "sam-adamw":
+        return SAM(params, torch.optim.AdamW, rho=cfg.rho, lr=cfg.lr, weight_decay=cfg.weight_decay)
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
                                nesterov=cfg.nesterov)
@@ -788,8 +789,8 @@ def _build_run(cfg: TrainConfig, model, train_ds, device, rank: int, world: int,
                counters=TrainState(), precision=precision,
                autocast_dtype=torch.float16 if precision == "fp16" else torch.bfloat16)
     if precision == "fp16":
-        if cfg.optimizer == "sam":
-            raise ValueError("--precision fp16 with --optimizer sam is not supported (SAM's two steps "
+        if cfg.optimizer in SAM_OPTIMIZERS:
+            raise ValueError(f"--precision fp16 with --optimizer {cfg.optimizer} is not supported (SAM's two steps "
                              "and a GradScaler do not mix); use --precision bf16")
         run.scaler = torch.amp.GradScaler("cuda")
     if cfg.logit_adjust:
@@ -924,7 +925,8 @@ def training_step(run: _Run, x, y):
         loss.backward()
     if cfg.clip_grad:
         torch.nn.utils.clip_grad_norm_(params, cfg.clip_grad)
-    if cfg.optimizer == "sam":
+    if cfg.optimizer in SAM_OPTIMIZERS:
+        # a mixup/cutmix batch is mixed once, before this step: both passes see the same x, y
         from dfer_cli.optim import frozen_bn_stats
 
         run.optimizer.first_step(zero_grad=True)

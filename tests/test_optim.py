@@ -144,3 +144,34 @@ def test_frozen_bn_stats_keeps_batch_normalisation_in_training_mode():
         assert torch.equal(m1, m2) and torch.equal(v1, v2) and torch.equal(n1, n2)
     net(x)                                      # outside the block the statistics move again
     assert _bn_stats(net)[0][2].item() == 1 and not torch.equal(before[0][0], _bn_stats(net)[0][0])
+
+
+def test_sam_around_adamw_matches_closed_form():
+    """`--optimizer sam-adamw`: AdamW's first step, written out (bias-corrected moments of
+    the gradient taken at the ascent point, decoupled weight decay), from w0."""
+    from dfer_cli.train import TrainConfig, _build_optimizer
+
+    # chosen so that the ascent step flips the sign of the first gradient component: Adam's
+    # first step is about lr * sign(g), so only then does it matter where g was taken
+    w0 = torch.tensor([1.0, -5.9])
+    w = torch.nn.Parameter(w0.clone())
+    lr, rho, wd, eps = 0.1, 0.5, 0.05, 1e-8
+    cfg = TrainConfig(optimizer="sam-adamw", lr=lr, rho=rho, weight_decay=wd)
+    opt = _build_optimizer([w], cfg)
+    assert isinstance(opt, SAM) and isinstance(opt.base_optimizer, torch.optim.AdamW)
+    _loss(w).backward()
+    opt.first_step(zero_grad=True)
+    g = A @ w0
+    w_adv = w0 + rho * g / g.norm()
+    assert torch.allclose(w.detach(), w_adv)
+    _loss(w).backward()
+    opt.second_step(zero_grad=True)
+    g_adv = A @ w_adv
+    b1, b2 = 0.9, 0.999
+    m_hat = (1 - b1) * g_adv / (1 - b1)          # bias-corrected first moment after one step
+    v_hat = (1 - b2) * g_adv ** 2 / (1 - b2)     # and second moment
+    expect = w0 * (1 - lr * wd) - lr * m_hat / (v_hat.sqrt() + eps)
+    assert torch.allclose(w.detach(), expect, atol=1e-6)
+    # the gradient at w0 (not at the ascent point) would have given another update
+    plain = w0 * (1 - lr * wd) - lr * g / (g.abs() + eps)
+    assert g[0] > 0 > g_adv[0] and not torch.allclose(expect, plain, atol=1e-3)

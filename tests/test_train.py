@@ -426,6 +426,35 @@ def test_sam_updates_batchnorm_statistics_once_per_step(data, tmp_path):
     assert counts and set(counts.values()) == {2}, counts
 
 
+def test_sam_adamw_with_cutmix_takes_both_passes_on_the_same_mixed_batch(data, tmp_path, monkeypatch):
+    """`--optimizer sam-adamw --cutmix 1`: every step runs the model twice on one batch (the
+    batch is mixed once, before the step), the loss is finite and the weights move."""
+    import dfer_cli.train as train_mod
+
+    seen, initial = [], {}
+    build = train_mod._build_model
+
+    def spying_build(*args, **kw):
+        model = build(*args, **kw)
+        initial.update({k: v.detach().clone() for k, v in model.state_dict().items()})
+        model.register_forward_pre_hook(lambda m, inp: seen.append(inp[0].detach().clone()) if m.training else None)
+        return model
+
+    monkeypatch.setattr(train_mod, "_build_model", spying_build)
+    out = tmp_path / "run"
+    train(still_config(data, out, optimizer="sam-adamw", nesterov=False, lr=1e-3, weight_decay=0.05, cutmix=1.0,
+                       epochs=1, holdout=0.0, val_split=None, limit=16), progress=False)
+    assert len(seen) == 4                                  # 16 stills in batches of 8: 2 steps x 2 passes
+    assert torch.equal(seen[0], seen[1]) and torch.equal(seen[2], seen[3])
+    assert not torch.equal(seen[0], seen[2])
+    (row,) = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert np.isfinite(row["train_loss"])
+    end, meta = read_checkpoint(out / "last.safetensors")
+    assert meta["provenance"]["recipe"]["optimizer"] == "sam-adamw"
+    moved = [k for k, v in initial.items() if v.is_floating_point() and not torch.equal(v, end[k])]
+    assert len(moved) > len(initial) // 2, moved
+
+
 def test_resume_rebuilds_the_model_the_run_was_saved_with(data, tmp_path):
     """A run whose config.json leaves a model size to the default (runs made before a
     default changed) resumes with the size its checkpoint was built with."""
