@@ -21,6 +21,7 @@ Conventions every command follows (DferGroup / DferCommand below):
 """
 from __future__ import annotations
 
+import inspect
 import json
 import re
 import sys
@@ -99,8 +100,23 @@ def _dfer_params(params: list) -> list:
     return params
 
 
+def one_paragraph(text: str | None) -> str | None:
+    """The first paragraph of a docstring as one line: the summary shown in a command list.
+    (Typer's rich help keeps the docstring's line breaks there, and then wraps the lines
+    again, which leaves ragged half-empty lines.)"""
+    if not text:
+        return None
+    first = inspect.cleandoc(text).split("\n\n")[0]
+    return " ".join(line.strip() for line in first.splitlines() if line.strip()) or None
+
+
 class DferCommand(TyperCommand):
     """Every `dfer` command: typer's command with dfer's help display (see DferOption)."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        if self.short_help is None:
+            self.short_help = one_paragraph(self.help)
 
     def get_params(self, ctx) -> list:
         return _dfer_params(super().get_params(ctx))

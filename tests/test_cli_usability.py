@@ -114,6 +114,38 @@ def test_help_has_no_type_tags_and_one_default_style(command):
     assert "(default:" not in out.lower() and "default from" not in out.lower() and "[default: (" not in out
 
 
+@pytest.mark.parametrize("group", [[], ["weights"]], ids=["dfer", "dfer weights"])
+def test_command_lists_wrap_each_summary_as_one_paragraph(group):
+    """The command list shows each docstring's first paragraph, wrapped greedily at the
+    panel's width: a line ends early only where the next word would not fit (typer kept the
+    docstring's own line breaks there, leaving ragged half lines)."""
+    import typer
+
+    from dfer_cli.cli_app import one_paragraph
+
+    rc, out, _ = run([*group, "--help"])
+    assert rc == 0
+    panel = out[out.index("─ Commands ─"):].splitlines()[1:]
+    panel = panel[:next(i for i, line in enumerate(panel) if line.startswith("╰"))]
+    rows, col = {}, None
+    for line in panel:
+        inner = line[1:line.rindex("│")].rstrip()
+        m = re.match(r" (\S+)(\s+)(\S.*)$", inner)
+        if m and (col is None or not inner[:col].strip() == ""):
+            name, col = m.group(1), m.start(3)
+            rows[name] = [m.group(3)]
+        else:
+            rows[name].append(inner[col:].strip())
+    width = len(panel[0][1:panel[0].rindex("│")]) - col - 1   # the description column (one space of padding)
+    cli = typer.main.get_command(app)
+    cmd = cli.commands[group[0]] if group else cli
+    assert set(rows) == set(cmd.commands)
+    for name, lines in rows.items():
+        assert " ".join(lines) == one_paragraph(cmd.commands[name].help), name
+        for this, nxt in zip(lines, lines[1:]):
+            assert len(this) + 1 + len(nxt.split()[0]) > width, f"{name}: {this!r} ends early"
+
+
 def test_help_of_predict_shows_flags_bare_and_values_by_name():
     rc, out, _ = run(["predict", "--help"])
     rows = {m.group(1): m.group(2) for m in re.finditer(r"│\s*(--[\w-]+)(?:\s+-\w)?\s{2,}(\S+)", out)}
