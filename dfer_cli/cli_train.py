@@ -91,8 +91,8 @@ def train_cmd(
     epochs: Optional[int] = typer.Option(None, "--epochs", **_r("Training epochs.", "epochs")),
     batch_size: Optional[int] = typer.Option(None, "--batch-size", **_r(
         "Clips per batch (per process under torchrun).", "batch_size")),
-    optimizer: Optional[str] = typer.Option(None, "--optimizer", **_r("sam (SGD inside SAM) | sam-adamw (AdamW inside SAM) | sgd | adamw.",
-                                                                          "optimizer")),
+    optimizer: Optional[str] = typer.Option(None, "--optimizer", **_r(
+        "sam (SGD inside SAM) | sam-adamw (AdamW inside SAM) | sgd | adamw.", "optimizer")),
     lr: Optional[float] = typer.Option(None, "--lr", **_r("Peak learning rate (after warmup).", "lr")),
     min_lr: Optional[float] = typer.Option(None, "--min-lr", **_r("Learning rate at the end of the cosine decay.",
                                                                       "min_lr")),

@@ -221,10 +221,9 @@ def _read_choice(path: str, requested: str) -> CheckpointChoice:
         # an ensemble (`dfer weights ensemble`): its top-level record is its first member's, so
         # each member is described from its own record and the file as a whole is neither a
         # run's best nor its last (never substituted)
+        records = [r if isinstance(r, dict) else {} for r in records]
         members = [_choice_from_provenance(str(r.get("file") or f"member {i}"), str(r.get("file") or ""),
-                                           r.get("provenance") or {}) if isinstance(r, dict)
-                   else CheckpointChoice(path=f"member {i}", requested="")
-                   for i, r in enumerate(records, 1)]
+                                           r.get("provenance") or {}) for i, r in enumerate(records, 1)]
         return CheckpointChoice(path=path, requested=requested, members=members)
     return _choice_from_provenance(path, requested, prov)
 
@@ -269,22 +268,24 @@ def choose_checkpoint(weights: str, dataset: str, data_root: str, split: str, fo
         path = str(find_weights(weights))
     except FileNotFoundError as e:
         raise CheckpointError(str(e)) from None
+
+    def chosen_here(c: CheckpointChoice) -> bool:
+        # a best selected on the split being scored, and not simply the run's last epoch
+        return (c.which == "best" and selected_on_split(c.selected_on, dataset, data_root, split, fold)
+                and not (c.epochs and c.epoch is not None and c.epoch >= c.epochs))
+
     choice = _read_choice(path, path)
     if choice.members is not None:
         # an ensemble cannot be swapped for a last checkpoint: say which members were chosen here
-        here = [(i, m) for i, m in enumerate(choice.members, 1)
-                if m.which == "best" and selected_on_split(m.selected_on, dataset, data_root, split, fold)
-                and not (m.epochs and m.epoch is not None and m.epoch >= m.epochs)]
+        here = [(i, m) for i, m in enumerate(choice.members, 1) if chosen_here(m)]
         if here:
             named = ", ".join(f"member {i} ({m.path}, epoch {m.epoch})" for i, m in here)
             choice.note = (f"{path}: {named} {'was' if len(here) == 1 else 'were'} selected on "
                            f"{describe_selection(here[0][1].selected_on)}, the split being scored, so this "
                            "score overstates unseen data; rebuild the ensemble from the runs' last checkpoints")
         return choice
-    if choice.which != "best" or not selected_on_split(choice.selected_on, dataset, data_root, split, fold):
+    if not chosen_here(choice):
         return choice
-    if choice.epochs and choice.epoch is not None and choice.epoch >= choice.epochs:
-        return choice  # the best is the last epoch: no selection happened
     where = describe_selection(choice.selected_on)
     last = os.path.join(os.path.dirname(path), "last.safetensors")
     if not os.path.isfile(last):
