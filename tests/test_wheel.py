@@ -31,6 +31,16 @@ def test_wheel_holds_the_weights_and_model_card(wheel):
     assert "dfer_cli/cli.py" in names and not any(n.startswith("tests/") for n in names)
 
 
+def test_wheel_declares_the_licence_and_ships_its_text(wheel):
+    z = zipfile.ZipFile(wheel)
+    (metadata,) = [n for n in z.namelist() if n.endswith(".dist-info/METADATA")]
+    headers = z.read(metadata).decode().split("\n\n", 1)[0].splitlines()
+    assert "License-Expression: MIT" in headers
+    assert "License-File: LICENSE" in headers
+    (text,) = [n for n in z.namelist() if n.endswith(".dist-info/licenses/LICENSE")]
+    assert z.read(text).decode() == (ROOT / "LICENSE").read_text()
+
+
 @pytest.mark.slow
 def test_installed_wheel_predicts_from_another_directory(wheel, tmp_path):
     site = tmp_path / "site"
