@@ -553,9 +553,14 @@ def cpu_has_native_bf16(cpuinfo: str | None = None) -> bool:
 def precision_note(requested: str, used: str, device) -> str:
     """What the run's log says after its precision: a hint when an fp32 run on the CPU
     could use the CPU's native bf16 (measured 1.7-1.8x the fp32 training throughput on 2
-    AVX512-BF16 cores, benchmarks/precision.py)."""
-    if used == "fp32" and requested == "auto" and getattr(device, "type", "") == "cpu" and cpu_has_native_bf16():
+    AVX512-BF16 cores, benchmarks/precision.py), and a warning when bf16 was asked for on a
+    CPU without it (PyTorch then emulates bf16, slower than fp32)."""
+    on_cpu = getattr(device, "type", "") == "cpu"
+    if used == "fp32" and requested == "auto" and on_cpu and cpu_has_native_bf16():
         return " (this CPU has native bf16: --precision bf16 trains about 1.7x faster)"
+    if used == "bf16" and on_cpu and not cpu_has_native_bf16():
+        return (" (warning: this CPU has no native bf16, AVX512-BF16 or AMX, so PyTorch emulates it "
+                "and training is slower than fp32: use --precision fp32)")
     return ""
 
 

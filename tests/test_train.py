@@ -563,6 +563,9 @@ def test_native_bf16_is_read_from_the_cpu_flags_and_hinted_only_for_auto_fp32(mo
     assert tr.precision_note("bf16", "bf16", cpu) == ""
     monkeypatch.setattr(tr, "cpu_has_native_bf16", lambda cpuinfo=None: False)
     assert tr.precision_note("auto", "fp32", cpu) == ""
+    assert "no native bf16" in tr.precision_note("bf16", "bf16", cpu)  # emulated: warn, name the fix
+    assert "use --precision fp32" in tr.precision_note("bf16", "bf16", cpu)
+    assert tr.precision_note("bf16", "bf16", torch.device("cuda")) == ""  # GPUs: not this CPU's concern
 
 
 def test_holdout_unseen_validates_only_on_held_out_images_without_a_twin_in_training(tmp_path):
