@@ -548,7 +548,7 @@ def test_fp32_training_on_cpu_keeps_the_trunk_channels_last_with_the_same_number
         assert torch.allclose(a.grad, b.grad, rtol=1e-4, atol=1e-5), name
 
 
-def test_native_bf16_is_read_from_the_cpu_flags_and_hinted_only_for_auto_fp32(monkeypatch):
+def test_native_bf16_is_read_from_the_cpu_flags_hinted_for_auto_fp32_and_its_absence_warned_for_bf16(monkeypatch):
     from dfer_cli import train as tr
 
     amd = "processor\t: 0\nflags\t\t: fpu sse2 avx2 avx512f avx512_bf16 avx512bw\n"
