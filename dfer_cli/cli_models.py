@@ -65,7 +65,7 @@ def checkpoint_info(path: str | Path) -> dict:
     recipe = recorded.get("recipe") if isinstance(recorded, dict) else None
     described = [{"model": m["model"], "input_size": c.input_size,
                   "window": list(c.effective_window()) if c.block == "logo" else None,
-                  "grid": [c.num_frames, grid_size(c.input_size, c.stem), grid_size(c.input_size, c.stem)]}
+                  "grid": [c.num_frames, *[grid_size(c.input_size, c.stem, c.trunk_layers)] * 2]}
                  for m, c in zip(members, cfgs)]
     info = {
         "path": str(path), "model": meta["model"],
@@ -157,7 +157,7 @@ def models_cmd(
     for m in report["models"]:
         console.print(f"  {m['model']}: {m['description']}", highlight=False)
         if m["window"]:  # the window used, after clamping to the grid
-            g = grid_size(m["config"]["input_size"], m["config"]["stem"])
+            g = grid_size(m["config"]["input_size"], m["config"]["stem"], m["config"].get("trunk_layers", 3))
             console.print(f"    window used: {'x'.join(map(str, m['window']))} (frames x rows x cols) "
                           f"of the {report['clip_frames']}x{g}x{g} token grid", highlight=False)
     frames_first = report["models"][0]["growth"][0]["num_frames"]

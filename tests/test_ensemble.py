@@ -67,6 +67,32 @@ def test_the_output_is_the_log_of_the_members_mean_probability(pair):
     assert len(ens.provenance["members"][1]["sha256"]) == 64
 
 
+def test_a_cnn_member_with_layer4_joins_a_transformer(tmp_path):
+    # members with different trunk widths (256-channel layer3 maps, 512-channel layer4 maps):
+    # the ensemble splits the concatenated per-frame maps by each member's own width
+    torch.manual_seed(3)
+    cnn = create_model("trunk_pool", num_frames=2, input_size=32, num_classes=7, dim=16, stem="s1", trunk_layers=4)
+    with torch.no_grad():
+        cnn.head.weight.normal_(0, 1.0)
+    pre = Preprocessing(input_size=32, num_frames=2, grayscale=True)
+    cnn_path = save_checkpoint(tmp_path / "cnn.safetensors", cnn, classes=list(CLASSES), preprocessing=pre, provenance={})
+    tf_path = _member(tmp_path / "tf.safetensors", 48, frames=2, seed=4)
+    tf, cnn = load_model(tf_path), load_model(cnn_path)
+    ens = combine([tf, cnn])
+    x = torch.randn(2, 2, 3, 48, 48)
+    with torch.no_grad():
+        want = (tf(x).softmax(-1) + cnn(_area(x, 32)).softmax(-1)) / 2
+        out = ens(x)
+        maps = ens.frame_features(x.flatten(0, 1))
+        split = ens.forward_head(ens.forward_tokens(maps.reshape(2, 2, -1)))
+    assert maps.shape[1] == 256 * 3 * 3 + 512 * 2 * 2      # 48 px to layer3; 32 px, stem s1, to layer4
+    assert torch.allclose(out.exp(), want, atol=1e-5) and torch.allclose(split, out, atol=1e-5)
+    again = load_model(save_checkpoint(tmp_path / "ens.safetensors", ens, classes=list(CLASSES),
+                                       preprocessing=ens.preprocessing, provenance=ens.provenance))
+    with torch.no_grad():
+        assert torch.allclose(again(x), out, atol=1e-5)
+
+
 def test_the_per_frame_split_gives_the_same_output(pair):
     """`predict` runs each face's trunk once, then the clip head: the same numbers."""
     from dfer_cli.pipeline.classify import ClipClassifier

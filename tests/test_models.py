@@ -72,10 +72,11 @@ def test_paper_config_shapes_and_window():
     assert get_config("logo_former", input_size=48, num_frames=1).effective_window() == (1, 3, 3)
 
 
-@pytest.mark.parametrize("name", [*MODELS, POOL])
-def test_every_parameter_gets_a_gradient(name):
+@pytest.mark.parametrize("name,layers", [*((n, 3) for n in MODELS), (POOL, 3), (POOL, 4)])
+def test_every_parameter_gets_a_gradient(name, layers):
     torch.manual_seed(0)
-    model = create_model(name, input_size=32, num_frames=4, num_classes=3, window=(2, 1, 2), **TINY)
+    model = create_model(name, input_size=32, num_frames=4, num_classes=3, window=(2, 1, 2),
+                         trunk_layers=layers, **TINY)
     model.train()
     x = torch.randn(2, 4, 3, 32, 32)
     loss = model(x).logsumexp(1).sum() + model(x)[:, 0].sum()
@@ -230,12 +231,59 @@ def test_trunk_is_torchvision_resnet18_to_layer3():
     assert abs(float(w.std()) - (2.0 / (256 * 9)) ** 0.5) < 0.002
 
 
-@pytest.mark.parametrize("stem", ["standard", "s1"])
-def test_folded_trunk_gives_the_eval_maps(stem):
+def test_trunk_with_layer4_is_torchvision_resnet18_without_fc():
+    # trunk_layers=4 (the CNN member): every torchvision key but the classifier, same maps
+    from torchvision.models import resnet18
+
+    torch.manual_seed(0)
+    ref = resnet18(weights=None).eval()
+    trunk = ResNetTrunk(layers=4).eval()
+    want = {k: v for k, v in ref.state_dict().items() if not k.startswith("fc.")}
+    assert list(trunk.state_dict()) == list(want)
+    trunk.load_state_dict(want)
+    x = torch.randn(2, 3, 80, 80)
+    with torch.no_grad():
+        r = ref.maxpool(ref.relu(ref.bn1(ref.conv1(x))))
+        r = ref.layer4(ref.layer3(ref.layer2(ref.layer1(r))))
+        assert trunk(x).shape == (2, 512, 3, 3) and torch.allclose(trunk(x), r, atol=1e-5)
+    assert trunk.out_channels == 512 and ResNetTrunk().out_channels == 256
+    assert grid_size(80, layers=4) == 3 and grid_size(48, "s1", 4) == 3 and grid_size(64, "s1", 4) == 4
+    with pytest.raises(ValueError, match="trunk layers must be one of 3, 4"):
+        ResNetTrunk(layers=5)
+    with pytest.raises(ValueError, match="trunk_layers must be one of 3, 4"):
+        get_config(POOL, trunk_layers=2)
+
+
+def test_backbone_weights_load_layer4_when_the_trunk_has_it(tmp_path):
+    path, full = _resnet18_file(tmp_path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # nothing missing -> no warning
+        report = load_backbone_weights(ResNetTrunk(layers=4), path)
+    assert "layer4.1.conv2.weight" in report["loaded"] and report["missing"] == []
+    assert not any(k.startswith("layer4.") for k in load_backbone_weights(ResNetTrunk(), path)["loaded"])
+
+
+def test_trunk_pool_with_layer4_classifies_from_the_512_channel_maps():
+    torch.manual_seed(0)
+    model = create_model(POOL, input_size=48, num_frames=2, num_classes=4, dim=16, stem="s1", trunk_layers=4).eval()
+    assert model.grid_hw == (3, 3) and model.proj.in_channels == 512
+    x = torch.randn(2, 2, 3, 48, 48)
+    with torch.no_grad():
+        maps = model.backbone(x.flatten(0, 1))                                   # (4, 512, 3, 3)
+        assert maps.shape == (4, 512, 3, 3)
+        pooled = maps.reshape(2, 2, 512, 9).mean(dim=(1, 3))                     # (2, 512)
+        expected = model.head(model.norm(pooled @ model.proj.weight[:, :, 0, 0].T + model.proj.bias))
+        torch.testing.assert_close(model(x), expected, rtol=1e-4, atol=1e-5)
+    cost = model_cost(POOL, input_size=48, stem="s1", trunk_layers=4, dim=512)
+    assert cost["params"] > 11e6 and cost["backbone_gflops"] > model_cost(POOL, input_size=48, stem="s1", dim=512)["backbone_gflops"]
+
+
+@pytest.mark.parametrize("stem,layers", [("standard", 3), ("s1", 3), ("s1", 4)])
+def test_folded_trunk_gives_the_eval_maps(stem, layers):
     from dfer_cli.models.backbone import fold_batchnorm
 
     torch.manual_seed(0)
-    trunk = ResNetTrunk(stem)
+    trunk = ResNetTrunk(stem, layers)
     for m in trunk.modules():  # trained-looking statistics, so that folding has work to do
         if isinstance(m, torch.nn.BatchNorm2d):
             m.running_mean.uniform_(-0.5, 0.5)
@@ -256,7 +304,7 @@ def test_folded_trunk_gives_the_eval_maps(stem):
 
     with torch.no_grad():
         ref = trunk.maxpool(torch.relu(bn(trunk.conv1(x), trunk.bn1)))
-        for layer in (trunk.layer1, trunk.layer2, trunk.layer3):
+        for layer in (trunk.layer1, trunk.layer2, trunk.layer3, *([trunk.layer4] if layers == 4 else [])):
             for b in layer:
                 ref = block(ref, b)
         before = trunk(x)

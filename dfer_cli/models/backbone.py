@@ -1,7 +1,12 @@
-"""The frame encoder: ResNet-18 kept up to layer3.
+"""The frame encoder: ResNet-18 kept up to layer3 (or, with ``layers=4``, through layer4).
 
 A 112x112 face gives a 256x7x7 feature map (stride 16). Other sizes give a
 ceil(size/16) grid: 48 -> 3x3, 64 -> 4x4, 32 -> 2x2.
+
+``layers=4`` keeps ResNet-18's layer4 as well: 512 channels at half the grid side
+(stride 32; 48 px with stem "s1" -> 512x3x3). The transformers tokenise layer3 as the
+papers do; layer4 is there for the plain CNN (``trunk_pool``), where a 3x3 grid does not
+matter because the maps are averaged.
 
 ``stem="s1"`` replaces the 7x7 stride-2 conv1 by a 3x3 stride-1 conv (the max-pool is kept),
 so the trunk's stride is 8: a 48 px FER2013 face gives a 6x6 layer3 grid instead of 3x3.
@@ -28,21 +33,24 @@ from torch import nn
 
 log = logging.getLogger("dfer")
 
-OUT_CHANNELS = 256
+OUT_CHANNELS = 256          # layer3's channels; layer4 has 512
 STRIDE = 16
-# Keys a full ResNet-18 has that the trunk does not use: not reported as "unexpected".
-IGNORED_PREFIXES = ("fc.", "layer4.", "classifier.", "head.")
+LAYERS = (3, 4)             # the last ResNet-18 stage kept
+# Keys a full ResNet-18 has that the trunk does not use: not reported as "unexpected"
+# (layer4's too when the trunk stops at layer3).
+IGNORED_PREFIXES = ("fc.", "classifier.", "head.")
 WRAPPER_KEYS = ("state_dict", "model_state_dict", "model", "net", "params", "weights")
 
 
 STEMS = ("standard", "s1")
 
 
-def grid_size(input_size: int, stem: str = "standard") -> int:
+def grid_size(input_size: int, stem: str = "standard", layers: int = 3) -> int:
     """Side of the feature grid the trunk makes from an ``input_size`` square frame."""
     side = input_size
-    # conv1 (s2; s1 with stem "s1"), maxpool (s2), layer2 (s2), layer3 (s2): each ceil(x/2)
-    for _ in range(4 if stem == "standard" else 3):
+    # conv1 (s2; s1 with stem "s1"), maxpool (s2), layer2 (s2), layer3 (s2), layer4 (s2):
+    # each ceil(x/2)
+    for _ in range((4 if stem == "standard" else 3) + (layers - 3)):
         side = math.ceil(side / 2)
     return side
 
@@ -75,19 +83,22 @@ def _stage(c_in: int, c_out: int, stride: int) -> nn.Sequential:
 
 
 class ResNetTrunk(nn.Module):
-    """ResNet-18 up to layer3: (N, 3, H, W) -> (N, 256, ceil(H/16), ceil(W/16)).
+    """ResNet-18 up to layer3: (N, 3, H, W) -> (N, 256, ceil(H/16), ceil(W/16)); with
+    ``layers=4`` through layer4: (N, 512, ceil(H/32), ceil(W/32)).
 
     Randomly initialised as torchvision does (Kaiming-normal convolutions, unit BatchNorm);
     nothing is ever downloaded.
     """
 
-    out_channels = OUT_CHANNELS
-
-    def __init__(self, stem: str = "standard") -> None:
+    def __init__(self, stem: str = "standard", layers: int = 3) -> None:
         super().__init__()
         if stem not in STEMS:
             raise ValueError(f"stem {stem!r} is not one of {', '.join(STEMS)}")
+        if layers not in LAYERS:
+            raise ValueError(f"trunk layers must be one of {', '.join(map(str, LAYERS))}, got {layers!r}")
         self.stem = stem
+        self.layers = layers
+        self.out_channels = OUT_CHANNELS if layers == 3 else 2 * OUT_CHANNELS
         if stem == "s1":
             self.conv1 = nn.Conv2d(3, 64, kernel_size=3, stride=1, padding=1, bias=False)
         else:
@@ -98,6 +109,8 @@ class ResNetTrunk(nn.Module):
         self.layer1 = _stage(64, 64, 1)
         self.layer2 = _stage(64, 128, 2)
         self.layer3 = _stage(128, 256, 2)
+        if layers == 4:
+            self.layer4 = _stage(256, 512, 2)
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
@@ -112,7 +125,10 @@ class ResNetTrunk(nn.Module):
         x = self.maxpool(self.relu(self.bn1(self.conv1(x))))  # (N, 64, H/4, W/4)
         x = self.layer1(x)                                     # (N, 64, H/4, W/4)
         x = self.layer2(x)                                     # (N, 128, H/8, W/8)
-        return self.layer3(x)                                  # (N, 256, H/16, W/16)
+        x = self.layer3(x)                                     # (N, 256, H/16, W/16)
+        if self.layers == 4:
+            x = self.layer4(x)                                 # (N, 512, H/32, W/32)
+        return x
 
 
 def _folded(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> nn.Conv2d:
@@ -179,7 +195,8 @@ def load_backbone_weights(trunk: ResNetTrunk, path: str | Path) -> dict:
     """Load a ResNet-18 state dict file (``.pth``/``.pth.tar``/``.safetensors``) into ``trunk``.
 
     The file is read with ``torch.load(weights_only=True)`` (never a full unpickle).
-    ``module.`` prefixes (DataParallel) are stripped; the classifier and layer4 are ignored.
+    ``module.`` prefixes (DataParallel) are stripped; the classifier is ignored, and layer4
+    too when the trunk stops at layer3.
     Missing, unexpected and wrong-shape keys are reported in one log line (a warning when
     anything is missing). Returns ``{"loaded": [...], "missing": [...], "unexpected": [...],
     "mismatched": [...]}``. Raises ValueError with a one-line message for an unreadable file.
@@ -205,10 +222,11 @@ def load_backbone_weights(trunk: ResNetTrunk, path: str | Path) -> dict:
             "saved with torch.save (tensors only) or a .safetensors file") from None
 
     own = trunk.state_dict()
+    ignored = IGNORED_PREFIXES + (("layer4.",) if getattr(trunk, "layers", 3) == 3 else ())
     loaded, unexpected, mismatched, new = [], [], [], {}
     for key, value in state.items():
         k = _strip(key)
-        if k.startswith(IGNORED_PREFIXES):
+        if k.startswith(ignored):
             continue
         if k not in own:
             unexpected.append(k)

@@ -2,7 +2,7 @@
 
     frames (B, T, 3, S, S), S = the largest member input size
       -> member i: frames resized to its input size s_i (resampling_matrix), its trunk
-                                             (B*T, 256, g_i, g_i)
+                                             (B*T, C_i, g_i, g_i), C_i 256 (512 with layer4)
       -> member i: its blocks, [CLS], its head  logits_i (B, classes)
       -> log(mean_i softmax(logits_i)) + logit_bias     (B, classes)  forward
 
@@ -29,8 +29,6 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import nn
-
-from dfer_cli.models.backbone import ResNetTrunk
 
 ENSEMBLE = "ensemble"  # the model name in a checkpoint header
 
@@ -117,7 +115,7 @@ class Ensemble(nn.Module):
         self.config = EnsembleConfig([{"model": m.model_name, "config": m.config.to_dict()} for m in members])
         self.register_buffer("logit_bias", torch.zeros(first.num_classes))
         # floats per frame of each member's flattened trunk maps, for splitting them back
-        self._map_sizes = [ResNetTrunk.out_channels * m.grid_hw[0] * m.grid_hw[1] for m in members]
+        self._map_sizes = [m.backbone.out_channels * m.grid_hw[0] * m.grid_hw[1] for m in members]
         self._resamplers: dict = {}  # (S, size, detail) -> (size, S) matrix
 
     def _resized(self, frames: torch.Tensor, size: int) -> torch.Tensor:
@@ -158,7 +156,7 @@ class Ensemble(nn.Module):
         feats = []
         for m, part in zip(self.members, f.split(self._map_sizes, dim=2)):
             g = m.grid_hw
-            feats.append(m.forward_tokens(part.reshape(B, T, ResNetTrunk.out_channels, *g)))  # (B, D_i)
+            feats.append(m.forward_tokens(part.reshape(B, T, m.backbone.out_channels, *g)))  # (B, D_i)
         return torch.cat(feats, dim=1)                                      # (B, sum D_i)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:

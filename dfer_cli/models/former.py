@@ -46,7 +46,7 @@ from dataclasses import asdict, dataclass, fields
 import torch
 from torch import nn
 
-from dfer_cli.models.backbone import STEMS, ResNetTrunk, fold_batchnorm, grid_size, load_backbone_weights
+from dfer_cli.models.backbone import LAYERS, STEMS, ResNetTrunk, fold_batchnorm, grid_size, load_backbone_weights
 from dfer_cli.models.blocks import BLOCK_KINDS, Block
 
 POOL = "pool"  # the block kind of trunk_pool: no blocks, mean over all tokens
@@ -87,6 +87,10 @@ class FormerConfig:
     # trunk stem: "standard" (ResNet-18's 7x7 stride-2 conv1, grid ceil(S/16)) or "s1"
     # (3x3 stride-1 conv1, grid ceil(S/8): 48 px -> 6x6, room for windows smaller than the frame)
     stem: str = "standard"
+    # last ResNet-18 stage in the trunk: 3 (the papers' layer3, 256 channels) or 4 (layer4 too:
+    # 512 channels, half the grid side). 4 is for the plain CNN (trunk_pool), whose maps are
+    # averaged, so its small grid costs no locality; the starter ensemble's CNN member uses it.
+    trunk_layers: int = 3
     compact_lambda: float = 0.1   # training: weight of the compact-loss regulariser (losses.py)
 
     def to_dict(self) -> dict:
@@ -120,10 +124,12 @@ class FormerConfig:
             raise ValueError(f"window must be 3 positive ints (frames, rows, cols), got {self.window}")
         if self.stem not in STEMS:
             raise ValueError(f"stem {self.stem!r} is not one of {', '.join(STEMS)}")
+        if self.trunk_layers not in LAYERS:
+            raise ValueError(f"trunk_layers must be one of {', '.join(map(str, LAYERS))}, got {self.trunk_layers!r}")
 
     def effective_window(self) -> tuple[int, int, int]:
         """The window the model uses: ``window`` clamped to (num_frames, g, g), g the grid side."""
-        g = grid_size(self.input_size, self.stem)
+        g = grid_size(self.input_size, self.stem, self.trunk_layers)
         return (min(self.window[0], self.num_frames), min(self.window[1], g), min(self.window[2], g))
 
 
@@ -163,14 +169,14 @@ class Former(nn.Module):
         c = config
         self.config = config
         self.model_name = model_name
-        g = grid_size(c.input_size, c.stem)
+        g = grid_size(c.input_size, c.stem, c.trunk_layers)
         self.grid_hw = (g, g)
         self.window = c.effective_window()  # the window actually used: clamped to the grid
 
-        self.backbone = ResNetTrunk(c.stem)
+        self.backbone = ResNetTrunk(c.stem, c.trunk_layers)
         if c.backbone_weights:
             load_backbone_weights(self.backbone, c.backbone_weights)
-        self.proj = nn.Conv2d(ResNetTrunk.out_channels, c.dim, kernel_size=1)
+        self.proj = nn.Conv2d(self.backbone.out_channels, c.dim, kernel_size=1)
         # registered before the blocks: parameter order is the order of a train state's
         # optimizer slots in runs saved before names were recorded (run_folder.load_state)
         self.norm = nn.LayerNorm(c.dim)
