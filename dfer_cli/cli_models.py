@@ -63,14 +63,14 @@ def checkpoint_info(path: str | Path) -> dict:
         raise CheckpointError(f"{path}: its config does not build a {meta['model']} ({e}); upgrade dfer") from None
     recorded = (meta.get("provenance") or {}).get("recipe")
     recipe = recorded.get("recipe") if isinstance(recorded, dict) else None
-    described = [{"model": m["model"], "input_size": c.input_size,
+    described = [{"model": m["model"], "input_size": c.input_size, "block": c.block,
                   "window": list(c.effective_window()) if c.block == "logo" else None,
                   "grid": [c.num_frames, *[grid_size(c.input_size, c.stem, c.trunk_layers)] * 2]}
                  for m, c in zip(members, cfgs)]
     info = {
         "path": str(path), "model": meta["model"],
         "recipe": recipe if isinstance(recipe, str) and recipe else "unknown",
-        "window": described[0]["window"], "grid": described[0]["grid"],
+        "block": described[0]["block"], "window": described[0]["window"], "grid": described[0]["grid"],
         "frames": cfgs[0].num_frames, "sampling": meta["sampling"],
         "input_size": max(c.input_size for c in cfgs),
     }
@@ -102,9 +102,14 @@ def checkpoint_paths(specs: list[str]) -> list[tuple[str, str | None]]:
     return out
 
 
+# what a model without LOGO windows attends over, by block kind (models/blocks.py, former.POOL)
+_NO_WINDOW = {"divided": "none (frame, then time)", "joint": "none (full space-time attention)",
+              "space": "none (each frame)", "pool": "none (maps averaged)"}
+
+
 def _window_text(c: dict) -> str:
     if c["window"] is None:
-        return "none (full attention)"
+        return _NO_WINDOW.get(c.get("block"), "none (full attention)")
     return f"{'x'.join(map(str, c['window']))} of {'x'.join(map(str, c['grid']))}"
 
 

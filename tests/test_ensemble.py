@@ -87,10 +87,19 @@ def test_a_cnn_member_with_layer4_joins_a_transformer(tmp_path):
         split = ens.forward_head(ens.forward_tokens(maps.reshape(2, 2, -1)))
     assert maps.shape[1] == 256 * 3 * 3 + 512 * 2 * 2      # 48 px to layer3; 32 px, stem s1, to layer4
     assert torch.allclose(out.exp(), want, atol=1e-5) and torch.allclose(split, out, atol=1e-5)
-    again = load_model(save_checkpoint(tmp_path / "ens.safetensors", ens, classes=list(CLASSES),
-                                       preprocessing=ens.preprocessing, provenance=ens.provenance))
+    path = save_checkpoint(tmp_path / "ens.safetensors", ens, classes=list(CLASSES),
+                           preprocessing=ens.preprocessing, provenance=ens.provenance)
     with torch.no_grad():
-        assert torch.allclose(again(x), out, atol=1e-5)
+        assert torch.allclose(load_model(path)(x), out, atol=1e-5)
+    # `dfer models` describes each member: the transformer's window on its grid, the CNN's
+    # layer4 grid (32 px, stem s1: 2x2) and that it has no attention at all
+    r = CliRunner().invoke(app, ["models", str(path), "--json"])
+    assert r.exit_code == 0, r.output
+    (ck,) = json.loads(r.stdout)["checkpoints"]
+    assert [(m["block"], m["window"], m["grid"]) for m in ck["members"]] == [
+        ("logo", [2, 3, 3], [2, 3, 3]), ("pool", None, [2, 2, 2])]
+    table = CliRunner().invoke(app, ["models", str(path)])
+    assert table.exit_code == 0 and "none (maps averaged)" in table.output, table.output
 
 
 def test_the_per_frame_split_gives_the_same_output(pair):
