@@ -162,7 +162,7 @@ def models_cmd(
     for m in report["models"]:
         console.print(f"  {m['model']}: {m['description']}", highlight=False)
         if m["window"]:  # the window used, after clamping to the grid
-            g = grid_size(m["config"]["input_size"], m["config"]["stem"], m["config"].get("trunk_layers", 3))
+            g = grid_size(m["config"]["input_size"], m["config"]["stem"])
             console.print(f"    window used: {'x'.join(map(str, m['window']))} (frames x rows x cols) "
                           f"of the {report['clip_frames']}x{g}x{g} token grid", highlight=False)
     frames_first = report["models"][0]["growth"][0]["num_frames"]

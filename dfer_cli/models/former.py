@@ -89,7 +89,7 @@ class FormerConfig:
     stem: str = "standard"
     # last ResNet-18 stage in the trunk: 3 (the papers' layer3, 256 channels) or 4 (layer4 too:
     # 512 channels, half the grid side). 4 is for the plain CNN (trunk_pool), whose maps are
-    # averaged, so its small grid costs no locality; the starter ensemble's CNN member uses it.
+    # averaged, so its small grid costs no locality (weights/README.md: the plain ResNet-18).
     trunk_layers: int = 3
     compact_lambda: float = 0.1   # training: weight of the compact-loss regulariser (losses.py)
 
