@@ -399,3 +399,68 @@ def test_a_trunk_pool_run_initialises_a_transformer_trunk(tmp_path):
     former = create_model("logo_former", input_size=32, num_frames=4, backbone_weights=str(path), **TINY)
     for key, value in cnn.backbone.state_dict().items():
         assert torch.equal(former.backbone.state_dict()[key], value), key
+
+
+def _trunk_param_count(width: int, stem: str, layers: int) -> int:
+    """ResNet-18's trunk parameters written out from its layer list (no bias in convs, two per
+    BatchNorm channel), for a first stage of ``width`` channels."""
+    def conv(ci, co, k):
+        return ci * co * k * k
+
+    def bn(c):
+        return 2 * c
+
+    def block(ci, co, stride):
+        n = conv(ci, co, 3) + bn(co) + conv(co, co, 3) + bn(co)
+        return n + (conv(ci, co, 1) + bn(co) if stride != 1 or ci != co else 0)
+
+    n = conv(3, width, 3 if stem == "s1" else 7) + bn(width)
+    chans = [width, 2 * width, 4 * width, 8 * width][:layers]
+    c_in = width
+    for i, c in enumerate(chans):
+        n += block(c_in, c, 1 if i == 0 else 2) + block(c, c, 1)
+        c_in = c
+    return n
+
+
+@pytest.mark.parametrize("width,stem,layers", [(64, "standard", 3), (64, "s1", 4), (32, "s1", 4), (16, "standard", 3)])
+def test_trunk_width_sets_every_stage(width, stem, layers):
+    trunk = ResNetTrunk(stem, layers, width).eval()
+    assert sum(p.numel() for p in trunk.parameters()) == _trunk_param_count(width, stem, layers)
+    assert trunk.out_channels == (4 if layers == 3 else 8) * width
+    with torch.no_grad():
+        out = trunk(torch.randn(2, 3, 48, 48))
+    assert out.shape == (2, trunk.out_channels, grid_size(48, stem, layers), grid_size(48, stem, layers))
+
+
+def test_trunk_width_reaches_the_model_and_its_checkpoint(tmp_path):
+    from dfer_cli.checkpoint import load_model, save_checkpoint
+    from dfer_cli.labels import CLASSES
+    from dfer_cli.preprocess import Preprocessing
+    from dfer_cli.train import parse_model_opts
+
+    assert parse_model_opts(["trunk_width=32"], POOL) == {"trunk_width": 32}
+    assert get_config(POOL).trunk_width == 64  # ResNet-18's own width unless asked
+    torch.manual_seed(0)
+    model = create_model(POOL, input_size=48, num_frames=1, dim=16, stem="s1", trunk_layers=4, trunk_width=32).eval()
+    assert model.backbone.layer4[1].conv2.weight.shape == (256, 256, 3, 3) and model.proj.in_channels == 256
+    path = save_checkpoint(tmp_path / "w32.safetensors", model, classes=CLASSES,
+                           preprocessing=Preprocessing(input_size=48, num_frames=1, grayscale=True), provenance={})
+    back = load_model(str(path))
+    assert back.config.trunk_width == 32
+    x = torch.randn(2, 1, 3, 48, 48)
+    with torch.no_grad():
+        torch.testing.assert_close(back(x), model(x))
+    # a narrower trunk costs less: 2.56 of ResNet-18's 10.09 GFLOPs per 16 frames at 48 px (s1, layer4)
+    narrow = model_cost(POOL, input_size=48, stem="s1", trunk_layers=4, trunk_width=32, dim=512)
+    full = model_cost(POOL, input_size=48, stem="s1", trunk_layers=4, dim=512)
+    assert 0.2 < narrow["backbone_gflops"] / full["backbone_gflops"] < 0.3
+
+
+def test_bad_trunk_width_is_refused(tmp_path):
+    for bad in (0, 12, 64.0, True):
+        with pytest.raises(ValueError, match="trunk width must be a multiple of 8"):
+            get_config(POOL, trunk_width=bad)
+    path, _ = _resnet18_file(tmp_path)
+    with pytest.raises(ValueError, match="fit a trunk of width 64, not 32; drop --backbone-weights"):
+        create_model(POOL, input_size=32, num_frames=1, dim=16, trunk_width=32, backbone_weights=str(path))
