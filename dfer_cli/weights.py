@@ -27,7 +27,7 @@ SUFFIX = ".safetensors"
 # sha256 of the bundled weights/logo_former_fer2013.safetensors. Replacing that file means
 # updating this line (and the hash in weights/README.md): tests/test_weights.py compares it
 # with the file and fails until they agree.
-BUNDLED_SHA256 = "fd9e267a26daa5d055d5a2b5b39731f1bcde4c5d43311eec0b8a38e36d84ec08"
+BUNDLED_SHA256 = "a69a5cbd259f29b000362e447abb3a1c49217c3d88665848166d3be63aeb20cf"
 
 
 @dataclass(frozen=True)
@@ -44,7 +44,7 @@ class KnownWeights:
 KNOWN: dict[str, KnownWeights] = {
     DEFAULT_WEIGHTS: KnownWeights(
         DEFAULT_WEIGHTS,
-        "two LOGO-Formers (ResNet-18 trunks, 96 and 64 px) averaged, trained on FER2013 stills; bundled",
+        "a LOGO-Former (96 px) and a width-32 ResNet-18 CNN (48 px) averaged, trained on FER2013 stills; bundled",
         sha256=BUNDLED_SHA256,
     ),
 }

@@ -37,21 +37,23 @@ def test_preprocessing_is_what_it_was_trained_with(model):
 
 
 def test_windows_are_local_in_space(model):
-    # the default is an ensemble of a 96 px and a 64 px member: 6x6 and 4x4 layer3 grids;
-    # 2x2x2 windows cover 2x2 of their cells, so the "local" attention really is local
-    # (issue 10, item 2)
+    # the default is an ensemble of a 96 px LOGO-Former (6x6 layer3 grid, 2x2x2 windows that
+    # cover 2x2 of its cells, so the "local" attention really is local: issue 10, item 2) and
+    # a plain CNN at 48 px (a ResNet-18 of width 32 through layer4, maps averaged: no attention)
     import torch
 
     from dfer_cli.models.ensemble import Ensemble
 
     assert isinstance(model, Ensemble)
-    sizes = [(m.config.input_size, m.grid_hw) for m in model.members]
-    assert sizes == [(96, (6, 6)), (64, (4, 4))]
-    for m in model.members:
-        grid = m.backbone(torch.zeros(1, 3, m.config.input_size, m.config.input_size)).shape[-2:]
-        assert tuple(grid) == m.grid_hw
-        assert m.config.window == (2, 2, 2) and m.window == (2, 2, 2)
-        assert m.window[1] < grid[0] and m.window[2] < grid[1]
+    former, cnn = model.members
+    assert (former.model_name, former.config.input_size, former.grid_hw) == ("logo_former", 96, (6, 6))
+    grid = former.backbone(torch.zeros(1, 3, 96, 96)).shape[-2:]
+    assert tuple(grid) == former.grid_hw
+    assert former.config.window == (2, 2, 2) and former.window == (2, 2, 2)
+    assert former.window[1] < grid[0] and former.window[2] < grid[1]
+    assert (cnn.model_name, cnn.config.input_size, cnn.config.stem) == ("trunk_pool", 48, "s1")
+    assert (cnn.config.trunk_layers, cnn.config.trunk_width) == (4, 32)
+    assert cnn.backbone(torch.zeros(1, 3, 48, 48)).shape == (1, 256, 3, 3)
 
 
 def test_smile_example_reads_happy(model):
