@@ -35,10 +35,9 @@ bench: $(STAMP)
 # embedding is resampled), stage 4 = 8 epochs from stage 3's last weights with a wider zoom
 # range, averaged with stage 3's best; stage 5 = 6 epochs from that average at 96 px, its
 # best and last epochs averaged; stage 6 = 5 epochs from that average at 96 px with cutmix
-# on half the batches, its last weights averaged with stage 5's average. Member 2 (64 px,
-# 4x4 grid) was one 60-epoch LOGO-Former run until session 23; now it is a width-32 ResNet-18
-# CNN on 48 px faces (trunk_pool, stride-1 stem, through layer4), one 120-epoch SGD schedule
-# from scratch in bf16. 10 % of train (the same images for both) held out; the prior shift
+# on half the batches, its last weights averaged with stage 5's average. Member 2 is a
+# width-32 ResNet-18 CNN on 48 px faces (trunk_pool, stride-1 stem, through layer4), one
+# 120-epoch SGD schedule from scratch in bf16. 10 % of train (the same images for both) held out; the prior shift
 # (alpha 0.5: the highest WAR with UAR >= 65 % on the held-out images without a near-copy in
 # train, scripts/prior_shift.py --unseen) was chosen there; member 1 + member 2, the members'
 # probabilities averaged, is exported at that shift as a 16-frame model that reduces video
@@ -80,6 +79,7 @@ starter-weights: $(STAMP)
 	$(BIN)/dfer train $(CNN32) --output runs/w32
 	$(BIN)/dfer weights ensemble runs/starter_v9/soup9.safetensors runs/w32/last.safetensors \
 	  -o runs/ensemble.safetensors --float32
+	# the alpha table behind PRIOR_SHIFT, kept with the run
 	$(BIN)/python scripts/prior_shift.py runs/ensemble.safetensors --unseen --threads 2 | tee runs/ensemble_prior_shift.log
 	$(BIN)/dfer weights export runs/ensemble.safetensors runs/logo_former_fer2013.safetensors \
 	  --frames 16 --prior-shift $(PRIOR_SHIFT) --detail-size 48
