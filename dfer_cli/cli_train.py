@@ -63,6 +63,10 @@ def train_cmd(
                                         "of training too): on datasets with near-copies, as FER2013, their scores "
                                         "predict those on new images."),
     fold: Optional[int] = typer.Option(None, "--fold", min=1, max=5, help="DFEW fold 1..5."),
+    votes: List[str] = typer.Option([], "--votes", metavar="CSV", help="Train on raters' vote shares (soft "
+                                    "cross-entropy, needs --loss ce): FER+'s CSV, or 'file' plus one column per "
+                                    "class; repeatable (e.g. FER+ train.csv and val.csv). Files without usable "
+                                    "votes are left out."),
     model: str = typer.Option("logo_former", "--model", help="A registered model (dfer models)."),
     model_opt: List[str] = typer.Option([], "--model-opt", help="Model config override key=value "
                                         "(repeatable), e.g. --model-opt dim=256 --model-opt window=2,3,3."),
@@ -155,6 +159,9 @@ def train_cmd(
             opts["backbone_weights"] = backbone_weights
         if init and not os.path.isfile(init):
             raise ValueError(f"--init {init} does not exist: give a dfer .safetensors checkpoint")
+        for v in votes:
+            if not os.path.isfile(v):
+                raise ValueError(f"--votes {v} does not exist: give a CSV with a 'file' column and one per class")
         for t in teacher:
             if not os.path.isfile(t):
                 raise ValueError(f"--teacher {t} does not exist: give a dfer .safetensors checkpoint")
@@ -166,7 +173,7 @@ def train_cmd(
         cfg = TrainConfig(
             dataset=dataset, data_root=data_root or "", split=split,
             val_split=_resolve_val_split(val_split, holdout), holdout=holdout, holdout_seed=holdout_seed,
-            holdout_unseen=holdout_unseen, fold=fold,
+            holdout_unseen=holdout_unseen, fold=fold, votes=list(votes),
             limit=limit, val_limit=val_limit, model=model, model_opts=opts,
             grayscale=grayscale, template=_parse_template(template) if template else None,
             template_scale=template_scale, detail_size=detail_size, init=init, freeze_backbone=freeze_backbone,

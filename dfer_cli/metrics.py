@@ -75,3 +75,122 @@ class Scores:
             "classes": list(self.classes),
             "confusion": np.asarray(self.confusion).astype(int).tolist(),
         }
+
+
+# ---- scores against raters' vote distributions --------------------------------------------
+#
+# votes (N, C): each sample's vote counts (any non-negative numbers; shares are the row
+# renormalised); probs (N, C): the model's probabilities. The plurality is the most-voted
+# class; samples whose top count is shared by two classes have none and are left out of
+# the plurality scores (accuracy, UAR, NLL, ECE), not of KL or the vote-share error.
+
+EPS = 1e-12
+CALIBRATION_BINS = 15
+
+
+def vote_shares(votes) -> np.ndarray:
+    v = np.asarray(votes, dtype=np.float64)
+    return v / v.sum(1, keepdims=True)
+
+
+def unique_plurality(votes) -> np.ndarray:
+    """(N,) the most-voted class of each row, -1 where the top count is tied."""
+    v = np.asarray(votes, dtype=np.float64)
+    top = v.max(1, keepdims=True)
+    return np.where(np.isclose(v, top).sum(1) > 1, -1, v.argmax(1))
+
+
+def mean_kl(votes, probs) -> float:
+    """Mean over samples of KL(vote shares || model) = sum_c s_c log(s_c / p_c), in nats;
+    a class with no votes contributes 0."""
+    s = vote_shares(votes)
+    p = np.clip(np.asarray(probs, dtype=np.float64), EPS, 1.0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        terms = np.where(s > 0, s * (np.log(np.where(s > 0, s, 1.0)) - np.log(p)), 0.0)
+    return float(terms.sum(1).mean())
+
+
+def plurality_nll(votes, probs) -> float:
+    """Mean -log p(plurality class) over the samples with a unique plurality."""
+    y = unique_plurality(votes)
+    keep = y >= 0
+    p = np.clip(np.asarray(probs, dtype=np.float64)[keep, y[keep]], EPS, 1.0)
+    return float(-np.log(p).mean()) if keep.any() else float("nan")
+
+
+def vote_share_calibration_error(votes, probs, bins: int = CALIBRATION_BINS) -> float:
+    """How far the predicted probabilities are from the share of raters who named the class:
+    every (sample, class) pair is put into one of ``bins`` equal-width bins of its predicted
+    probability on [0, 1]; the error is the pair-weighted mean over bins of
+    |mean predicted probability - mean vote share| in the bin."""
+    p = np.asarray(probs, dtype=np.float64).ravel()
+    s = vote_shares(votes).ravel()
+    return _binned_gap(p, s, bins)
+
+
+def top_label_ece(votes, probs, bins: int = CALIBRATION_BINS) -> float:
+    """Expected calibration error of the top label against the plurality (the usual ECE):
+    samples binned by their highest probability; weighted mean over bins of
+    |accuracy - mean confidence|. Samples without a unique plurality are left out."""
+    y = unique_plurality(votes)
+    keep = y >= 0
+    p = np.asarray(probs, dtype=np.float64)[keep]
+    conf = p.max(1)
+    hit = (p.argmax(1) == y[keep]).astype(np.float64)
+    return _binned_gap(conf, hit, bins)
+
+
+def _binned_gap(x: np.ndarray, target: np.ndarray, bins: int) -> float:
+    if x.size == 0:
+        return float("nan")
+    idx = np.minimum((x * bins).astype(np.int64), bins - 1)
+    total = 0.0
+    for b in range(bins):
+        m = idx == b
+        if m.any():
+            total += m.sum() * abs(x[m].mean() - target[m].mean())
+    return float(total / x.size)
+
+
+def reliability_bins(votes, probs, bins: int = CALIBRATION_BINS) -> list[dict]:
+    """Per bin of predicted probability (every sample x class pair): its range, pair count,
+    mean predicted probability and mean vote share -- the reliability diagram's data."""
+    p = np.asarray(probs, dtype=np.float64).ravel()
+    s = vote_shares(votes).ravel()
+    idx = np.minimum((p * bins).astype(np.int64), bins - 1)
+    out = []
+    for b in range(bins):
+        m = idx == b
+        out.append({"low": b / bins, "high": (b + 1) / bins, "count": int(m.sum()),
+                    "mean_probability": float(p[m].mean()) if m.any() else None,
+                    "mean_share": float(s[m].mean()) if m.any() else None})
+    return out
+
+
+@dataclass
+class VoteScores:
+    """Scores of probabilities against vote distributions (see the functions above)."""
+
+    classes: list[str]
+    votes: np.ndarray      # (N, C)
+    probs: np.ndarray      # (N, C)
+
+    @property
+    def plurality(self) -> np.ndarray:
+        return unique_plurality(self.votes)
+
+    @property
+    def plurality_scores(self) -> Scores:
+        y = self.plurality
+        keep = y >= 0
+        cm = confusion_matrix(y[keep], self.probs[keep].argmax(1), len(self.classes))
+        return Scores(list(self.classes), cm)
+
+    def to_dict(self) -> dict:
+        ps = self.plurality_scores
+        return {"samples": int(len(self.votes)), "unique_plurality": int((self.plurality >= 0).sum()),
+                "plurality_accuracy": ps.war, "plurality_uar": ps.uar, "plurality_recall": ps.recall,
+                "nll": plurality_nll(self.votes, self.probs), "mean_kl": mean_kl(self.votes, self.probs),
+                "vote_share_calibration_error": vote_share_calibration_error(self.votes, self.probs),
+                "top_label_ece": top_label_ece(self.votes, self.probs),
+                "plurality_confusion": ps.confusion.tolist()}

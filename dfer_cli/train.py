@@ -88,6 +88,8 @@ class TrainConfig:
     holdout_unseen: bool = False       # validate only on held-out images without a near-duplicate
                                        # among the training images (the rest stay out of training)
     fold: int | None = None            # DFEW fold 1..5
+    votes: list = field(default_factory=list)  # vote CSVs (data/votes.py): train on each image's
+                                       # vote shares (soft cross-entropy) instead of its folder label
     limit: int | None = None           # keep a seeded random subset of the training samples
     val_limit: int | None = None       # same for validation
     # model and preprocessing
@@ -195,6 +197,9 @@ class TrainConfig:
         if self.holdout and self.val_split:
             raise ValueError(f"--holdout and --val-split {self.val_split} both choose the validation set; "
                              "pass --val-split none with --holdout")
+        if self.votes and self.loss != "ce":
+            raise ValueError("--votes trains on vote shares, and the compact loss needs one target class: "
+                             "add --loss ce")
         if (self.mixup or self.cutmix) and self.loss != "ce":
             raise ValueError("--mixup/--cutmix make soft targets: use them with --loss ce")
         if not 0 <= self.distill <= 1:
@@ -417,10 +422,22 @@ def load_datasets(cfg: TrainConfig, log=None):
     pre = cfg.preprocessing()
     aug = Augment(crop_scale=(cfg.crop_scale, 1.0), flip=cfg.flip, motion=cfg.motion)
     samples, report = scan(cfg.dataset, cfg.data_root, cfg.split, fold=cfg.fold, limit=cfg.limit, seed=cfg.seed)
+    table = None
+    if cfg.votes:
+        from dfer_cli.data.votes import attach_votes, read_vote_tables
+
+        table = read_vote_tables(cfg.votes)
+        n = len(samples)
+        samples = attach_votes(samples, table, cfg.data_root, cfg.split, report)
+        if log:
+            log(f"{cfg.split}: {len(samples)} of {n} samples have votes in {table.path} ({table.layout}); "
+                "training on their vote shares, labelled by plurality")
     if report.problems and log:
         log(f"{cfg.split}: " + report.summary().replace("\n", f"\n{cfg.split}: "))
     if not samples:
-        raise ValueError(f"no training samples found in {cfg.data_root} (split {cfg.split!r})")
+        raise ValueError(f"no training samples found in {cfg.data_root} (split {cfg.split!r})"
+                         + (" with votes: check that the CSV's 'file' paths are relative to --data-root"
+                            if cfg.votes else ""))
     held, twins = [], []
     if cfg.holdout:
         samples, held = holdout_split(samples, cfg.holdout, cfg.split_seed)
@@ -433,6 +450,7 @@ def load_datasets(cfg: TrainConfig, log=None):
     prov = {"dataset": cfg.dataset, "root": os.path.abspath(cfg.data_root), "split": cfg.split,
             "fold": cfg.fold, "train_samples": len(samples),
             "train_class_counts": dict(zip(CLASSES, class_counts(samples))),
+            "votes": [os.path.basename(v) for v in cfg.votes],
             "train_skipped": report.counts()}
     val_ds = None
     if held:
@@ -446,6 +464,8 @@ def load_datasets(cfg: TrainConfig, log=None):
     if cfg.val_split:
         vs, vreport = scan(cfg.dataset, cfg.data_root, cfg.val_split, fold=cfg.fold, limit=cfg.val_limit,
                            seed=cfg.seed)
+        if table is not None:
+            vs = attach_votes(vs, table, cfg.data_root, cfg.val_split, vreport)
         if vreport.problems and log:
             log(f"{cfg.val_split}: " + vreport.summary().replace("\n", f"\n{cfg.val_split}: "))
         if vs:
@@ -511,11 +531,12 @@ def _names_digest(samples: list) -> str:
     return hashlib.sha256("\n".join(names).encode()).hexdigest()
 
 
-def class_counts_of(dataset) -> list[int]:
-    """Samples per class (dfer's class order) in a ClipDataset."""
-    from dfer_cli.data import class_counts
+def class_counts_of(dataset) -> list[float]:
+    """Samples per class (dfer's class order) in a ClipDataset; with votes, the summed vote
+    shares (the prior the soft targets train towards)."""
+    from dfer_cli.data import class_mass
 
-    return class_counts(dataset.samples)
+    return class_mass(dataset.samples)
 
 
 def resolve_precision(precision: str, device) -> str:
@@ -574,7 +595,7 @@ def still_batches(train_ds, cfg: TrainConfig, order, sizes: list[int]):
     aug = StillAugment(rotate=cfg.rotate, scale=cfg.zoom, shift=cfg.shift, flip=cfg.flip,
                        erase=cfg.erase, mixup=cfg.mixup, cutmix=cfg.cutmix)
     images = images_to_tensor([train_ds.load(i, None)[0][0] for i in range(len(train_ds))], cfg.input_size)
-    return StillBatches(images, train_ds.labels, cfg.preprocessing(), aug, seed=cfg.seed, order=order,
+    return StillBatches(images, train_ds.targets(), cfg.preprocessing(), aug, seed=cfg.seed, order=order,
                         sizes=sizes, num_classes=len(CLASSES))
 
 
@@ -966,15 +987,21 @@ def validate(run: _Run, val_ds, row: dict):
     if run.distributed:
         dist.all_reduce(cm)
     scores = Scores(list(CLASSES), cm.numpy())
-    row.update(val_war=scores.war, val_uar=scores.uar, val_recall=scores.recall,
-               val_time=round(time.time() - t1, 2))
+    row.update(val_war=scores.war, val_uar=scores.uar, val_recall=scores.recall)
+    if not run.distributed and val_ds.soft:
+        from dfer_cli.metrics import mean_kl
+
+        votes = np.array([val_ds.samples[i].votes for i in idx], dtype=np.float64)
+        row["val_kl"] = mean_kl(votes, probs)
+    row["val_time"] = round(time.time() - t1, 2)
     return scores
 
 
 def _epoch_line(epoch: int, epochs: int, row: dict) -> str:
     line = f"epoch {epoch}/{epochs}  train loss {row['train_loss']:.4f} "
     if "val_war" in row:
-        return (line + f"acc {row['train_acc']:.4f}  val WAR {row['val_war']:.4f} UAR {row['val_uar']:.4f}  "
+        kl = f" KL {row['val_kl']:.4f}" if "val_kl" in row else ""
+        return (line + f"acc {row['train_acc']:.4f}  val WAR {row['val_war']:.4f} UAR {row['val_uar']:.4f}{kl}  "
                 f"({row['train_time']:.0f}s)")
     return line + f"acc {row['train_acc']:.4f}  ({row['train_time']:.0f}s)"
 

@@ -35,6 +35,7 @@ class Sample:
     path: str     # a frame folder, an image file or a video file
     label: int    # index into the dataset's class list (dfer's CLASSES order)
     kind: str     # "frames" | "image" | "video"
+    votes: tuple | None = None  # raters' votes per class (data/votes.py); the target is their shares
 
 
 @dataclass
@@ -161,6 +162,25 @@ class ClipDataset:
     def labels(self) -> np.ndarray:
         return np.array([s.label for s in self.samples], dtype=np.int64)
 
+    @property
+    def soft(self) -> bool:
+        """Whether the training targets are vote shares (every sample has votes)."""
+        return all(s.votes is not None for s in self.samples)
+
+    def targets(self):
+        """Training targets: labels (N,) int64, or vote shares (N, C) float32 when ``soft``."""
+        if not self.soft:
+            return self.labels
+        v = np.array([s.votes for s in self.samples], dtype=np.float64)
+        return (v / v.sum(1, keepdims=True)).astype(np.float32)
+
+    def target(self, i: int):
+        s = self.samples[i]
+        if s.votes is None:
+            return s.label
+        v = np.asarray(s.votes, dtype=np.float32)
+        return v / v.sum()
+
     def _frame_list(self, i: int) -> list[str]:
         if i not in self._frames_cache:
             frames = list_frames(self.samples[i].path)
@@ -195,7 +215,7 @@ class ClipDataset:
         if self.train:
             rng = np.random.default_rng([self.seed, self.epoch, i])
             frames, still = self.load(i, rng)
-            return self.transform(frames, rng, still), self.samples[i].label
+            return self.transform(frames, rng, still), self.target(i)
         clips = []
         for k in range(self.test_clips):
             frames, still = self.load(i, None, shift=(k + 0.5) / self.test_clips)
@@ -256,3 +276,18 @@ def class_counts(samples: list[Sample], num_classes: int = len(CLASSES)) -> list
     for s in samples:
         counts[s.label] += 1
     return counts
+
+
+def class_mass(samples: list[Sample], num_classes: int = len(CLASSES)) -> list[float]:
+    """Samples per class, each sample with votes counted as its vote shares (a fractional
+    count per class), the others as one count of their label: the class prior that soft
+    targets train towards."""
+    mass = [0.0] * num_classes
+    for s in samples:
+        if s.votes is None:
+            mass[s.label] += 1.0
+        else:
+            total = float(sum(s.votes))
+            for c, v in enumerate(s.votes):
+                mass[c] += v / total
+    return mass

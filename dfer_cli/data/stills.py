@@ -127,8 +127,8 @@ class StillBatches:
     """An epoch of augmented batches from an in-memory image set.
 
     Iterating yields ``(x, y)`` with x (B, T, 3, S, S) float32 -- each still repeated over
-    the T = ``pre.num_frames`` frames -- and y either int64 labels (B,) or, for a mixed batch,
-    float soft targets (B, C). ``set_epoch`` before each epoch; ``order`` gives the sample
+    the T = ``pre.num_frames`` frames -- and y either int64 labels (B,) or, for a mixed batch
+    or when ``labels`` are vote shares (N, C), float soft targets (B, C). ``set_epoch`` before each epoch; ``order`` gives the sample
     order of the epoch (an :class:`~dfer_cli.train.EpochSampler`), ``sizes`` the batch sizes.
     """
 
@@ -137,7 +137,8 @@ class StillBatches:
         import torch
 
         self.images = images                     # uint8 (N, C, S0, S0)
-        self.labels = torch.as_tensor(labels, dtype=torch.int64)
+        labels = torch.as_tensor(labels)
+        self.labels = labels.float() if labels.ndim == 2 else labels.long()  # (N, C) shares or (N,)
         self.pre, self.aug, self.seed = pre, aug, seed
         self.order, self.sizes, self.num_classes = order, sizes, num_classes
         self.epoch = 0
@@ -160,7 +161,8 @@ class StillBatches:
             yield self.augment(self.images[batch].float(), self.labels[batch], gen)
 
     def augment(self, x, y, gen):
-        """uint8-valued float (B, C, S0, S0) and labels (B,) -> model input and targets."""
+        """uint8-valued float (B, C, S0, S0) and labels (B,) or shares (B, C) -> model input
+        and targets."""
         import torch
         import torch.nn.functional as F
 
@@ -177,7 +179,7 @@ class StillBatches:
         u = float(torch.rand(1, generator=gen))
         if u < a.mixup + a.cutmix and B > 1:
             perm = torch.randperm(B, generator=gen)
-            onehot = F.one_hot(y, self.num_classes).float()
+            onehot = y if y.ndim == 2 else F.one_hot(y, self.num_classes).float()
             if u < a.mixup:
                 lam = _beta(gen, 0.2)
                 x = lam * x + (1 - lam) * x[perm]
