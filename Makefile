@@ -40,7 +40,7 @@ VOTES := $(FER2013)/ferplus/train.csv
 TRAIN_THREADS ?= 1
 CROWD := --data-root $(FER2013) --votes $(VOTES) --frames 1 --grayscale --template fer2013 \
   --input-size 48 --detail-size 48 --holdout 0.1 --holdout-seed 0 --loss ce --batch-size 128 \
-  --precision bf16 --threads $(TRAIN_THREADS) --log-every 50 --quiet
+  --precision bf16 --threads $(TRAIN_THREADS) --log-every 50
 LOGO := --model logo_former --model-opt stem=s1 --model-opt trunk_width=32 --model-opt dim=256 \
   --model-opt depth=2 --model-opt heads=4 --model-opt window=2,2,2 --optimizer adamw --lr 1e-3 \
   --weight-decay 0.05 --warmup-epochs 1 --clip-grad 5 --epochs 30 --seed 1
