@@ -85,6 +85,9 @@ def save_checkpoint(path, model, *, classes, preprocessing, provenance=None, hal
         "preprocessing": pre, "provenance": provenance or {}, "sampling": sampling,
         "dtype": "float16" if half else "float32",
     }
+    calibration = getattr(model, "calibration", None)
+    if calibration:  # a fitted temperature (calibration.py), kept through export
+        meta["calibration"] = dict(calibration)
     # The trunk is already in the tensors; the path to its initial weights is not needed
     # (and may not exist) where the checkpoint is loaded.
     for c in _former_configs(meta):
@@ -225,6 +228,10 @@ def _validate(path: Path, meta: dict) -> None:
     d = pre.get("detail_size")
     if d is not None and not (_is_int(d) and 8 <= d <= c["input_size"]):
         raise bad("preprocessing.detail_size", d, f"null or an int from 8 to config.input_size ({c['input_size']})")
+    from dfer_cli.calibration import T_MAX, T_MIN, check_record
+
+    if check_record(meta.get("calibration")) is not None:
+        raise bad("calibration", meta["calibration"], f"null or an object with a temperature in [{T_MIN}, {T_MAX}]")
 
 
 def _validate_config(path: Path, name: str, config, where: str) -> dict:
@@ -425,6 +432,7 @@ def load_model(name_or_path="logo_former_fer2013", device="cpu"):
     model.preprocessing = Preprocessing.from_dict(meta["preprocessing"])
     model.provenance = dict(meta.get("provenance") or {})
     model.sampling = meta["sampling"]  # the frame sampling it was trained with (validated)
+    model.calibration = meta.get("calibration")  # {"temperature": T, ...} or None (calibration.py)
     model.checkpoint_path = str(path)
     model.dfer_meta = meta
     return model.to(device).eval()
@@ -457,6 +465,7 @@ def with_num_frames(model, num_frames: int):
     new.preprocessing = Preprocessing.from_dict({**model.preprocessing.to_dict(), "num_frames": int(num_frames)})
     new.provenance = dict(model.provenance)
     new.sampling = getattr(model, "sampling", "uniform")
+    new.calibration = getattr(model, "calibration", None)
     new.checkpoint_path = model.checkpoint_path
     return new.eval()
 

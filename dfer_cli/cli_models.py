@@ -73,6 +73,8 @@ def checkpoint_info(path: str | Path) -> dict:
         "block": described[0]["block"], "window": described[0]["window"], "grid": described[0]["grid"],
         "frames": cfgs[0].num_frames, "sampling": meta["sampling"],
         "input_size": max(c.input_size for c in cfgs),
+        "temperature": float((meta.get("calibration") or {}).get("temperature", 1.0)),
+        "calibration": meta.get("calibration"),
     }
     if meta["model"] == ENSEMBLE:  # window and grid above are the first member's
         info["members"] = described
@@ -195,6 +197,12 @@ def models_cmd(
         console.print('recipe: the --recipe of the `dfer train` run ("unknown": trained before dfer recorded it); '
                       "window used: frames x rows x cols of the token grid each LOGO attention sees.",
                       highlight=False, markup=False)
+        for k in ckpts:
+            cal = k["calibration"]
+            if cal:
+                console.print(f"{k['name']}: probabilities are softmax(output / {k['temperature']:g}), a temperature "
+                              f"fitted to raters' votes on {cal.get('fitted_on', 'held-out images')}",
+                              highlight=False, markup=False)
     elif not problems:
         console.print("no checkpoints installed (`dfer weights list`)", highlight=False, markup=False)
     _end(problems, named)

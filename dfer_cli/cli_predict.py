@@ -463,6 +463,9 @@ def predict_cmd(
 ) -> None:
     """Classify the facial expressions in videos, clip by clip and face by face.
 
+    Each probability estimates the share of people who would name that expression for the
+    face (the default weights learned from crowd votes and are calibrated to them).
+
     Exit status: 0 every input done, 1 some input failed (the rest are still done), 2 usage error,
     130 interrupted (Ctrl-C), 141 stdout closed by its reader (e.g. `| head`).
     """
@@ -965,6 +968,55 @@ def weights_export(
     save_checkpoint(dst, model, classes=model.classes, preprocessing=model.preprocessing,
                     provenance=provenance, half=half)
     typer.echo(f"{dst}  {dst.stat().st_size / 1e6:.2f} MB  sha256 {file_sha256(dst)}")
+
+
+@weights_app.command("calibrate", cls=DferCommand)
+def weights_calibrate(
+    src: str = typer.Argument(..., help="A checkpoint path or name trained with --votes and --holdout."),
+    dst: Path = typer.Argument(..., help="The .safetensors file to write."),
+    data_root: Optional[str] = typer.Option(None, "--data-root", envvar="DFER_DATA_ROOT",
+                                            help="The dataset root the model was trained on."),
+    votes: List[str] = typer.Option([], "--votes", metavar="CSV", help="The vote CSV(s) it was trained with."),
+    split: str = typer.Option("train", "--split", help="The training split (a sub-folder of --data-root)."),
+    holdout: float = typer.Option(0.1, "--holdout", help="The --holdout fraction it was trained with."),
+    holdout_seed: int = typer.Option(0, "--holdout-seed", help="The --holdout-seed it was trained with."),
+    half: bool = typer.Option(True, "--half/--float32", help="Store floating tensors as float16 (half the size)."),
+    threads: Optional[int] = typer.Option(None, "--threads", metavar="N", help="torch CPU threads.",
+                                          show_default="torch's choice"),
+) -> None:
+    """Fit a temperature on the images the model's training held out, so that each
+    probability estimates the share of raters who would name that expression, and store it
+    in the header (predict and eval apply it; labels do not change). Never fit it on the
+    split you report."""
+    from dfer_cli.calibration import calibrate
+    from dfer_cli.checkpoint import CheckpointError, load_model, save_checkpoint
+    from dfer_cli.weights import file_sha256
+
+    if dst.suffix != ".safetensors":
+        fail(f"{dst}: the calibrated file must end in .safetensors", 2)
+    if not data_root:
+        fail("no data: pass --data-root DIR (the dataset the model was trained on)", 2)
+    if not votes:
+        fail("no votes: pass --votes CSV (the vote file the model was trained with)", 2)
+    for v in votes:
+        if not os.path.isfile(v):
+            fail(f"--votes {v}: no such file; give a CSV with a 'file' column and one column per class", 1)
+    if not os.path.isdir(os.path.join(data_root, split)):
+        fail(f"--data-root {data_root}: no {split}/ folder in it; pass the dataset root the model was trained on", 1)
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+    try:
+        model = load_model(src)
+        record = calibrate(model, data_root, votes, split=split, holdout=holdout, seed=holdout_seed)
+    except (CheckpointError, FileNotFoundError, ValueError) as e:
+        fail(f"{src}: {e}" if not str(e).startswith(str(src)) else str(e), 1)
+    model.calibration = record
+    save_checkpoint(dst, model, classes=model.classes, preprocessing=model.preprocessing,
+                    provenance=dict(model.provenance), half=half)
+    typer.echo(f"{dst}  temperature {record['temperature']:g}  mean KL on {record['fitted_on']}: "
+               f"{record['mean_kl_before']:.4f} -> {record['mean_kl_after']:.4f}  sha256 {file_sha256(dst)}")
 
 
 @weights_app.command("ensemble", cls=DferCommand)

@@ -254,7 +254,13 @@ def eval_cmd(
                                       show_default="table"),
     as_json: bool = typer.Option(False, "--json", help=JSON_ALIAS_HELP),
     plot: Optional[str] = typer.Option(None, "--plot", metavar="IMAGE", help="Write a confusion-matrix PNG here "
-                                       "(5-fold: the sum of the folds' matrices)."),
+                                       "(5-fold: the sum of the folds' matrices); with --votes beside the "
+                                       "reliability diagram against the vote shares."),
+    votes: List[str] = typer.Option([], "--votes", metavar="CSV", help="Also score against raters' votes (FER+'s "
+                                    "CSV, or 'file' plus one column per class; repeatable): plurality accuracy "
+                                    "and UAR, NLL, mean KL(votes || model), vote-share calibration error, ECE."),
+    predictions: Optional[str] = typer.Option(None, "--predictions", metavar="CSV", help="Write one row per "
+                                              "sample here: path, label and one probability column per class."),
 ) -> None:
     """Score a checkpoint: WAR (accuracy), UAR (mean per-class recall), per-class recall and
     the confusion matrix; --split 5-fold gives the DFEW per-fold table with mean ± std.
@@ -271,6 +277,8 @@ def eval_cmd(
     if tta not in ("none", "flip"):
         fail(f"--tta {tta!r}: choose none or flip", 2)
     if split == "5-fold":
+        if votes or predictions:
+            fail("--votes and --predictions score one checkpoint on one split; leave them out with --split 5-fold", 2)
         if dataset != "dfew":
             fail("--split 5-fold is the DFEW protocol: pass --dataset dfew", 2)
         if not weights:
@@ -284,7 +292,8 @@ def eval_cmd(
 
     from dfer_cli.checkpoint import CheckpointError
     from dfer_cli.device import resolve_device
-    from dfer_cli.evaluate import evaluate_checkpoint, evaluate_folds, format_pm, plot_confusion, run_checkpoint
+    from dfer_cli.evaluate import evaluate_folds, evaluate_split, format_pm, plot_confusion, run_checkpoint
+    from dfer_cli.metrics import reliability_bins
     from dfer_cli.metrics import Scores
 
     if threads:
@@ -309,9 +318,13 @@ def eval_cmd(
                             title=f"DFEW 5-fold  UAR {format_pm(*summary.stat('uar'))}  "
                                   f"WAR {format_pm(*summary.stat('war'))}")
             return
+        for v in votes:
+            if not os.path.isfile(v):
+                fail(f"--votes {v}: no such file; give a CSV with a 'file' column and one column per class", 1)
         chosen = []
-        scores, report = evaluate_checkpoint(run_checkpoint(weights or DEFAULT_WEIGHTS, which), dataset, data_root,
-                                             split, fold=fold, on_choice=chosen.append, **kw)
+        ev = evaluate_split(run_checkpoint(weights or DEFAULT_WEIGHTS, which), dataset, data_root,
+                            split, fold=fold, on_choice=chosen.append, votes=votes or None, **kw)
+        scores, report = ev.scores, ev.report
     except CheckpointError as exc:
         fail(str(exc), 1)
     except (ValueError, FileNotFoundError) as exc:
@@ -320,15 +333,29 @@ def eval_cmd(
     choice = chosen[0]
     if choice.note:
         typer.echo(f"dfer: {choice.note}", err=True)
+    vote_dict = _clean_json(ev.vote_scores.to_dict()) if ev.vote_scores is not None else None
     if as_json:
-        typer.echo(json.dumps({"weights": weights or DEFAULT_WEIGHTS, "dataset": dataset, "split": split,
-                               "fold": fold, "checkpoint": choice.to_dict(), "skipped": report.counts(),
-                               **scores.to_dict()}, indent=2))
+        out = {"weights": weights or DEFAULT_WEIGHTS, "dataset": dataset, "split": split,
+               "fold": fold, "checkpoint": choice.to_dict(), "skipped": report.counts(),
+               "temperature": ev.temperature, **scores.to_dict()}
+        if vote_dict is not None:
+            out["votes"] = vote_dict
+        typer.echo(json.dumps(out, indent=2))
     else:
         _scores_table(scores, f"{choice.path} on {dataset} {split}" + (f" fold {fold}" if fold else ""),
                       caption=f"checkpoint: {choice.describe()}")
+        if vote_dict is not None:
+            _vote_table(vote_dict, ev.classes, ev.temperature)
+    if predictions:
+        from dfer_cli.evaluate import write_predictions
+
+        try:
+            write_predictions(ev, predictions)
+        except OSError as exc:
+            fail(f"--predictions {predictions}: could not write it ({exc.strerror or exc}); choose a writable path", 1)
     if plot:
-        _write_plot(plot_confusion, scores, plot)
+        rel = reliability_bins(ev.vote_scores.votes, ev.vote_scores.probs) if ev.vote_scores is not None else None
+        _write_plot(plot_confusion, scores, plot, reliability=rel)
 
 
 def _check_eval_paths(weights: Optional[str], which: str, split: str, data_root: str) -> None:
@@ -370,6 +397,41 @@ def _write_plot(plot_confusion, scores, path: str, **kw) -> None:
     except (OSError, ValueError) as exc:
         reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc).splitlines()[0]
         fail(f"--plot {path}: could not write the confusion matrix ({reason}); choose a writable .png path", 1)
+
+
+def _clean_json(d):
+    """NaN -> None, recursively (JSON has no NaN)."""
+    if isinstance(d, dict):
+        return {k: _clean_json(v) for k, v in d.items()}
+    if isinstance(d, list):
+        return [_clean_json(v) for v in d]
+    if isinstance(d, float) and d != d:
+        return None
+    return d
+
+
+def _vote_table(v: dict, classes, temperature: float) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    def pct(x):
+        return "n/a" if x is None else f"{100 * x:.2f}"
+
+    table = Table(title=f"against the raters' votes ({v['samples']} samples with votes, {v['unique_plurality']} "
+                        "with a single plurality)",
+                  caption=f"probabilities at temperature {temperature:g}")
+    table.add_column("score")
+    table.add_column("value", justify="right")
+    for c in classes:
+        table.add_row(f"plurality recall {c} %", pct(v["plurality_recall"][c]))
+    table.add_section()
+    table.add_row("plurality accuracy %", pct(v["plurality_accuracy"]))
+    table.add_row("plurality UAR %", pct(v["plurality_uar"]))
+    table.add_row("NLL of the plurality (nats)", f"{v['nll']:.4f}")
+    table.add_row("mean KL(votes || model) (nats)", f"{v['mean_kl']:.4f}")
+    table.add_row("vote-share calibration error", f"{v['vote_share_calibration_error']:.4f}")
+    table.add_row("top-label ECE", f"{v['top_label_ece']:.4f}")
+    Console().print(table)
 
 
 def _scores_table(scores, title: str, caption: str | None = None) -> None:

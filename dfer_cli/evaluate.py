@@ -44,14 +44,17 @@ def clip_logits(model, x):
 
 
 def clip_probs(model, x, tta: str = "none"):
-    """Softmax probabilities (B, C) of clips (B, T, 3, S, S). ``tta="flip"`` averages them
+    """Probabilities (B, C) of clips (B, T, 3, S, S): the softmax at the model's stored
+    temperature (calibration.py). ``tta="flip"`` averages them
     with those of the left-right mirrored clips (test-time augmentation: a face's expression
     does not change in a mirror; costs a second forward pass)."""
     if tta not in TTA_MODES:
         raise ValueError(f"tta {tta!r}: choose one of {', '.join(TTA_MODES)}")
-    p = clip_logits(model, x).float().softmax(-1)
+    from dfer_cli.calibration import probabilities
+
+    p = probabilities(model, clip_logits(model, x))
     if tta == "flip":
-        p = (p + clip_logits(model, x.flip(-1)).float().softmax(-1)) / 2
+        p = (p + probabilities(model, clip_logits(model, x.flip(-1)))) / 2
     return p
 
 
@@ -391,25 +394,65 @@ def remap_to_classes(samples, classes) -> tuple[list, list]:
     return kept, dropped
 
 
-def evaluate_checkpoint(weights, dataset: str, data_root: str, split: str, *, fold: int | None = None,
-                        batch_size: int = 16, test_clips: int = 1, limit: int | None = None,
-                        device="cpu", workers: int = 0, on_batch=None, seed: int = 0, tta: str = "none",
-                        on_choice=None, guard: bool = True):
+def evaluate_checkpoint(weights, dataset: str, data_root: str, split: str, **kw):
     """Load `weights` (path or name) and score it on a dataset split with the checkpoint's
-    own preprocessing, frame sampling and class order. Returns (Scores, DataReport).
+    own preprocessing, frame sampling and class order. Returns (Scores, DataReport); see
+    :func:`evaluate_split` for the arguments."""
+    ev = evaluate_split(weights, dataset, data_root, split, **kw)
+    return ev.scores, ev.report
+
+
+@dataclass
+class Evaluation:
+    """Everything one scoring run produced: hard-label ``scores``, the skipped-file
+    ``report``, and per sample its ``paths`` (relative to the data root), ``labels`` (index
+    into ``classes``), ``probs`` (N, C) and, with votes, ``votes`` (N, C; a row of NaN where
+    the sample has none) and ``vote_scores`` over the samples that have them."""
+
+    scores: Scores
+    report: object
+    classes: list
+    paths: list
+    labels: np.ndarray
+    probs: np.ndarray
+    votes: np.ndarray | None = None
+    vote_scores: object = None
+    temperature: float = 1.0
+
+
+def evaluate_split(weights, dataset: str, data_root: str, split: str, *, fold: int | None = None,
+                   batch_size: int = 16, test_clips: int = 1, limit: int | None = None,
+                   device="cpu", workers: int = 0, on_batch=None, seed: int = 0, tta: str = "none",
+                   on_choice=None, guard: bool = True, votes=None) -> Evaluation:
+    """Score `weights` on a dataset split (see :func:`evaluate_checkpoint`).
 
     With ``guard`` (the default) the checkpoint goes through :func:`choose_checkpoint`: a
     ``best`` selected on this very split is replaced by its run's ``last``.
-    ``on_choice(CheckpointChoice)`` is told which checkpoint is scored, before scoring."""
+    ``on_choice(CheckpointChoice)`` is told which checkpoint is scored, before scoring.
+    ``votes``: vote CSVs (data/votes.py); each sample found there is also scored against its
+    raters' vote distribution (:class:`dfer_cli.metrics.VoteScores`)."""
+    import os
+
+    from dfer_cli.calibration import temperature_of
     from dfer_cli.checkpoint import load_model
     from dfer_cli.data import ClipDataset, scan
+    from dfer_cli.labels import CLASSES
+    from dfer_cli.metrics import VoteScores
 
     if guard:
         choice = choose_checkpoint(str(weights), dataset, data_root, split, fold)
         weights = choice.path
         if on_choice is not None:
             on_choice(choice)
+    table = None
+    if votes:
+        from dfer_cli.data.votes import read_vote_tables
+
+        table = read_vote_tables(votes)
     model = load_model(weights, device=device)
+    if table is not None and sorted(model.classes) != sorted(CLASSES):
+        raise ValueError(f"--votes scores dfer's 7 classes and {weights} predicts {', '.join(model.classes)}; "
+                         "leave --votes out for this checkpoint")
     samples, report = scan(dataset, data_root, split, fold=fold, limit=limit, seed=seed)
     samples, dropped = remap_to_classes(samples, model.classes)
     for s in dropped:
@@ -418,8 +461,44 @@ def evaluate_checkpoint(weights, dataset: str, data_root: str, split: str, *, fo
         raise ValueError(f"no usable samples in {data_root} split {split!r}" + (f" fold {fold}" if fold else ""))
     ds = ClipDataset(samples, model.preprocessing, train=False, classes=model.classes, test_clips=test_clips,
                      sampling=getattr(model, "sampling", "uniform"))
-    return evaluate(model, ds, batch_size=batch_size, device=device, workers=workers, on_batch=on_batch,
-                    tta=tta), report
+    probs, labels = predict_dataset(model, ds, batch_size=batch_size, device=device, workers=workers,
+                                    on_batch=on_batch, tta=tta)
+    ev = Evaluation(scores=score(probs, labels, model.classes), report=report, classes=list(model.classes),
+                    paths=[os.path.relpath(s.path, data_root).replace(os.sep, "/") for s in samples],
+                    labels=labels, probs=probs, temperature=temperature_of(model))
+    if table is not None:
+        order = [CLASSES.index(c) for c in model.classes]   # dfer order -> the model's
+        split_dir = os.path.join(data_root, split)
+        rows = np.full((len(samples), len(CLASSES)), np.nan)
+        for i, s in enumerate(samples):
+            v, why = table.lookup(s.path, data_root, split_dir)
+            if v is None:
+                report.add(f"no usable votes ({why}); scored against its label only", s.path)
+            else:
+                rows[i] = np.asarray(v)[order]
+        ev.votes = rows
+        have = ~np.isnan(rows).any(1)
+        if not have.any():
+            raise ValueError(f"no sample of {data_root} split {split!r} has votes in {table.path}; check that its "
+                             "'file' paths are relative to --data-root")
+        ev.vote_scores = VoteScores(list(model.classes), rows[have], probs[have].astype(np.float64))
+    return ev
+
+
+def write_predictions(ev: Evaluation, path: str) -> None:
+    """One CSV row per sample: ``path`` (relative to the data root), ``label`` (its class
+    name) and one probability column per class, named by class (atomic write)."""
+    import csv
+    import io
+
+    from dfer_cli.fsutil import atomic_write_text
+
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["path", "label", *ev.classes])
+    for p, y, row in zip(ev.paths, ev.labels, ev.probs):
+        w.writerow([p, ev.classes[int(y)], *(f"{float(v):.6f}" for v in row)])
+    atomic_write_text(path, buf.getvalue())
 
 
 def evaluate_folds(run_dir: str, data_root: str, *, which: str = "best", on_choice=None, **kw) -> FoldSummary:
@@ -439,9 +518,10 @@ def evaluate_folds(run_dir: str, data_root: str, *, which: str = "best", on_choi
     return summary
 
 
-def plot_confusion(scores: Scores, path: str, title: str | None = None) -> str:
+def plot_confusion(scores: Scores, path: str, title: str | None = None, reliability: list | None = None) -> str:
     """Write a confusion-matrix PNG: cells coloured by row-normalised recall, annotated
-    with percent and count."""
+    with percent and count. With ``reliability`` (``metrics.reliability_bins``) a second
+    panel draws the reliability diagram against the vote shares."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -451,7 +531,12 @@ def plot_confusion(scores: Scores, path: str, title: str | None = None) -> str:
     rows = cm.sum(1, keepdims=True)
     norm = np.divide(cm, rows, out=np.zeros_like(cm), where=rows > 0)
     n = len(scores.classes)
-    fig, ax = plt.subplots(figsize=(1.0 + 0.9 * n, 0.8 + 0.8 * n), dpi=120)
+    side = (1.0 + 0.9 * n, 0.8 + 0.8 * n)
+    if reliability is None:
+        fig, ax = plt.subplots(figsize=side, dpi=120)
+    else:
+        fig, (ax, rax) = plt.subplots(1, 2, figsize=(side[0] + side[1], side[1]), dpi=120)
+        _plot_reliability(rax, reliability)
     ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
     for i in range(n):
         for j in range(n):
@@ -466,3 +551,21 @@ def plot_confusion(scores: Scores, path: str, title: str | None = None) -> str:
     fig.savefig(path)
     plt.close(fig)
     return path
+
+
+def _plot_reliability(ax, bins: list) -> None:
+    """Mean vote share against mean predicted probability per bin (every sample x class
+    pair), the diagonal for reference and each bin's share of the pairs as bars."""
+    used = [b for b in bins if b["count"]]
+    total = sum(b["count"] for b in bins)
+    ax.plot([0, 1], [0, 1], color="0.6", lw=1, ls="--")
+    ax.bar([(b["low"] + b["high"]) / 2 for b in used], [b["count"] / total for b in used],
+           width=1 / len(bins), color="0.85", edgecolor="0.7", label="pairs in bin (share)")
+    ax.plot([b["mean_probability"] for b in used], [b["mean_share"] for b in used], "o-", color="tab:blue",
+            label="mean vote share")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.set_xlabel("predicted probability")
+    ax.set_ylabel("share of raters naming the class")
+    ax.set_title("reliability against the vote shares", fontsize=9)
+    ax.legend(loc="upper left", fontsize=7)

@@ -81,6 +81,7 @@ class ClipClassifier:
         cache, the head on every clip."""
         import torch
 
+        from dfer_cli.calibration import probabilities as calibrated
         from dfer_cli.preprocess import frames_to_tensor
 
         flips = (False, True) if self.tta == "flip" else (False,)
@@ -103,7 +104,7 @@ class ClipClassifier:
                     maps = torch.stack([torch.stack([self.cache[(*key, flipped)] for key in job.keys])
                                         for job in jobs])                          # (B, T, 256, g, g)
                     logits = self.model.forward_head(self.model.forward_tokens(maps))
-                    probs = probs + logits.float().softmax(-1)
+                    probs = probs + calibrated(self.model, logits)
                 probs = (probs / len(flips)).cpu().numpy()                         # (B, C)
         if not np.isfinite(probs).all():
             raise ValueError(f"the model gave non-finite probabilities (NaN/Inf); its checkpoint "
