@@ -276,7 +276,8 @@ def test_temperature_round_trip_through_save_load_export_and_predict_probabiliti
     assert r.exit_code == 0
     assert json.loads(r.stdout)["checkpoints"][0]["temperature"] == 2.5
     r = CliRunner().invoke(app, ["models", str(path)])
-    assert "probabilities are softmax(output / 2.5), a temperature fitted to raters' votes on test" in r.stdout
+    assert "probabilities are softmax(output / 2.5), a temperature fitted to raters' votes on test" \
+        in " ".join(r.stdout.split())
 
     m.calibration = {"temperature": 0.0}
     bad = save_checkpoint(tmp_path / "bad.safetensors", m, classes=CLASSES, preprocessing=m.preprocessing)
