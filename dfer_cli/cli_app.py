@@ -25,6 +25,7 @@ import inspect
 import json
 import re
 import sys
+import time
 from typing import Optional
 
 import typer
@@ -33,6 +34,7 @@ from typer.core import TyperArgument, TyperCommand, TyperGroup, TyperOption
 from dfer_cli import __version__
 
 PROG = "dfer"
+STARTED = time.monotonic()  # the command's start (this module is among the first imported)
 
 # click's exception classes, wherever this typer takes them from (recent typer carries its
 # own copy of click): the module that defines typer.BadParameter.
@@ -182,8 +184,16 @@ app = typer.Typer(
 
 
 def fail(message: str, code: int = 1) -> None:
-    """Print `dfer: message` on stderr and exit with `code`."""
-    typer.echo(f"{PROG}: {message}", err=True)
+    """Print `dfer: message` on stderr and exit with `code`. A usage error (code 2) inside a
+    command has the form of click's own: `dfer predict: message (try: dfer predict --help)`."""
+    import importlib
+
+    click_globals = importlib.import_module(typer.BadParameter.__module__.rsplit(".", 1)[0] + ".globals")
+    ctx = click_globals.get_current_context(silent=True) if code == 2 else None
+    if ctx is not None and ctx.command_path:
+        typer.echo(f"{ctx.command_path}: {message} (try: {ctx.command_path} --help)", err=True)
+    else:
+        typer.echo(f"{PROG}: {message}", err=True)
     raise typer.Exit(code)
 
 

@@ -22,9 +22,9 @@ def dirs(tmp_path, monkeypatch):
 
 
 @pytest.fixture
-def published(tmp_path, monkeypatch):
+def published(tmp_path, monkeypatch, ckpt):
     """A checkpoint 'published' at a file:// URL, registered under the name 'demo'."""
-    blob = b"pretend safetensors bytes" * 100
+    blob = ckpt.read_bytes()
     src = tmp_path / "server" / "demo.safetensors"
     src.parent.mkdir()
     src.write_bytes(blob)
@@ -112,6 +112,29 @@ def test_cli_weights_download_and_list(dirs, published):
     assert r.exit_code == 2 and "unknown weights name 'nope'" in r.stderr
     r = runner.invoke(app, ["weights", "download", W.DEFAULT_WEIGHTS])
     assert r.exit_code == 1 and "not published" in r.stderr
+
+
+def test_download_from_a_path_or_url_needs_the_sha256_and_installs_under_its_name(dirs, ckpt, tmp_path):
+    _, cache = dirs
+    digest = hashlib.sha256(ckpt.read_bytes()).hexdigest()
+    runner = CliRunner()
+    r = runner.invoke(app, ["weights", "download", str(ckpt)])
+    assert r.exit_code == 2 and "--sha256 HEX" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    r = runner.invoke(app, ["weights", "download", ckpt.as_uri(), "--sha256", "0" * 64])
+    assert r.exit_code == 1 and "does not match" in r.stderr
+    assert not cache.exists() or not any(cache.iterdir())
+    r = runner.invoke(app, ["weights", "download", str(ckpt), "--sha256", digest, "--name", "mine"])
+    assert r.exit_code == 0, r.output
+    assert r.stdout.strip() == str(cache / "mine.safetensors")
+    assert W.find_weights("mine") == cache / "mine.safetensors"
+    r = runner.invoke(app, ["weights", "download", ckpt.as_uri(), "--sha256", digest])
+    assert r.exit_code == 0 and r.stdout.strip() == str(cache / (ckpt.stem + ".safetensors"))
+
+    junk = tmp_path / "junk.safetensors"
+    junk.write_bytes(b"not a checkpoint" * 10)
+    r = runner.invoke(app, ["weights", "download", str(junk), "--sha256", hashlib.sha256(junk.read_bytes()).hexdigest()])
+    assert r.exit_code == 1 and "not a dfer checkpoint" in r.stderr and "nothing was installed" in r.stderr
+    assert not (cache / "junk.safetensors").exists()
 
 
 def test_cli_weights_export_half_keeps_predictions(tmp_path):
