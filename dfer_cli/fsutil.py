@@ -11,6 +11,7 @@ leaves the destination untouched.
 """
 from __future__ import annotations
 
+
 import errno
 import os
 import stat
@@ -170,3 +171,15 @@ class PartialFile:
         except OSError:
             pass
         return self.partial or self.path
+
+
+@contextmanager
+def quiet_pickle_protocol():
+    """A context in which torch.load(weights_only=True) does not warn that a file was pickled
+    with another protocol than its default: files written by other tools (a foreign .pth, a
+    state.pt from a newer torch) are read, or refused with dfer's own one-line message."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Detected pickle protocol", category=UserWarning)
+        yield

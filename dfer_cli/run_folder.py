@@ -126,8 +126,11 @@ def load_state(path: str, model, optimizer, device) -> TrainState:
     """
     import torch
 
+    from dfer_cli.fsutil import quiet_pickle_protocol
+
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        with quiet_pickle_protocol():
+            state = torch.load(path, map_location="cpu", weights_only=True)
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(_optimizer_state_by_name(state["optimizer"], state.get("param_names"),
                                                            model, optimizer))

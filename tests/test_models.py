@@ -228,7 +228,7 @@ def test_trunk_is_torchvision_resnet18_to_layer3():
         assert trunk(x).shape == (2, 256, 5, 5)
     # the same initialisation scheme: conv weights Kaiming-normal with fan_out
     w = ResNetTrunk().layer3[0].conv1.weight
-    assert abs(float(w.std()) - (2.0 / (256 * 9)) ** 0.5) < 0.002
+    assert abs(float(w.detach().std()) - (2.0 / (256 * 9)) ** 0.5) < 0.002
 
 
 def test_trunk_with_layer4_is_torchvision_resnet18_without_fc():

@@ -225,7 +225,10 @@ def load_backbone_weights(trunk: ResNetTrunk, path: str | Path) -> dict:
 
             raw = load_file(str(path))
         else:
-            raw = torch.load(str(path), map_location="cpu", weights_only=True)
+            from dfer_cli.fsutil import quiet_pickle_protocol
+
+            with quiet_pickle_protocol():
+                raw = torch.load(str(path), map_location="cpu", weights_only=True)
         state = _unwrap(raw)
     except Exception as e:  # noqa: BLE001 -- any failure to read becomes one clear line
         msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
