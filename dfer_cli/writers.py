@@ -179,15 +179,23 @@ class TableWriter(Writer):
             table.add_column("label", no_wrap=True)
             for c in self.classes:
                 table.add_column(c[:3] if compact else c, justify="right", no_wrap=True)
+            # a clip without a label shows a numbered mark, its reason below the table: a
+            # long status in the label column would squeeze the probability columns
+            notes: dict[str, int] = {}
             for clip in result.clips:
                 probs = clip.probabilities or {}
                 cells = [f"{p:.{digits}f}" if (p := probs.get(c)) is not None else "" for c in self.classes]
                 if clip.label in self.classes:
                     i = self.classes.index(clip.label)
                     cells[i] = f"[bold]{cells[i]}[/bold]"
-                label = clip.label if clip.label is not None else f"({clip.status})"
+                if clip.label is not None:
+                    label = clip.label
+                else:
+                    label = f"– ({notes.setdefault(str(clip.status), len(notes) + 1)})"
                 table.add_row(f"{clip.start:.2f}–{clip.end:.2f}", str(clip.track), label, *cells)
             self.console.print(table)
+            for status, k in notes.items():
+                self.console.print(f"({k}) not classified: {status}", markup=False, soft_wrap=True)
         self.console.print(summary_line(result), soft_wrap=True, markup=False)
         self.stream.flush()
 

@@ -5,6 +5,7 @@ import csv
 import io
 import json
 import math
+import re
 
 import pytest
 
@@ -148,9 +149,35 @@ def test_table_shows_the_same_numbers_and_a_summary():
             assert row[2] == clip.label
             assert [float(x) for x in row[3:]] == [round(clip.probabilities[c], 3) for c in CLASSES]
         else:
-            assert row[2] == f"({clip.status})"
+            assert row[2] == "– (1)"
+    assert f"(1) not classified: {r.clips[2].status}" in text
     assert summary_line(r) in text and "b.mp4: 1.50 s, no face found" in text
     assert "boom" not in text  # errors go to stderr, not into the table
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+@pytest.mark.parametrize("columns", [80, 120])
+def test_terminal_table_keeps_every_probability_readable_when_a_clip_is_not_classified(columns, monkeypatch):
+    monkeypatch.setenv("COLUMNS", str(columns))
+    r = two_track_result()
+    r.clips[2].status = "face missing in 15/16 frames"
+    out = _Terminal()
+    w = make_writer("table", out, CLASSES)
+    w.video(r)
+    text = re.sub(r"\x1b\[[0-9;]*m", "", out.getvalue())               # colours off
+    lines = text.splitlines()
+    assert max(len(line) for line in lines if "│" in line or "┃" in line) <= columns
+    assert "…" not in text
+    rows = [[c.strip() for c in line.split("│")[1:-1]] for line in lines if line.count("│") > 5]
+    digits = 2 if columns < 100 else 3
+    for row, clip in zip(rows, r.clips):
+        if clip.probabilities:
+            assert [float(x) for x in row[3:]] == [round(clip.probabilities[c], digits) for c in CLASSES]
+    assert rows[2][2] == "– (1)" and "(1) not classified: face missing in 15/16 frames" in text
 
 
 def strict_loads(text: str):
