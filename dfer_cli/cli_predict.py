@@ -66,17 +66,61 @@ def looks_like_video(head: bytes) -> bool:
     return any(b < 0x20 and b not in (0x09, 0x0A, 0x0D) for b in head) or b"\x7f" in head
 
 
-def sniff_stdin(buffer=None) -> tuple[str, object]:
+# ISO base media (MP4, MOV, M4V, 3GP) box types that open a file: bytes 4-8 of its first box
+ISO_BOXES = (b"ftyp", b"moov", b"mdat", b"wide", b"free", b"skip", b"pnot")
+# The most of an MP4/MOV on standard input that is copied to a temporary file (bytes)
+STDIN_SPOOL_LIMIT = int(os.environ.get("DFER_STDIN_SPOOL_LIMIT", str(4 << 30)))
+
+
+def needs_whole_file(head: bytes) -> bool:
+    """Whether a stream starting with `head` is an MP4/MOV-family file, whose index (moov)
+    may sit at the end and so cannot be decoded from a pipe as it arrives (MPEG-TS,
+    Matroska/WebM, FLV and the like can)."""
+    return len(head) >= 8 and head[4:8] in ISO_BOXES
+
+
+def spool(head: bytes, raw, limit: int):
+    """A temporary file (deleted when closed) holding `head` and the rest of `raw`, at its
+    start; None when the input is longer than `limit` bytes."""
+    import tempfile
+
+    tmp = tempfile.TemporaryFile(prefix="dfer-stdin-")
+    tmp.write(head)
+    total = len(head)
+    while block := raw.read(1 << 20):
+        total += len(block)
+        if total > limit:
+            tmp.close()
+            return None
+        tmp.write(block)
+    tmp.seek(0)
+    return tmp
+
+
+def sniff_stdin(buffer=None, spool_limit: int | None = None) -> tuple[str, object]:
     """("stream", a binary reader of the whole input) when standard input (binary `buffer`,
     default sys.stdin.buffer) carries a video, else ("paths", its text). A terminal is
-    always read as typed paths."""
+    always read as typed paths. An MP4/MOV on a pipe is first copied to a temporary file
+    (a seekable reader; at most `spool_limit` bytes, else ("too large", the limit)), since
+    its index may come last; live container formats are decoded as they arrive."""
     buffer = buffer if buffer is not None else sys.stdin.buffer
     if getattr(buffer, "isatty", lambda: False)():
         return "paths", buffer.read().decode("utf-8", "surrogateescape")
     head = buffer.read(STDIN_SNIFF) or b""
     if looks_like_video(head):
+        if needs_whole_file(head) and not _seekable(buffer):
+            limit = STDIN_SPOOL_LIMIT if spool_limit is None else spool_limit
+            whole = spool(head, buffer, limit)
+            return ("stream", whole) if whole is not None else ("too large", limit)
         return "stream", PrefixedReader(head, buffer)
     return "paths", (head + (buffer.read() or b"")).decode("utf-8", "surrogateescape")
+
+
+def _seekable(buffer) -> bool:
+    try:
+        return bool(buffer.seekable())
+    except (AttributeError, OSError, ValueError):
+        return False
 
 
 def collect_inputs(specs: list[str], recursive: bool = False, stdin=None,
@@ -141,6 +185,11 @@ def collect_inputs(specs: list[str], recursive: bool = False, stdin=None,
                 text = stdin.read()
             else:
                 kind, payload = sniff_stdin()
+                if kind == "too large":
+                    add("-", f"an MP4/MOV on standard input is read whole (its index may come last), and this one "
+                             f"is over {payload / 2**30:.1f} GiB; pass its path instead, or pipe MPEG-TS "
+                             "(ffmpeg -i IN -c copy -f mpegts -)")
+                    continue
                 if kind == "stream":
                     if live is not None:
                         live["-"] = payload

@@ -111,6 +111,33 @@ def test_stream_on_stdin_gives_the_records_of_the_same_file(face_ts, ckpt):
     assert got == want
 
 
+def test_an_mp4_on_a_pipe_is_read_whole_and_gives_the_records_of_the_same_file(ckpt, tmp_path):
+    mp4 = make_video(tmp_path / "face.mp4", face_frames(24), fps=8)
+    head = mp4.read_bytes()[:512]
+    assert head[4:8] == b"ftyp" and mp4.read_bytes().rfind(b"moov") > mp4.read_bytes().find(b"mdat")  # index last
+    from_file = dfer([str(mp4), "-w", str(ckpt), *OPTS])
+    out_file, err_file = from_file.communicate(timeout=600)
+    piped = dfer(["-", "-w", str(ckpt), *OPTS], stdin=subprocess.PIPE)
+    out_pipe, err_pipe = piped.communicate(mp4.read_bytes(), timeout=600)
+    assert from_file.returncode == 0 and piped.returncode == 0, (err_file, err_pipe)
+    want, got = records(out_file.decode()), records(out_pipe.decode())
+    assert [r["type"] for r in got].count("clip") >= 3
+    for r in want:
+        r["video"] = "-"
+    assert got == want
+
+
+def test_an_mp4_on_a_pipe_over_the_spool_limit_is_one_line_with_the_fix(ckpt, tmp_path):
+    mp4 = make_video(tmp_path / "face.mp4", face_frames(24), fps=8)
+    env = dict(os.environ, OMP_NUM_THREADS="1", DFER_STDIN_SPOOL_LIMIT="2000")
+    proc = subprocess.run([sys.executable, "-m", "dfer_cli", "predict", "-", "-w", str(ckpt), *OPTS],
+                          input=mp4.read_bytes(), capture_output=True, env=env, timeout=600)
+    assert proc.returncode == 1
+    err = proc.stderr.decode().strip().splitlines()
+    assert len(err) == 1 and "dfer: skipping -: an MP4/MOV on standard input is read whole" in err[0]
+    assert "pass its path instead" in err[0]
+
+
 def test_first_record_comes_before_a_slow_writer_has_finished(face_ts, ckpt, tmp_path):
     """The writer sends the first half of the stream, then waits for a record on dfer's
     stdout before sending the rest: a reader that waited for the end would never give one."""
