@@ -207,7 +207,9 @@ class _Audio:
         self.offset = int(round(v0 / self.tb)) if self.tb else 0
         self.negative_ok = container in NEGATIVE_TS
         allowed = AUDIO_COPY.get(container)
-        self.copy = allowed is None or self.stream.codec_context.name in allowed
+        # the codec's canonical name (mp3), not its decoder's (mp3float)
+        codec = getattr(self.stream.codec_context.codec, "canonical_name", None) or self.stream.codec_context.name
+        self.copy = allowed is None or codec in allowed
         if self.copy:
             self.out_stream = out.add_stream_from_template(self.stream)
         else:
@@ -330,35 +332,42 @@ def annotate_video(src: str | Path, dst: str | Path, result: VideoResult, *, cod
     return dst
 
 
-def plot_timeline(result: VideoResult, dst: str | Path, *, dpi: int = 110) -> Path:
-    """Write an image with each class's probability over time, one panel per face track.
-
-    The format follows dst's suffix: any that matplotlib writes (.png, .jpg, .pdf, .svg...,
-    see `plot_suffixes`); another suffix raises ValueError before anything is drawn.
-    """
+def timeline_figure(result: VideoResult, *, dpi: int = 110):
+    """The timeline as a matplotlib Figure: one panel per face track (every track of the
+    result, in order), each class's probability at the clip centres; a track without a
+    classified clip gets a panel that says why (its clips' status, e.g. the face missing in
+    most of a window's frames); a video without faces one panel saying so."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    dst = Path(dst)
-    fmt = plot_format(dst)
-    timelines = track_timelines(result)
-    n = max(1, len(timelines))
+    timelines = {tl.track: tl for tl in track_timelines(result)}
+    tracks = sorted({t.track for t in result.tracks} | set(timelines))
+    n = max(1, len(tracks))
     fig = Figure(figsize=(9, 1.2 + 2.2 * n), dpi=dpi)
     FigureCanvasAgg(fig)
     axes = fig.subplots(n, 1, sharex=True, squeeze=False)[:, 0]
     xmax = max(result.duration, max((c.end for c in result.clips), default=0.0), 1e-3)
     classes = list(result.classes)
     cmap = __import__("matplotlib").colormaps["tab10"]
-    if not timelines:
-        why = "no face found" if not result.tracks else "no clip could be classified"
-        axes[0].text(0.5, 0.5, why, ha="center", va="center", transform=axes[0].transAxes)
+    if not tracks:
+        axes[0].text(0.5, 0.5, "no face found", ha="center", va="center", transform=axes[0].transAxes)
         axes[0].set_yticks([])
-    for ax, tl in zip(axes, timelines):
-        for k, name in enumerate(classes):
+    for ax, k in zip(axes, tracks):
+        summary = next((s for s in result.tracks if s.track == k), None)
+        tl = timelines.get(k)
+        title = f"track {k}"
+        if summary is not None:
+            title += f" ({summary.start:.2f}–{summary.end:.2f} s)"
+        if tl is None:
+            reasons = sorted({str(c.status) for c in result.clips if c.track == k and c.label is None})
+            why = "; ".join(reasons) if reasons else "no clip"
+            ax.text(0.5, 0.5, f"not classified: {why}", ha="center", va="center", transform=ax.transAxes)
+            ax.set_yticks([])
+            ax.set_title(title, fontsize=10, loc="left")
+            continue
+        for j, name in enumerate(classes):
             p = [c.probabilities.get(name, 0.0) for c in tl.clips]
-            ax.plot(tl.mids, p, marker="o", markersize=3, lw=1.6, color=cmap(k % 10), label=name)
-        summary = next((s for s in result.tracks if s.track == tl.track), None)
-        title = f"track {tl.track}"
+            ax.plot(tl.mids, p, marker="o", markersize=3, lw=1.6, color=cmap(j % 10), label=name)
         if summary is not None and summary.label is not None and summary.probabilities:
             title += f": mostly {summary.label} ({summary.probabilities[summary.label]:.2f})"
         ax.set_title(title, fontsize=10, loc="left")
@@ -369,9 +378,22 @@ def plot_timeline(result: VideoResult, dst: str | Path, *, dpi: int = 110) -> Pa
         ax.set_xlim(0, xmax)
     axes[-1].set_xlabel("time (s, clip centre)")
     if timelines:
-        axes[0].legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False)
+        first = axes[tracks.index(min(timelines))]
+        first.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False)
     fig.suptitle(Path(result.video).name, fontsize=11)
     fig.tight_layout()
+    return fig
+
+
+def plot_timeline(result: VideoResult, dst: str | Path, *, dpi: int = 110) -> Path:
+    """Write :func:`timeline_figure` as an image.
+
+    The format follows dst's suffix: any that matplotlib writes (.png, .jpg, .pdf, .svg...,
+    see `plot_suffixes`); another suffix raises ValueError before anything is drawn.
+    """
+    dst = Path(dst)
+    fmt = plot_format(dst)
+    fig = timeline_figure(result, dpi=dpi)
     dst.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(dst) as tmp:
         fig.savefig(str(tmp), format=fmt)

@@ -2,6 +2,8 @@
 in the format its suffix names; unwritable suffixes are refused before any work."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 from synth import make_video
@@ -10,6 +12,9 @@ from dfer_cli.labels import CLASSES
 from dfer_cli.render import (PALETTE, annotate_video, plot_format, plot_suffixes, plot_timeline, track_timelines,
                               video_container)
 from dfer_cli.results import ClipPrediction, TrackSummary, VideoResult
+
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def probs(top: str, p: float = 0.8) -> dict[str, float]:
@@ -93,6 +98,24 @@ def test_plot_timeline_png_one_panel_per_track(tmp_path):
     assert sizes[1][1] > sizes[0][1]  # a second track adds a panel
     img = np.asarray(Image.open(one).convert("RGB"))
     assert (img.std(axis=(0, 1)) > 5).all()  # something was drawn, not a blank canvas
+
+
+def test_timeline_has_a_panel_for_every_track_saying_why_one_has_no_label():
+    from dfer_cli.render import timeline_figure
+
+    clips = [ClipPrediction("v.mp4", 0, s, s + 1.0, [0, 0, 5, 5], probs("happy"), "happy", 0.8) for s in (0.0, 0.5)]
+    clips.append(ClipPrediction("v.mp4", 3, 0.5, 1.5, [9, 9, 19, 19], None, None, None,
+                                "face missing in 15/16 frames"))
+    res = VideoResult("v.mp4", 2.0, "tiny", list(CLASSES), clips,
+                      [TrackSummary(0, 0.0, 1.5, 2, "happy", probs("happy")), TrackSummary(3, 0.5, 1.5, 0, None, None)])
+    fig = timeline_figure(res)
+    axes = [ax for ax in fig.axes if ax.get_title(loc="left")]
+    assert [ax.get_title(loc="left") for ax in axes] == ["track 0 (0.00–1.50 s): mostly happy (0.80)",
+                                                          "track 3 (0.50–1.50 s)"]
+    assert len(axes[0].lines) == len(CLASSES) and not axes[1].lines
+    assert [t.get_text() for t in axes[1].texts] == ["not classified: face missing in 15/16 frames"]
+    empty = timeline_figure(VideoResult("v.mp4", 2.0, "tiny", list(CLASSES), [], []))
+    assert [t.get_text() for t in empty.axes[0].texts] == ["no face found"]
 
 
 def test_plot_timeline_writes_the_format_its_suffix_names(tmp_path):
@@ -220,6 +243,24 @@ def test_annotate_keeps_the_audio_as_it_is(tmp_path, suffix):
     assert len(frames) == 20
     if suffix != ".avi":  # AVI has no frame times of its own (PyAV guesses them, with or without audio)
         assert np.allclose(t_out, t_in, atol=1e-3)  # the video's frames keep their times
+
+
+def test_annotate_copies_the_mp3_of_the_example_clip_into_mp4(tmp_path):
+    import av
+
+    src = ROOT / "examples" / "single_face_smile.mp4"
+    out = annotate_video(src, tmp_path / "out.mp4", result_for(src, []))
+
+    def packets(path):
+        with av.open(str(path)) as c:
+            s = c.streams.audio[0]
+            return s.codec_context.codec.canonical_name, float(s.duration * s.time_base), \
+                [bytes(p) for p in c.demux(s) if p.size]
+
+    codec0, duration0, payloads0 = packets(src)
+    codec, duration, payloads = packets(out)
+    assert codec0 == codec == "mp3" and payloads == payloads0     # copied, not re-encoded to AAC
+    assert duration == pytest.approx(duration0, abs=1e-3)
 
 
 def test_annotate_reencodes_audio_the_container_cannot_take(tmp_path):
