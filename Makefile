@@ -12,7 +12,8 @@ FER2013 ?= ../shared/data/fer2013
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[test]'
+	# setuptools' note that every editable install of a flat layout prints is a UserWarning
+	PYTHONWARNINGS=ignore::UserWarning $(BIN)/python -m pip install --quiet -e '.[test]'
 	$(BIN)/python -m pip check
 	touch $(STAMP)
 
