@@ -148,8 +148,8 @@ def align_face(frame_rgb: np.ndarray, landmarks5, size: int, template, detail: i
     to size x size exactly as `dfer eval` resizes a still of that native size (bilinear,
     `data.transforms.warp`; training's batch warp is bilinear too): a model trained on 48 px
     faces upscaled to 96 then sees video faces with the same detail and the same upsampling.
-    (The area resize dfer used until session 13 repeats pixels at 2x: blockier faces than any training
-    image, and 1.35 points of WAR lost on FER2013 held-out stills.)"""
+    (An area resize would repeat pixels at 2x: blockier faces than any training image, and
+    1.35 points of WAR lost on FER2013 held-out stills.)"""
     import cv2
 
     from dfer_cli.data.transforms import crop_matrix, warp

@@ -38,7 +38,7 @@ def test_preprocessing_is_what_it_was_trained_with(model):
 
 def test_windows_are_local_in_space(model):
     # the default is an ensemble of a 96 px LOGO-Former (6x6 layer3 grid, 2x2x2 windows that
-    # cover 2x2 of its cells, so the "local" attention really is local: issue 10, item 2) and
+    # cover 2x2 of its cells, so the "local" attention really is local) and
     # a plain CNN at 48 px (a ResNet-18 of width 32 through layer4, maps averaged: no attention)
     import torch
 

@@ -184,7 +184,7 @@ def test_partial_load_turns_a_video_model_back_into_a_still_model():
     torch.testing.assert_close(s4, s1.expand(2, 2, 16))
 
 
-# --- hostile and broken headers (issue 15): refused before anything is built -----------------
+# --- hostile and broken headers: refused before anything is built -----------------
 
 @pytest.fixture(scope="module")
 def tiny_state():

@@ -1,4 +1,4 @@
-"""Live inputs (issue 13): standard input, named pipes, devices and URLs are decoded as
+"""Live inputs: standard input, named pipes, devices and URLs are decoded as
 streams, as the bytes arrive, never probed ahead."""
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""`dfer predict` on live inputs (issue 13): a video stream on standard input, a named pipe
+"""`dfer predict` on live inputs: a video stream on standard input, a named pipe
 fed by a slow writer, Ctrl-C part-way; and the open-ended window plan behind them."""
 from __future__ import annotations
 
