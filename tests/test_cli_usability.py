@@ -180,7 +180,12 @@ def test_unknown_option_is_one_line_with_a_hint(stderr_to, tmp_path):
     (["predict", "x.mp4", "--window", "0"], r"dfer predict: invalid value for --window: .*0\.01"),
     (["predict"], r"dfer predict: missing argument 'INPUT\.\.\.'"),
     (["eval", "--batch-size", "many"], r"dfer eval: invalid value for --batch-size: .*integer"),
-    (["weights", "download"], r"dfer weights download: missing argument 'NAME'"),
+    (["weights", "download"], r"dfer weights download: missing argument 'SOURCE'"),
+    # usage errors found by the command itself have the same form
+    (["predict", "x.mp4", "--format", "xml"], r"dfer predict: --format xml: expected one of table, json, jsonl, csv"),
+    (["predict", "examples/single_face_smile.mp4", "--annotate", "out.xyz"], r"dfer predict: --annotate out\.xyz: unknown video container.*"),
+    (["eval"], r"dfer eval: no data: pass --data-root DIR.*"),
+    (["weights", "export", "a", "b.x"], r"dfer weights export: b\.x: the exported file must end in \.safetensors"),
     (["frobnicate"], r"dfer: no such command 'frobnicate'"),
     (["--frobnicate"], r"dfer: no such option --frobnicate"),
 ])
@@ -189,6 +194,26 @@ def test_usage_errors_in_a_pipe(args, expected):
     assert rc == 2 and out == ""
     (line,) = err.splitlines()
     assert re.fullmatch(expected + r" \(try: dfer.* --help\)", line), line
+
+
+def test_device_without_cuda_is_a_usage_error_of_the_command():
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    rc, out, err = run(["predict", "examples/single_face_smile.mp4", "--device", "cuda"])
+    assert rc == 2 and out == ""
+    (line,) = err.splitlines()
+    assert line.startswith("dfer predict: --device: device 'cuda' requested but CUDA is not available")
+    assert line.endswith("(try: dfer predict --help)")
+
+
+def test_predict_help_lists_every_exit_status():
+    rc, out, _ = run(["predict", "--help"])
+    text = " ".join(out.split())
+    for code in ("0 every input done", "1 some input failed", "2 usage error", "130 interrupted",
+                 "141 stdout closed", "143 terminated"):
+        assert code in text, code
 
 
 @needs_pty

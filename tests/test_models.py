@@ -464,3 +464,19 @@ def test_bad_trunk_width_is_refused(tmp_path):
     path, _ = _resnet18_file(tmp_path)
     with pytest.raises(ValueError, match="fit a trunk of width 64, not 32; drop --backbone-weights"):
         create_model(POOL, input_size=32, num_frames=1, dim=16, trunk_width=32, backbone_weights=str(path))
+
+
+def test_a_backbone_file_pickled_with_another_protocol_is_refused_by_dfer_alone(tmp_path):
+    # torch warns about a pickle protocol other than its own under weights_only=True, a warning
+    # a user cannot act on: dfer's one-line refusal is all they see
+    import warnings
+
+    from dfer_cli.models.backbone import ResNetTrunk, load_backbone_weights
+
+    path = tmp_path / "msceleb.pth"
+    torch.save(ResNetTrunk().state_dict(), path, pickle_protocol=4)
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        with pytest.raises(ValueError, match="cannot read backbone weights"):
+            load_backbone_weights(ResNetTrunk(), path)
+    assert not [w for w in seen if "pickle protocol" in str(w.message)]
