@@ -264,3 +264,56 @@ def test_every_record_follows_the_json_schema_in_docs():
                       ("track", r.tracks[0].to_record())):
         props = schema["$defs"][name]["properties"]
         assert set(rec) <= set(props) and set(schema["$defs"][name]["required"]) == set(rec)
+
+
+@pytest.mark.parametrize("columns", [80, 120])
+def test_table_on_a_real_terminal_of_80_and_120_columns_keeps_the_numbers(columns, tmp_path):
+    """The table written to a pseudo-terminal of that width (rich measures the terminal
+    itself): no cell is cut, and a clip that was not classified does not squeeze the rest."""
+    import fcntl
+    import os
+    import pty
+    import select
+    import struct
+    import subprocess
+    import sys
+    import termios
+    from pathlib import Path
+
+    script = tmp_path / "show.py"
+    script.write_text(
+        "import sys\n"
+        f"sys.path.insert(0, {str(Path(__file__).parent)!r})\n"
+        "from test_writers import two_track_result\n"
+        "from dfer_cli.labels import CLASSES\n"
+        "from dfer_cli.writers import make_writer\n"
+        "r = two_track_result()\n"
+        "r.clips[2].status = 'face missing in 15/16 frames'\n"
+        "make_writer('table', sys.stdout, CLASSES).video(r)\n")
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 40, columns, 0, 0))
+    env = {k: v for k, v in os.environ.items() if k not in ("COLUMNS", "LINES")}
+    proc = subprocess.Popen([sys.executable, str(script)], stdin=slave, stdout=slave, stderr=slave, env=env)
+    os.close(slave)
+    got = b""
+    while True:
+        ready, _, _ = select.select([master], [], [], 60)
+        if not ready:
+            proc.kill()
+            pytest.fail("the table was not written within 60 s")
+        try:
+            data = os.read(master, 65536)
+        except OSError:
+            data = b""
+        if not data:
+            break
+        got += data
+    os.close(master)
+    assert proc.wait(timeout=60) == 0, got.decode(errors="replace")
+    text = re.sub(r"\x1b\[[0-9;?]*[a-zA-Z]", "", got.decode()).replace("\r", "")
+    table = [line for line in text.splitlines() if "│" in line or "┃" in line]
+    assert table and max(len(line) for line in table) <= columns and "…" not in text
+    rows = [[c.strip() for c in line.split("│")[1:-1]] for line in table if line.count("│") > 5]
+    digits = 2 if columns < 100 else 3
+    assert [float(x) for x in rows[0][3:]] == [round(v, digits) for v in probs("happy", 0.7).values()]
+    assert rows[2][2] == "– (1)" and "(1) not classified: face missing in 15/16 frames" in text
