@@ -1,5 +1,5 @@
 """dfer: dynamic facial expression recognition in video."""
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 # Public names served lazily, so `import dfer_cli` (and `dfer --help`) does not import
 # torch. Add an entry here to re-export another library function: name -> module.

@@ -4,7 +4,7 @@ The tensors are the model's state dict (float32, or float16 with ``half=True``; 
 always gives float32). The safetensors header metadata holds one key, ``dfer``, whose value
 is a JSON object::
 
-    {"format": "dfer-checkpoint", "format_version": 1, "dfer_version": "0.1.0",
+    {"format": "dfer-checkpoint", "format_version": 1, "dfer_version": "0.2.0",
      "model": "logo_former", "config": {...every FormerConfig field...},
      "classes": ["happy", ...], "preprocessing": {...Preprocessing.to_dict()...},
      "provenance": {"dataset": ..., "fold": ..., "epochs": ..., "metrics": {...}},

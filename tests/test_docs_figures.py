@@ -1,0 +1,113 @@
+"""The documents say what the tool does: README's models table is what `dfer models --json`
+prints, every `dfer` command line in README.md and docs/*.md names commands and options that
+exist, and README's demo output is what the bundled default prints on the example."""
+from __future__ import annotations
+
+import importlib.util
+import json
+import re
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+
+
+def _script(name: str):
+    spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_readme_models_table_is_what_dfer_models_prints():
+    table = _script("models_table")
+    want = table.markdown(table.models_report())
+    assert want in (ROOT / "README.md").read_text(encoding="utf-8"), \
+        "README's models table differs from `dfer models --json`; paste `python scripts/models_table.py`:\n" + want
+
+
+def command_lines(text: str) -> list[str]:
+    """The `dfer ...` invocations in the fenced sh blocks of a markdown text, continuation
+    lines joined, each cut at the first pipe, redirection, `;`, `&&` or comment."""
+    out = []
+    for block in re.findall(r"```(?:sh|bash|console)\n(.*?)```", text, flags=re.S):
+        for line in block.replace("\\\n", " ").splitlines():
+            line = line.split(" #", 1)[0].strip()
+            for part in re.split(r"\|\||&&|;|\|", line):
+                part = part.strip()
+                m = re.search(r"(?:^|\s)(?:dfer|-m dfer_cli)\s(.*)$", part) or re.fullmatch(r"dfer", part)
+                if m is None or part.startswith("#"):
+                    continue
+                args = m.group(1) if m.groups() else ""
+                args = re.split(r"\s[<>]|\s\d?>", " " + args)[0]
+                out.append(args.strip())
+    return out
+
+
+def test_the_command_line_extraction_sees_a_known_command():
+    lines = command_lines((ROOT / "README.md").read_text(encoding="utf-8"))
+    assert any(line.startswith("predict examples/single_face_smile.mp4") for line in lines)
+    assert any(line.startswith("eval ") for line in lines)
+
+
+@pytest.mark.parametrize("doc", DOCS, ids=lambda p: p.name)
+def test_every_documented_command_and_option_exists(doc):
+    import typer.main
+
+    from dfer_cli.cli import app
+
+    cli = typer.main.get_command(app)
+    bad = []
+    for line in command_lines(doc.read_text(encoding="utf-8")):
+        try:
+            tokens = shlex.split(line)
+        except ValueError:
+            tokens = line.split()
+        cmd, rest = cli, list(tokens)
+        while rest and hasattr(cmd, "commands") and rest[0] in cmd.commands:
+            cmd = cmd.commands[rest.pop(0)]
+        if hasattr(cmd, "commands") and rest and not rest[0].startswith("-") and rest[0] != "...":
+            bad.append(f"{line}: no command {rest[0]!r}")
+            continue
+        names = {o for p in cmd.params for o in (*p.opts, *p.secondary_opts)} | {"--help"}
+        for tok in rest:
+            if tok.startswith("-") and tok not in ("-", "--") and not re.fullmatch(r"-\d.*", tok):
+                flag = tok.split("=", 1)[0]
+                if flag not in names:
+                    bad.append(f"dfer {line}: {flag} is not an option of {cmd.name}")
+    assert not bad, "\n".join(bad)
+
+
+def test_readme_demo_output_is_what_the_bundled_default_prints():
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    demo = re.search(r"```\n(examples/single_face_smile\.mp4\n.*?)```", readme, flags=re.S).group(1)
+    rows = [line.split() for line in demo.splitlines() if re.match(r"\s*\d+\.\d\d–\d+\.\d\d\s", line)]
+    proc = subprocess.run([sys.executable, "-m", "dfer_cli", "predict", "examples/single_face_smile.mp4",
+                           "--window", "1", "--stride", "0.5", "--threads", "1", "-f", "jsonl"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    clips = [r for r in map(json.loads, proc.stdout.splitlines()) if r["type"] == "clip"]
+    assert len(rows) == len(clips)
+    for row, clip in zip(rows, clips):
+        assert row[0] == f"{clip['start']:.2f}–{clip['end']:.2f}" and row[1] == str(clip["track"])
+        assert row[2] == clip["label"]
+        got = [float(x) for x in row[3:]]
+        want = [clip["probabilities"][c] for c in ("happy", "sad", "neutral", "angry", "surprise", "disgust", "fear")]
+        assert got == pytest.approx(want, abs=0.0015), (row, want)
+
+
+def test_changelog_has_a_dated_section_for_this_version_in_keep_a_changelog_form():
+    version = re.search(r'^version = "([^"]+)"$', (ROOT / "pyproject.toml").read_text(), flags=re.M).group(1)
+    from dfer_cli import __version__
+
+    assert __version__ == version
+    text = (ROOT / "CHANGELOG.md").read_text(encoding="utf-8")
+    assert re.search(rf"^## \[{re.escape(version)}\] - \d{{4}}-\d{{2}}-\d{{2}}$", text, flags=re.M)
+    kinds = set(re.findall(r"^### (.+)$", text, flags=re.M))
+    assert kinds and kinds <= {"Added", "Changed", "Deprecated", "Removed", "Fixed", "Security"}, kinds
+    assert not re.search(r"session[s]? *\d|issue *#?\d", text, flags=re.I)
