@@ -306,6 +306,15 @@ def test_train_with_votes_calibrate_on_the_holdout_then_eval_against_votes_and_r
     assert row["val_kl"] > 0
 
     run_ckpt = str(tmp_path / "run" / "last.safetensors")
+    # the vote loss takes the label loss's place beside distillation, and mixed batches mix the shares
+    r = runner.invoke(app, ["train", *common, "--frames", "1", "--input-size", "32", "--grayscale",
+                            "--model-opt", "dim=32", "--model-opt", "depth=1", "--model-opt", "heads=2",
+                            "--loss", "ce", "--optimizer", "adamw", "--epochs", "1", "--batch-size", "4",
+                            "--holdout", "0.25", "--holdout-seed", "3", "--threads", "1", "--quiet",
+                            "--teacher", run_ckpt, "--distill", "0.5", "--cutmix", "0.5", "--label-smoothing", "0.1",
+                            "--logit-adjust", "1", "--output", str(tmp_path / "student")])
+    assert r.exit_code == 0, r.output
+    assert json.loads((tmp_path / "student" / "metrics.jsonl").read_text().splitlines()[-1])["train_loss"] > 0
     wrong = runner.invoke(app, ["weights", "calibrate", run_ckpt, str(tmp_path / "x.safetensors"), *common,
                                 "--holdout", "0.25", "--holdout-seed", "4"])
     assert wrong.exit_code == 1 and "not the ones the model's training held out" in wrong.stderr
