@@ -111,3 +111,44 @@ def test_changelog_has_a_dated_section_for_this_version_in_keep_a_changelog_form
     kinds = set(re.findall(r"^### (.+)$", text, flags=re.M))
     assert kinds and kinds <= {"Added", "Changed", "Deprecated", "Removed", "Fixed", "Security"}, kinds
     assert not re.search(r"session[s]? *\d|issue *#?\d", text, flags=re.I)
+
+
+WRITES = {"-o", "--output", "--output-dir", "--annotate", "--plot", "--predictions", "--dir"}
+
+
+def runnable(line: str) -> bool:
+    """A documented command that runs offline here as written: every argument that is not an
+    option is a command name, a number or an existing file of the repository, nothing is a
+    placeholder (NAME, DIR, ...), and it writes no file."""
+    try:
+        tokens = shlex.split(line)
+    except ValueError:
+        return False
+    if not tokens or any(t in WRITES or t.split("=")[0] in WRITES for t in tokens):
+        return False
+    if any(t == "..." or re.fullmatch(r"[A-Z][A-Z_0-9.]*", t) or t == "-" or "://" in t or "*" in t for t in tokens):
+        return False
+    commands = {"predict", "models", "env", "weights", "list"}
+    for i, t in enumerate(tokens):
+        if t.startswith("-"):
+            continue
+        prev = tokens[i - 1] if i else ""
+        if prev.startswith("-") and "=" not in prev:
+            continue      # an option's value
+        if t not in commands and not (ROOT / t).exists():
+            return False
+    return tokens[0] in commands
+
+
+RUNNABLE = sorted({line for doc in DOCS for line in command_lines(doc.read_text(encoding="utf-8")) if runnable(line)})
+
+
+def test_some_documented_commands_are_runnable_here():
+    assert any(line.startswith("predict examples/") for line in RUNNABLE) and "models" in RUNNABLE, RUNNABLE
+
+
+@pytest.mark.parametrize("line", RUNNABLE)
+def test_documented_command_runs_on_the_examples(line):
+    proc = subprocess.run([sys.executable, "-m", "dfer_cli", *shlex.split(line)], cwd=ROOT, capture_output=True,
+                          text=True, timeout=600, env={**__import__("os").environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, f"dfer {line}: exit {proc.returncode}\n{proc.stderr[-2000:]}"
