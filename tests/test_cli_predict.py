@@ -310,7 +310,7 @@ def test_unwritable_suffix_is_usage_error_before_any_work(ckpt, media, tmp_path,
     monkeypatch.chdir(tmp_path)
     r = invoke([str(media["blank"]), "-w", str(ckpt), *OPTS, option, name])
     assert r.exit_code == 2 and r.stdout == ""
-    assert r.stderr.startswith(f"dfer: {option} {name}: {needle}") and r.stderr.count("\n") == 1
+    assert r.stderr.startswith(f"dfer predict: {option} {name}: {needle}") and r.stderr.count("\n") == 1
     if option == "--plot":
         assert ".png" in r.stderr and ".jpg" in r.stderr and ".pdf" in r.stderr and ".svg" in r.stderr
     assert list(tmp_path.iterdir()) == []
@@ -343,7 +343,7 @@ def test_output_folder_is_created_and_unwritable_output_is_one_line(ckpt, media,
     assert jsonl(out.read_text())[0]["status"] == "no face"
     r = invoke([str(media["blank"]), "-w", str(ckpt), *OPTS, "-o", str(tmp_path)])  # a directory
     msg = r.stderr.strip()
-    assert r.exit_code == 2 and msg.startswith(f"dfer: --output {tmp_path}: cannot write") and "\n" not in msg
+    assert r.exit_code == 2 and msg.startswith(f"dfer predict: --output {tmp_path}: cannot write") and "\n" not in msg
 
 
 def test_help_names_the_default_weights():

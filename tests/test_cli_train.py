@@ -69,8 +69,9 @@ def test_unknown_dataset_and_unavailable_device_are_usage_errors(tmp_path, monke
     for cmd in (["train", "--data-root", str(tmp_path), "--output", str(tmp_path / "run")],
                 ["eval", "-w", str(tmp_path / "x.safetensors"), "--data-root", str(tmp_path)]):
         r = runner.invoke(app, [*cmd, "--device", "cuda"])
-        assert r.exit_code == 2 and r.output.strip() == ("dfer: --device: device 'cuda' requested but CUDA is not "
-                                                         "available: use --device cpu or auto")
+        assert r.exit_code == 2 and r.output.strip() == (f"dfer {cmd[0]}: --device: device 'cuda' requested but CUDA "
+                                                         f"is not available: use --device cpu or auto "
+                                                         f"(try: dfer {cmd[0]} --help)")
         r = runner.invoke(app, [*cmd, "--dataset", "dfw"])
         assert r.exit_code == 2 and "--dataset 'dfw': choose one of folder, dfew" in r.output
     assert not (tmp_path / "run").exists()

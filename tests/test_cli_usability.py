@@ -245,7 +245,7 @@ def test_eval_names_a_missing_path_and_the_fix_in_one_line(tmp_path):
         "(or set DFER_DATA_ROOT)")
     # a flag missing is a usage error (2); a path that is not there, 1
     assert line_of(["--dataset", "dfew", "--split", "5-fold", "--data-root", str(data)], 2).startswith(
-        "dfer: --split 5-fold needs --weights RUN_DIR")
+        "dfer eval: --split 5-fold needs --weights RUN_DIR")
     run_dir.mkdir(parents=True)
     assert line_of(["-w", str(run_dir), "--data-root", str(data)], 1) == (
         f"dfer: --weights {run_dir}: a folder without best.safetensors; pass a run folder written by "
@@ -276,9 +276,12 @@ def test_format_json_and_its_json_alias_agree(monkeypatch, tmp_path):
         assert c.exit_code == 0 and not c.stdout.lstrip().startswith("{")
         bad = r.invoke(app, [*cmd, "--json", "--format", "table"])
         assert bad.exit_code == 2
-        assert bad.stderr.strip() == "dfer: --json is --format json; it cannot go with --format table"
+        where = "dfer " + " ".join(cmd)
+        assert bad.stderr.strip() == (f"{where}: --json is --format json; it cannot go with --format table "
+                                      f"(try: {where} --help)")
         bad = r.invoke(app, [*cmd, "--format", "xml"])
-        assert bad.exit_code == 2 and bad.stderr.strip() == "dfer: --format xml: expected one of table, json"
+        assert bad.exit_code == 2 and bad.stderr.strip() == (f"{where}: --format xml: expected one of table, json "
+                                                             f"(try: {where} --help)")
 
 
 # --------------------------------------------------------------------------- grammar

@@ -216,7 +216,7 @@ def test_usage_errors_are_one_line_before_any_work(ckpt, corpus, tmp_path, monke
     args = [a.replace("{out}", str(tmp_path / "out")).replace("{file}", str(tmp_path / "file")) for a in args]
     r = invoke([str(corpus / "blank0.mp4"), "-w", str(ckpt), *args])
     assert r.exit_code == 2, r.output
-    assert r.stderr.startswith("dfer: ") and needle in r.stderr and r.stderr.count("\n") == 1
+    assert r.stderr.startswith("dfer predict: ") and needle in r.stderr and r.stderr.count("\n") == 1
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
 
 

@@ -229,7 +229,8 @@ def test_cli_rejects_an_unknown_detector_in_one_line(tmp_path):
     r = subprocess.run([sys.executable, "-m", "dfer_cli", "predict", str(tmp_path / "x.mp4"), "--detector", "fast"],
                        capture_output=True, text=True)
     assert r.returncode == 2
-    assert r.stderr.strip().splitlines()[0] == "dfer: --detector fast: expected full or keyframe"
+    assert r.stderr.strip().splitlines()[0] == ("dfer predict: --detector fast: expected full or keyframe "
+                                                "(try: dfer predict --help)")
 
 
 def test_a_face_that_appears_in_an_empty_shot_is_found_at_once(full, patch):

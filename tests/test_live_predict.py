@@ -183,5 +183,5 @@ def test_options_that_need_a_file_refuse_a_live_input(face_ts, ckpt, flag):
     _, err = proc.communicate(face_ts.read_bytes()[:4096], timeout=120)
     assert proc.returncode == 2
     line = err.decode().strip()
-    assert line.startswith("dfer: standard input (-) is a live input") and "\n" not in line
+    assert line.startswith("dfer predict: standard input (-) is a live input") and "\n" not in line
     assert "save the stream to a file first" in line
