@@ -197,6 +197,16 @@ def fail(message: str, code: int = 1) -> None:
     raise typer.Exit(code)
 
 
+def require_finite(options: dict) -> None:
+    """A usage error (exit 2) for a number option given as inf or nan: ``{"--stride": value}``
+    (None: not given). Typer's min/max checks let both through."""
+    import math
+
+    for name, value in options.items():
+        if value is not None and not math.isfinite(value):
+            fail(f"{name} {value}: expected a finite number", 2)
+
+
 # --format for commands that print data; --json, where a command had it, is its alias.
 FORMAT_HELP = "Output format: table (for people) or json (for programs)."
 JSON_ALIAS_HELP = "Same as --format json."

@@ -18,7 +18,8 @@ from typing import Callable, List, Optional
 
 import typer
 
-from dfer_cli.cli_app import FORMAT_HELP, JSON_ALIAS_HELP, DferCommand, DferGroup, app, fail, output_format
+from dfer_cli.cli_app import (FORMAT_HELP, JSON_ALIAS_HELP, DferCommand, DferGroup, app, fail, output_format,
+                              require_finite)
 from dfer_cli.fsutil import PartialFile, path_problem
 from dfer_cli.weights import DEFAULT_WEIGHTS
 
@@ -521,6 +522,7 @@ def predict_cmd(
     130 interrupted (Ctrl-C), 141 stdout closed by its reader (e.g. `| head`), 143 terminated
     (SIGTERM).
     """
+    require_finite({"--window": window, "--stride": stride, "--min-face": min_face, "--min-score": min_score})
     fmt, fmt_given = _check_options(fmt, output, tta, detection, min_face)
     live: dict = {}
     items = collect_inputs(inputs, recursive=recursive, live=live)

@@ -12,7 +12,7 @@ from typing import List, Optional
 
 import typer
 
-from dfer_cli.cli_app import FORMAT_HELP, JSON_ALIAS_HELP, DferCommand, app, fail, output_format
+from dfer_cli.cli_app import FORMAT_HELP, JSON_ALIAS_HELP, DferCommand, app, fail, output_format, require_finite
 from dfer_cli.weights import DEFAULT_WEIGHTS
 
 _DATASET_HELP = "Dataset layout: folder (ROOT/SPLIT/CLASS/CLIP), dfew, ferv39k, afew."
@@ -492,6 +492,7 @@ def prepare_cmd(
     from dfer_cli.preprocess import DEFAULT_TEMPLATE, zoom_template
     from dfer_cli.prepare import prepare
 
+    require_finite({"--min-face": min_face, "--min-score": min_score})
     if min_face <= 0:
         fail(f"--min-face {min_face}: must be > 0 (a fraction <= 1 or pixels > 1)", 2)
     try:

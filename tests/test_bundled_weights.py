@@ -29,31 +29,46 @@ def test_model_card_names_the_file_hash():
 
 def test_preprocessing_is_what_it_was_trained_with(model):
     pre = model.preprocessing
-    assert (pre.input_size, pre.num_frames, pre.grayscale) == (96, 16, True)
-    assert pre.detail_size == 48  # FER2013's native side: video faces are reduced to it first
+    assert (pre.input_size, pre.num_frames, pre.grayscale) == (48, 16, True)
+    assert pre.detail_size is None  # faces are aligned straight to FER2013's 48 px
     assert [c for p in pre.template for c in p] == pytest.approx([c for p in FER2013_TEMPLATE for c in p])
     assert list(model.classes) == list(CLASSES)
     assert model.provenance["data"]  # training provenance travels with the weights
 
 
+def test_members_learned_from_the_crowd_and_the_temperature_was_fitted_on_held_out_train_images(model):
+    members = model.provenance["members"]
+    assert len(members) == 3
+    for m in members:
+        recipe = m["provenance"]["recipe"]
+        assert recipe["votes"] and recipe["loss"] == "ce" and recipe["holdout"] == 0.1
+        assert m["provenance"]["data"]["holdout_sha256"] == model.calibration["holdout_sha256"]
+    cal = model.calibration
+    assert cal["method"] == "temperature" and 0.3 < cal["temperature"] < 3.0
+    assert cal["fitted_on"].startswith("holdout 0.1 of train (seed 0)")
+    assert cal["mean_kl_after"] <= cal["mean_kl_before"]
+
+
 def test_windows_are_local_in_space(model):
-    # the default is an ensemble of a 96 px LOGO-Former (6x6 layer3 grid, 2x2x2 windows that
-    # cover 2x2 of its cells, so the "local" attention really is local) and
-    # a plain CNN at 48 px (a ResNet-18 of width 32 through layer4, maps averaged: no attention)
+    # the default is an ensemble of a LOGO-Former (6x6 layer3 grid from a 48 px face with the
+    # stride-1 stem; 2x2x2 windows cover 2x2 of its cells, so the "local" attention really is
+    # local) and two plain CNNs (a ResNet-18 of width 32 through layer4, maps averaged)
     import torch
 
     from dfer_cli.models.ensemble import Ensemble
 
     assert isinstance(model, Ensemble)
-    former, cnn = model.members
-    assert (former.model_name, former.config.input_size, former.grid_hw) == ("logo_former", 96, (6, 6))
-    grid = former.backbone(torch.zeros(1, 3, 96, 96)).shape[-2:]
+    former, *cnns = model.members
+    assert (former.model_name, former.config.input_size, former.config.stem, former.grid_hw) == (
+        "logo_former", 48, "s1", (6, 6))
+    grid = former.backbone(torch.zeros(1, 3, 48, 48)).shape[-2:]
     assert tuple(grid) == former.grid_hw
     assert former.config.window == (2, 2, 2) and former.window == (2, 2, 2)
     assert former.window[1] < grid[0] and former.window[2] < grid[1]
-    assert (cnn.model_name, cnn.config.input_size, cnn.config.stem) == ("trunk_pool", 48, "s1")
-    assert (cnn.config.trunk_layers, cnn.config.trunk_width) == (4, 32)
-    assert cnn.backbone(torch.zeros(1, 3, 48, 48)).shape == (1, 256, 3, 3)
+    for cnn in cnns:
+        assert (cnn.model_name, cnn.config.input_size, cnn.config.stem) == ("trunk_pool", 48, "s1")
+        assert (cnn.config.trunk_layers, cnn.config.trunk_width) == (4, 32)
+        assert cnn.backbone(torch.zeros(1, 3, 48, 48)).shape == (1, 256, 3, 3)
 
 
 def test_smile_example_reads_happy(model):
