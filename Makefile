@@ -28,11 +28,11 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python benchmarks/pipeline.py
 
-# Rebuilds weights/logo_former_fer2013.safetensors as its model card says, from scratch: three
+# Rebuilds weights/logo_former_fer2013.safetensors as its model card says, from scratch: five
 # networks on grey 48 px FER2013 faces, each trained once on the FER+ crowd's vote shares
 # (soft cross-entropy), with the same 10 % of train/ held out: a LOGO-Former (width-32
 # ResNet-18 trunk with a stride-1 stem to layer3, 6x6 tokens, 2 blocks, 2x2x2 windows; AdamW,
-# 30 epochs) and two plain width-32 ResNet-18s (SGD, 40 epochs, seeds 2 and 3). Their
+# 30 epochs) and four plain width-32 ResNet-18s (SGD, 40 epochs, seeds 2 to 5). Their
 # probabilities are averaged (dfer weights ensemble); a temperature is fitted on the held-out
 # images (dfer weights calibrate) and the 16-frame export is scored once on val against the
 # FER+ votes. `make -j2 starter-weights` trains two members at a time, one thread each; a
@@ -57,22 +57,26 @@ runs/crowd_cnn/done: $(STAMP)
 	$(BIN)/dfer train $(CROWD) $(CNN) --seed 2 --output runs/crowd_cnn $(if $(wildcard runs/crowd_cnn/state.pt),--resume)
 	touch $@
 
-runs/crowd_cnn2/done: $(STAMP)
-	$(BIN)/dfer train $(CROWD) $(CNN) --seed 3 --output runs/crowd_cnn2 $(if $(wildcard runs/crowd_cnn2/state.pt),--resume)
+runs/crowd_cnn%/done: $(STAMP)
+	$(BIN)/dfer train $(CROWD) $(CNN) --seed $$(( $* + 1 )) --output runs/crowd_cnn$* \
+	  $(if $(wildcard runs/crowd_cnn$*/state.pt),--resume)
 	touch $@
 
-starter-members: runs/crowd_logo/done runs/crowd_cnn/done runs/crowd_cnn2/done
+starter-members: runs/crowd_logo/done runs/crowd_cnn/done runs/crowd_cnn2/done runs/crowd_cnn3/done \
+  runs/crowd_cnn4/done
+
+CNN_RUNS := runs/crowd_cnn/last.safetensors runs/crowd_cnn2/last.safetensors runs/crowd_cnn3/last.safetensors \
+  runs/crowd_cnn4/last.safetensors
 
 starter-weights: starter-members
-	$(BIN)/dfer weights ensemble runs/crowd_logo/last.safetensors runs/crowd_cnn/last.safetensors \
-	  runs/crowd_cnn2/last.safetensors -o runs/crowd_ensemble.safetensors --float32
+	$(BIN)/dfer weights ensemble runs/crowd_logo/last.safetensors $(CNN_RUNS) -o runs/crowd_ensemble.safetensors \
+	  --float32
 	$(BIN)/dfer weights calibrate runs/crowd_ensemble.safetensors runs/crowd_ensemble_cal.safetensors \
 	  --data-root $(FER2013) \
 	  --votes $(VOTES) --holdout 0.1 --holdout-seed 0 --float32 --threads 2
 	# the members, the pair and the calibrated pair on the held-out images, kept with the run
-	$(BIN)/python scripts/crowd_holdout.py runs/crowd_logo/last.safetensors runs/crowd_cnn/last.safetensors \
-	  runs/crowd_cnn2/last.safetensors runs/crowd_ensemble.safetensors runs/crowd_ensemble_cal.safetensors \
-	  --data-root $(FER2013) --votes $(VOTES) --threads 2 | tee runs/crowd_holdout.log
+	$(BIN)/python scripts/crowd_holdout.py runs/crowd_logo/last.safetensors $(CNN_RUNS) \
+	  runs/crowd_ensemble.safetensors runs/crowd_ensemble_cal.safetensors --data-root $(FER2013) --votes $(VOTES) --threads 2 | tee runs/crowd_holdout.log
 	$(BIN)/dfer weights export runs/crowd_ensemble_cal.safetensors runs/logo_former_fer2013.safetensors --frames 16
 	$(BIN)/dfer eval --weights runs/logo_former_fer2013.safetensors --data-root $(FER2013) --split val \
 	  --votes $(FER2013)/ferplus/val.csv --predictions runs/val_predictions.csv --plot runs/val.png --threads 2 \
