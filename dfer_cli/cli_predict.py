@@ -18,6 +18,7 @@ from typing import Callable, List, Optional
 
 import typer
 
+from dfer_cli.messages import one_line, printable
 from dfer_cli.cli_app import (FORMAT_HELP, JSON_ALIAS_HELP, DferCommand, DferGroup, app, fail, output_format,
                               require_finite)
 from dfer_cli.fsutil import PartialFile, path_problem
@@ -282,18 +283,6 @@ def default_format(output: Optional[Path]) -> str:
     return "table" if sys.stdout.isatty() else "jsonl"
 
 
-def _one_line(exc: BaseException, path=None) -> str:
-    """The first line of an exception's message, without a leading "<path>: " (the caller
-    prints the path already)."""
-    msg = str(exc).strip().splitlines()
-    text = msg[0] if msg else type(exc).__name__
-    if path is not None and text.startswith(f"{path}: "):
-        text = text[len(str(path)) + 2:]
-    elif path == "-" and text.startswith("standard input: "):
-        text = text[len("standard input: "):]
-    return text if len(text) < 300 else text[:297] + "..."
-
-
 class _Stdout:
     """Where records go without --output: `stream`, the stdout the command started with (the
     file or pipe it is redirected to, or the terminal), never rich's proxy, so records reach
@@ -410,6 +399,9 @@ class _Progress:
         if self.bar is not None:
             if self.task is not None:
                 self.bar.remove_task(self.task)
+            from rich.markup import escape
+
+            name = escape(printable(name))  # a name is shown, never read as markup or control codes
             label = f"video {self.started} of {self.total}  {name}" if self.total > 1 else name
             self.task = self.bar.add_task(label, total=None)
             self.bar.refresh()  # shown at once, however quickly the video then goes
@@ -546,7 +538,7 @@ def predict_cmd(
     # not loaded at all.
     for path, error in items:
         if error is not None:
-            typer.echo(f"dfer: skipping {path}: {error}", err=True)
+            typer.echo(f"dfer: skipping {printable(path)}: {printable(error)}", err=True)
     try:
         model, dev = _load_checkpoint(weights, device, threads) if videos else (None, None)
     except KeyboardInterrupt:
@@ -700,7 +692,7 @@ class _BatchRun:
         except (KeyboardInterrupt, SystemExit, _StdoutClosed):
             raise
         except Exception as e:  # one bad file must not stop the batch
-            error = _one_line(e, path)
+            error = one_line(e, path)
         if self.sigint.seen:
             # Ctrl-C while PyAV was reading a stream: PyAV turns the exception raised in its
             # read callback into the end of the stream, so it is raised here instead
@@ -710,7 +702,7 @@ class _BatchRun:
         self.finished += 1
         if error is not None:
             self.failed += 1
-            self.progress.log(f"dfer: skipping {path}: {error}")
+            self.progress.log(f"dfer: skipping {printable(path)}: {printable(error)}")
             self.writer.error(path, error)
             return
         if notes.truncation is not None:  # keep what was decoded, say so in the record
@@ -727,8 +719,8 @@ class _BatchRun:
                     render(path, targets[path], result)
                 except Exception as e:
                     self.failed += 1
-                    self.progress.log(f"dfer: {path}: could not write the {what} {targets[path]}: "
-                                      f"{_one_line(e, targets[path])}")
+                    self.progress.log(f"dfer: {printable(path)}: could not write the {what} {printable(targets[path])}: "
+                                      f"{one_line(e, targets[path])}")
 
     def interrupted(self) -> None:
         """Ctrl-C or SIGTERM: keep what was written, say how far it got, exit 130 (143 for
@@ -798,7 +790,7 @@ def _load_checkpoint(weights: Optional[str], device: str, threads: Optional[int]
     try:
         model = load_model(str(ckpt), device=dev)
     except (ValueError, OSError) as e:
-        fail(f"cannot use checkpoint {ckpt}: {_one_line(e, ckpt)}", 1)
+        fail(f"cannot use checkpoint {ckpt}: {one_line(e, ckpt)}", 1)
     return model, dev
 
 
@@ -846,7 +838,7 @@ class _VideoWarnings:
                     self.truncation = w.message
                     self.lines.append(str(w.message))
             else:
-                self.lines.append(f"warning: {_one_line(w.message)}")
+                self.lines.append(f"warning: {one_line(w.message)}")
         return False
 
 

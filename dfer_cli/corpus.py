@@ -49,6 +49,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
+from dfer_cli.messages import one_line, printable
+
 RESULT_SUFFIX = {"jsonl": ".jsonl", "json": ".json", "csv": ".csv"}
 CORPUS_FORMATS = tuple(RESULT_SUFFIX)
 MANIFEST = "manifest.jsonl"
@@ -309,17 +311,6 @@ def result_settings(opts: dict, fmt: str) -> dict:
             "min_score": float(opts.get("min_score", faces.MIN_SCORE)), "tta": opts["tta"], "format": fmt,
             # only when not the default, so that folders made before the option keep their results
             **({"detection": opts["detection"]} if opts.get("detection", "full") != "full" else {})}
-
-
-def one_line(exc: BaseException, *paths) -> str:
-    """The first line of an exception's message, without a leading ``<path>: `` for any of
-    `paths` (the caller names the video already)."""
-    lines = str(exc).strip().splitlines()
-    text = lines[0] if lines else type(exc).__name__
-    for p in paths:
-        if p is not None and text.startswith(f"{p}: "):
-            text = text[len(str(p)) + 2:]
-    return text if len(text) < 300 else text[:297] + "..."
 
 
 def render_result(result, fmt: str, classes: Sequence[str]) -> str:
@@ -624,7 +615,7 @@ class CorpusProgress:
 
     def finished(self, job: Job, outcome: dict) -> None:
         if outcome["status"] == "failed":
-            self.log(f"dfer: skipping {job.path}: {outcome['error']}")
+            self.log(f"dfer: skipping {printable(job.path)}: {printable(outcome['error'])}")
         if self.bar is not None:
             self.bar.update(self.task, completed=self.s.done + self.s.failed, stats=self.stats())
 

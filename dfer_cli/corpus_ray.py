@@ -21,7 +21,8 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Callable, Optional
 
-from dfer_cli.corpus import CorpusError, one_line, process_video
+from dfer_cli.corpus import CorpusError, process_video
+from dfer_cli.messages import one_line, printable
 
 try:
     import ray
@@ -213,7 +214,7 @@ def _drive(jobs, actors: list, incarnations: list, new_actor: Callable, fmt: str
         video.bounces = 0
         video.errors = video.errors + [video.reason]
         if video.attempt <= retries:
-            log(f"dfer: a worker died on {video.job.path} ({video.reason}); trying again "
+            log(f"dfer: a worker died on {printable(video.job.path)} ({video.reason}); trying again "
                 f"(attempt {video.attempt + 1} of {retries + 1})")
             video.attempt += 1
             run(i, video)

@@ -173,7 +173,11 @@ class TableWriter(Writer):
             # 3-letter class names and 2 decimals rather than truncated numbers.
             compact = self.console.width < 100
             digits = 2 if compact else 3
-            table = Table(title=result.video, title_justify="left")
+            from rich.markup import escape
+
+            from dfer_cli.messages import printable
+
+            table = Table(title=escape(printable(result.video)), title_justify="left")
             table.add_column("start–end" if compact else "start–end (s)", no_wrap=True)
             table.add_column("trk" if compact else "track", justify="right", no_wrap=True)
             table.add_column("label", no_wrap=True)
@@ -196,7 +200,9 @@ class TableWriter(Writer):
             self.console.print(table)
             for status, k in notes.items():
                 self.console.print(f"({k}) not classified: {status}", markup=False, soft_wrap=True)
-        self.console.print(summary_line(result), soft_wrap=True, markup=False)
+        from dfer_cli.messages import printable
+
+        self.console.print(printable(summary_line(result)), soft_wrap=True, markup=False)
         self.stream.flush()
 
     def error(self, video: str, message: str) -> None:

@@ -232,3 +232,30 @@ def test_ctrl_c_json_output_never_looks_complete(ckpt, media, tmp_path, monkeypa
     r = CliRunner().invoke(app, [*args, "-f", "json"])
     assert r.exit_code == 130 and r.stdout == ""
     assert "nothing written" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+
+
+def test_hostile_file_names_are_shown_escaped_and_kept_intact_in_records(ckpt, tmp_path):
+    forged = "bad\ndfer: 3 of 3 inputs done.mp4"
+    coloured = "esc\x1b[31mred [bold]x.mp4"
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for name in (forged, coloured):
+        (folder / name).write_bytes(b"not a video at all")
+    p = subprocess.run([DFER, "predict", str(folder), "-w", str(ckpt), *OPTS, "-f", "jsonl"], env=ENV,
+                       capture_output=True, text=True, timeout=600)
+    assert p.returncode == 1
+    lines = p.stderr.splitlines()
+    assert len(lines) == 3 and lines[-1] == "dfer: 0 of 2 inputs done, 2 failed"
+    assert not any(line.startswith("dfer: 3 of 3") for line in lines) and "\x1b" not in p.stderr
+    assert f"dfer: skipping {folder}/bad\\ndfer: 3 of 3 inputs done.mp4: cannot be read as a video" in p.stderr
+    assert f"{folder}/esc\\x1b[31mred [bold]x.mp4: cannot be read" in p.stderr
+    errors = {r["video"]: r["error"] for r in map(json.loads, p.stdout.splitlines())}
+    assert set(errors) == {str(folder / forged), str(folder / coloured)}       # names as they are
+    assert all(e.startswith("cannot be read as a video") for e in errors.values())  # not cut at the name's \n
+
+
+def test_printable_escapes_control_characters_and_keeps_other_text():
+    from dfer_cli.messages import one_line, printable
+
+    assert printable("a\nb\tc\x1b[0m\x7f\u200bé漢.mp4") == "a\\nb\\tc\\x1b[0m\\x7f\\u200bé漢.mp4"
+    assert one_line(ValueError("x\ny.mp4: broken\nmore"), "x\ny.mp4") == "broken"
