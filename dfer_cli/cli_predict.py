@@ -160,7 +160,11 @@ def collect_inputs(specs: list[str], recursive: bool = False, stdin=None,
             user = spec.split("/", 1)[0]
             add(spec, f"cannot expand {user}: no such user; write the path out in full")
             return
-        if p.is_dir():
+        try:
+            is_dir = p.is_dir()
+        except OSError:  # a folder on the way cannot be entered: path_problem names it
+            is_dir = False
+        if is_dir:
             try:
                 entries = list(p.rglob("*") if recursive else p.iterdir())
             except OSError as e:
@@ -178,6 +182,10 @@ def collect_inputs(specs: list[str], recursive: bool = False, stdin=None,
                 add(spec, f"no video files in this directory{hint}")
             for q, problem in found:
                 add(str(q), problem)
+            if recursive:  # rglob passes over subfolders it cannot list: name them
+                for e in _unlistable(p):
+                    add(str(e.filename), f"cannot list this directory ({(e.strerror or str(e)).lower()}); make it "
+                                         "readable or name its videos")
         else:
             add(str(p) if spec.startswith("~") else spec, path_problem(p))
 
@@ -205,6 +213,15 @@ def collect_inputs(specs: list[str], recursive: bool = False, stdin=None,
         else:
             expand(spec)
     return out
+
+
+def _unlistable(folder: Path) -> list[OSError]:
+    """The errors of the subfolders of `folder` that cannot be listed (no read or search
+    permission), in walk order."""
+    errors: list[OSError] = []
+    for _ in os.walk(folder, onerror=errors.append):
+        pass
+    return [e for e in errors if getattr(e, "filename", None) and os.path.normpath(e.filename) != os.path.normpath(folder)]
 
 
 def check_live_inputs(items: list[tuple[str, Optional[str]]], *, output_dir, annotate, plot) -> None:

@@ -259,3 +259,37 @@ def test_printable_escapes_control_characters_and_keeps_other_text():
 
     assert printable("a\nb\tc\x1b[0m\x7f\u200bé漢.mp4") == "a\\nb\\tc\\x1b[0m\\x7f\\u200bé漢.mp4"
     assert one_line(ValueError("x\ny.mp4: broken\nmore"), "x\ny.mp4") == "broken"
+
+
+@pytest.mark.skipif(os.name != "posix" or not Path("/usr/bin/setpriv").exists(), reason="needs setpriv")
+def test_a_subfolder_that_cannot_be_listed_under_recursive_is_reported():
+    """Run as an unprivileged user (root reads any folder): the unreadable subfolder is a
+    reported input, not silently skipped; a folder given that cannot be entered is one too."""
+    import shutil
+    import tempfile
+
+    base = Path(tempfile.mkdtemp(prefix="dfer-perm-"))    # pytest's own folder is private to its user
+    os.chmod(base, 0o755)
+    root = base / "videos"
+    (root / "locked").mkdir(parents=True)
+    (root / "ok.mp4").write_bytes(b"x")
+    (root / "locked" / "hidden.mp4").write_bytes(b"x")
+    os.chmod(root / "locked", 0o000)
+    code = ("import json, sys; from dfer_cli.cli_predict import collect_inputs; "
+            f"print(json.dumps(collect_inputs([{str(root)!r}, {str(root / 'locked' / 'in')!r}], recursive=True)))")
+    cmd = [sys.executable, "-c", code]
+    if os.geteuid() == 0:
+        cmd = ["/usr/bin/setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", *cmd]
+    env = {**ENV, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
+    try:
+        p = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120, cwd="/")
+    finally:
+        os.chmod(root / "locked", 0o755)
+        shutil.rmtree(base)
+    if p.returncode != 0 and "Permission denied" in p.stderr and "site-packages" in p.stderr:
+        pytest.skip("the unprivileged user cannot read this Python installation")
+    assert p.returncode == 0, p.stderr[-2000:]
+    items = dict(map(tuple, json.loads(p.stdout)))
+    assert items[str(root / "ok.mp4")] is None
+    assert items[str(root / "locked")].startswith("cannot list this directory (permission denied)")
+    assert "permission denied" in items[str(root / "locked" / "in")]
