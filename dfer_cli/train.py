@@ -718,7 +718,16 @@ def _resumed_config(cfg: TrainConfig) -> TrainConfig:
     out = cfg.output
     if not os.path.isfile(os.path.join(out, "state.pt")):
         raise ValueError(f"cannot resume: {os.path.join(out, 'state.pt')} does not exist (start without --resume)")
-    saved = TrainConfig.from_dict(json.load(open(os.path.join(out, "config.json"))))
+    path = os.path.join(out, "config.json")
+    try:
+        with open(path, encoding="utf-8") as f:
+            saved = TrainConfig.from_dict(json.load(f))
+    except (OSError, ValueError, TypeError, AttributeError) as e:
+        reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e).splitlines()[0]
+        raise ValueError(f"cannot resume: {path} is missing or damaged ({reason}); restore it (command.sh holds "
+                         "the run's flags) or start again without --resume") from None
+    # the run is the folder the user named, even when it was copied or moved there
+    saved.output = out
     for k in ("workers", "threads", "device", "log_every"):
         setattr(saved, k, getattr(cfg, k))
     # precision is a property of the machine too (bf16 is fast only where the CPU or GPU has

@@ -602,3 +602,32 @@ def test_holdout_unseen_validates_only_on_held_out_images_without_a_twin_in_trai
     assert "without a near-duplicate in training" in prov["data"]["val_split"]
     with pytest.raises(ValueError, match="--holdout-unseen filters the --holdout split"):
         TrainConfig(data_root=str(root), holdout_unseen=True, val_split=None).validate()
+
+
+def test_a_copied_run_resumes_in_the_folder_named_and_leaves_the_original_alone(data, tmp_path):
+    import shutil
+
+    original = tmp_path / "orig"
+    train(tiny_config(data, original, epochs=1, optimizer="adamw", loss="ce"), progress=False)
+    copy = tmp_path / "moved" / "copy"
+    shutil.copytree(original, copy)
+    shutil.rmtree(original)                          # moved, not copied: the recorded path is gone
+    cfg = json.loads((copy / "config.json").read_text())
+    cfg["epochs"] = 2
+    (copy / "config.json").write_text(json.dumps(cfg))
+    summary = train(tiny_config(data, copy), resume=True, progress=False)
+    assert summary["output"] == str(copy) and summary["epochs"] == 2
+    assert not original.exists()
+    assert len((copy / "metrics.jsonl").read_text().splitlines()) == 2
+    assert json.loads((copy / "config.json").read_text())["output"] == str(copy)
+
+
+def test_resume_with_a_damaged_config_names_the_file_and_the_fix(data, tmp_path):
+    run = tmp_path / "run"
+    train(tiny_config(data, run, epochs=1, optimizer="adamw", loss="ce"), progress=False)
+    (run / "config.json").write_text("{broken")
+    with pytest.raises(ValueError) as e:
+        train(tiny_config(data, run), resume=True, progress=False)
+    msg = str(e.value)
+    assert msg.startswith(f"cannot resume: {run / 'config.json'} is missing or damaged") and "command.sh" in msg
+    assert "\n" not in msg
