@@ -12,7 +12,19 @@ from dfer_cli.cli_app import PROG, app, fail  # noqa: F401  (the app, as `dfer_c
 
 def main() -> None:
     """Console-script entry point (also `python -m dfer_cli`): messages and usage name the
-    command `dfer` however it was started."""
+    command `dfer` however it was started. A closed stderr (`2>&-`) becomes /dev/null, so
+    the records still reach stdout; a closed stdout (`>&-`) too, and `dfer predict` then
+    refuses to run unless its records go to a file (`-o`, `--output-dir`)."""
+    import os
+    import sys
+
+    from dfer_cli import cli_app
+
+    if sys.stderr is None:
+        sys.stderr = open(os.devnull, "w")
+    if sys.stdout is None:
+        sys.stdout = open(os.devnull, "w")
+        cli_app.STDOUT_CLOSED = True
     app(prog_name=PROG)
 
 

@@ -324,6 +324,8 @@ class _Stdout:
                 self.stream.write(text)
             except BrokenPipeError:  # the reader went away: `dfer predict ... | head -1`
                 raise _StdoutClosed() from None
+            except OSError as e:  # a full disk, /dev/full, an I/O error
+                raise _OutputFailed("standard output", e) from None
         return len(text)
 
     def flush(self) -> None:
@@ -337,9 +339,33 @@ class _Stdout:
                 self.stream.flush()
         except BrokenPipeError:
             raise _StdoutClosed() from None
+        except OSError as e:
+            raise _OutputFailed("standard output", e) from None
 
     def isatty(self) -> bool:
         return self.tty
+
+
+class _FileOut:
+    """The --output file's stream, with a failed write (a full disk) raised as _OutputFailed."""
+
+    def __init__(self, stream, name: str):
+        self.stream, self.name = stream, name
+
+    def write(self, text: str) -> int:
+        try:
+            return self.stream.write(text)
+        except OSError as e:
+            raise _OutputFailed(f"--output {self.name}", e) from None
+
+    def flush(self) -> None:
+        try:
+            self.stream.flush()
+        except OSError as e:
+            raise _OutputFailed(f"--output {self.name}", e) from None
+
+    def isatty(self) -> bool:
+        return False
 
 
 class _Stderr:
@@ -532,6 +558,11 @@ def predict_cmd(
     (SIGTERM).
     """
     require_finite({"--window": window, "--stride": stride, "--min-face": min_face, "--min-score": min_score})
+    from dfer_cli import cli_app
+
+    if cli_app.STDOUT_CLOSED and not output and not output_dir:
+        fail("standard output is closed (>&-), so the records would be lost; redirect it to a file or pass "
+             "-o FILE", 2)
     fmt, fmt_given = _check_options(fmt, output, tta, detection, min_face)
     live: dict = {}
     items = collect_inputs(inputs, recursive=recursive, live=live)
@@ -660,7 +691,7 @@ class _BatchRun:
                 self.sink = PartialFile(output)
             except OSError as e:
                 fail(f"--output {output}: cannot write it ({e.strerror or e}); choose a writable file path", 2)
-            self.stream = self.sink.file
+            self.stream = _FileOut(self.sink.file, output)
         else:
             self.stream = _Stdout(sys.stdout, self.progress)
         # Without a model (every input was bad) the error records go out with dfer's 7 classes.
@@ -681,6 +712,15 @@ class _BatchRun:
             stopped = "interrupted"
         except _StdoutClosed:
             stopped = "closed"
+        except _OutputFailed as e:
+            from dfer_cli.writers import counted
+
+            # the records so far stay where they were written (an --output's FILE.partial)
+            typer.echo(f"dfer: cannot write {printable(e.what)} ({e.reason}); stopped after {self.finished} of "
+                       f"{counted(self.videos, 'video')}: free some space or write the records elsewhere", err=True)
+            if e.what == "standard output":
+                _quiet_stdout()
+            raise typer.Exit(1)
         except BaseException:
             if self.sink is not None:
                 self.sink.abandon()
@@ -706,7 +746,7 @@ class _BatchRun:
             with notes:
                 result = predict_video(self.model, path, on_clip=self.writer.clip, progress=self.progress.callback,
                                        stdin=self.live.get(path), **self.options)
-        except (KeyboardInterrupt, SystemExit, _StdoutClosed):
+        except (KeyboardInterrupt, SystemExit, _StdoutClosed, _OutputFailed):
             raise
         except Exception as e:  # one bad file must not stop the batch
             error = one_line(e, path)
@@ -815,17 +855,32 @@ class _StdoutClosed(Exception):
     """stdout's reader went away (EPIPE): the run ends quietly (see _exit_stdout_closed)."""
 
 
+class _OutputFailed(Exception):
+    """Records could not be written (`what`: standard output or --output FILE) for `reason`."""
+
+    def __init__(self, what: str, error: OSError):
+        super().__init__(what)
+        self.what = what
+        self.reason = (error.strerror or str(error)).lower() if isinstance(error, OSError) else str(error)
+
+
 def _exit_stdout_closed() -> None:
     """End the run after stdout's reader closed the pipe: no message (nobody reads the
     output; the shell reports the status), exit 141. stdout is pointed at /dev/null first so
     that Python's own flush at exit does not print a BrokenPipeError."""
+    _quiet_stdout()
+    raise typer.Exit(EXIT_STDOUT_CLOSED)
+
+
+def _quiet_stdout() -> None:
+    """Point stdout's file descriptor at /dev/null, dropping what Python still buffers, so that
+    its flush at exit cannot fail once more (EPIPE, a full disk) with a traceback."""
     try:
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
         os.close(devnull)
-    except (OSError, ValueError):  # no real file descriptor (a test's captured stdout)
+    except (OSError, ValueError, AttributeError):  # no real file descriptor (a test's captured stdout)
         pass
-    raise typer.Exit(EXIT_STDOUT_CLOSED)
 
 
 class _VideoWarnings:

@@ -293,3 +293,36 @@ def test_a_subfolder_that_cannot_be_listed_under_recursive_is_reported():
     assert items[str(root / "ok.mp4")] is None
     assert items[str(root / "locked")].startswith("cannot list this directory (permission denied)")
     assert "permission denied" in items[str(root / "locked" / "in")]
+
+
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full")
+@pytest.mark.parametrize("where", ["stdout", "output"])
+def test_a_full_disk_under_the_records_is_one_line_not_a_traceback(ckpt, media, tmp_path, where):
+    args = [DFER, "predict", str(media["face"]), str(media["face"]), "-w", str(ckpt), *OPTS, "-f", "jsonl"]
+    if where == "output":
+        p = subprocess.run(args + ["-o", "/dev/full"], env=ENV, capture_output=True, text=True, timeout=600)
+        what = "--output /dev/full"
+    else:
+        with open("/dev/full", "w") as full:
+            p = subprocess.run(args, env=ENV, stdout=full, stderr=subprocess.PIPE, text=True, timeout=600)
+        what = "standard output"
+    assert p.returncode == 1
+    (line,) = p.stderr.splitlines()
+    assert line.startswith(f"dfer: cannot write {what} (no space left on device); stopped after 0 of 1 video")
+    assert "skipping" not in p.stderr and "Traceback" not in p.stderr
+
+
+def test_closed_stdout_or_stderr_loses_no_record(ckpt, media, tmp_path):
+    cmd = f"{shlex.quote(DFER)} predict {shlex.quote(str(media['face']))} -w {shlex.quote(str(ckpt))} " + \
+        " ".join(OPTS) + " -f jsonl"
+    closed_out = subprocess.run(["bash", "-c", cmd + " >&-"], env=ENV, capture_output=True, text=True, timeout=600)
+    assert closed_out.returncode == 2
+    assert closed_out.stderr.strip() == ("dfer predict: standard output is closed (>&-), so the records would be "
+                                         "lost; redirect it to a file or pass -o FILE (try: dfer predict --help)")
+    out = tmp_path / "r.jsonl"
+    to_file = subprocess.run(["bash", "-c", cmd + f" -o {shlex.quote(str(out))} >&-"], env=ENV, capture_output=True,
+                             text=True, timeout=600)
+    assert to_file.returncode == 0 and json.loads(out.read_text().splitlines()[-1])["type"] == "video"
+    closed_err = subprocess.run(["bash", "-c", cmd + " 2>&-"], env=ENV, capture_output=True, text=True, timeout=600)
+    assert closed_err.returncode == 0
+    assert [json.loads(line)["type"] for line in closed_err.stdout.splitlines()][-1] == "video"
