@@ -48,6 +48,7 @@ CONFIG_INTS = {"num_frames": (1, 512), "input_size": (1, 2048), "num_classes": (
 CONFIG_FLOATS = {"mlp_ratio": (0.0, 64.0), "dropout": (0.0, 1.0), "attn_dropout": (0.0, 1.0),
                  "drop_path": (0.0, 1.0), "compact_lambda": (0.0, 1e6)}
 MAX_WINDOW = 4096
+MAX_CLIP_BYTES = 2 << 30  # the memory one clip may need in the trunk (clip_memory_bytes)
 MAX_MEMBERS = 16      # models in an ensemble checkpoint (each is run on every frame)
 MAX_NESTING = 64      # levels of JSON arrays/objects in a header (real ones use about 4)
 _FIX = "the file is damaged or not from dfer; re-download it or re-save it with dfer"
@@ -196,6 +197,7 @@ def _validate(path: Path, meta: dict) -> None:
              "input_size": max(m["config"]["input_size"] for m in filled)}
     else:
         c = meta["config"] = _validate_config(path, name, config, "config")
+    _check_clip_memory(path, [m["config"] for m in meta["config"]["members"]] if name == ENSEMBLE else [c])
 
     classes = meta["classes"]
     if not (isinstance(classes, list) and all(isinstance(v, str) and v for v in classes)):
@@ -271,6 +273,28 @@ def _validate_config(path: Path, name: str, config, where: str) -> dict:
     if not (isinstance(w, list) and len(w) == 3 and all(_is_int(v) and 1 <= v <= MAX_WINDOW for v in w)):
         raise bad("window", w, f"3 ints from 1 to {MAX_WINDOW} (frames, rows, cols)")
     return c
+
+
+def clip_memory_bytes(c: dict) -> int:
+    """An estimate of the memory one clip needs on its way into the trunk, from a validated
+    config ``c``: the float32 frames (T x 3 x S x S) and the first stage's maps, which are the
+    largest (width channels at S/2, or at S with the stride-1 stem), three of them alive at a
+    time (convolution, BatchNorm, ReLU). Real face models need a few hundred MB at most; a
+    header asking for far more is refused before anything is built."""
+    t, s = int(c["num_frames"]), int(c["input_size"])
+    side = s if c.get("stem") == "s1" else -(-s // 2)
+    width = int(c.get("trunk_width") or 64)
+    return 4 * t * (3 * s * s + 3 * width * side * side)
+
+
+def _check_clip_memory(path: Path, configs: list[dict]) -> None:
+    need = sum(clip_memory_bytes(c) for c in configs)
+    if need > MAX_CLIP_BYTES:
+        c = configs[0]
+        raise CheckpointError(
+            f"{path}: its config asks for about {need / 2**30:.1f} GiB per clip (input_size {c['input_size']}, "
+            f"num_frames {c['num_frames']}), more than the {MAX_CLIP_BYTES / 2**30:.0f} GiB any face model of "
+            f"dfer needs; {_FIX}")
 
 
 def _former_configs(meta: dict) -> list[dict]:

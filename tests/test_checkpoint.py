@@ -319,6 +319,24 @@ def test_huge_declared_model_in_a_small_file_is_refused_without_allocating(tmp_p
     assert "tensor 'pos_space' has shape (1, 1, 4, 16)" in msg and "dim=4096, depth=64" in msg
 
 
+def test_a_clip_shape_asking_for_gigabytes_is_refused_before_anything_is_built(tmp_path, tiny_state, monkeypatch):
+    from dfer_cli.checkpoint import MAX_CLIP_BYTES, clip_memory_bytes
+
+    _no_real_model(monkeypatch)
+
+    def huge_clip(meta):     # a few hundred KB of file, 12.8 GiB per clip: 64 frames of 1024 px
+        meta["config"].update(input_size=1024, num_frames=64)
+        meta["preprocessing"].update(input_size=1024, num_frames=64)
+    msg = _one_line_error(_forge(tmp_path, tiny_state, huge_clip, name="clip"))
+    assert "asks for about 12.8 GiB per clip (input_size 1024, num_frames 64)" in msg
+    # the estimate, written out: float32 frames plus three maps of the first stage at half the side
+    assert clip_memory_bytes({"num_frames": 64, "input_size": 1024, "stem": "standard", "trunk_width": 64}) == \
+        4 * 64 * (3 * 1024 * 1024 + 3 * 64 * 512 * 512)
+    # the models dfer trains stay far below the bound (the papers' 112 px, 16 frames: 39 MiB)
+    assert clip_memory_bytes({"num_frames": 16, "input_size": 112, "stem": "standard", "trunk_width": 64}) < \
+        MAX_CLIP_BYTES / 50
+
+
 @pytest.mark.parametrize("change, key", [
     (lambda s: s.pop("head.bias"), "'head.bias'"),                               # missing
     (lambda s: s.update({"evil.weight": torch.zeros(2)}), "'evil.weight'"),      # unexpected
