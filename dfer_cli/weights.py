@@ -94,17 +94,30 @@ def find_weights(spec: str | os.PathLike | None = None) -> Path:
         except RuntimeError:  # ~user that does not exist
             p = Path(spec)
         if p.is_file():
-            return verify_registered(p)
+            return verify_registered(_readable(p))
         raise FileNotFoundError(f"{spec}: no such checkpoint file; pass an existing .safetensors path to --weights")
     for d in search_dirs():
         p = d / (spec + SUFFIX)
         if p.is_file():
-            return verify_registered(p)
+            return verify_registered(_readable(p))
     where = ", ".join(str(d) for d in search_dirs())
     hint = ((f"run `dfer weights download {spec}`, " if spec in KNOWN and KNOWN[spec].url else "")
             + "train one with `dfer train`, or pass --weights PATH to a .safetensors checkpoint "
             "(`dfer weights list` shows what is installed)")
     raise FileNotFoundError(f"no checkpoint named {spec!r} in {where}: {hint}")
+
+
+class WeightsUnreadableError(FileNotFoundError):
+    """A checkpoint file is there but cannot be read (permissions). A FileNotFoundError, like
+    WeightsMismatchError, so that every caller looking for usable weights reports it."""
+
+
+def _readable(path: Path) -> Path:
+    """``path``, or WeightsUnreadableError with a one-line message naming it and the fix."""
+    if not os.access(path, os.R_OK):
+        raise WeightsUnreadableError(f"{path}: permission denied; make the checkpoint readable (chmod +r) or pass another "
+                              "with --weights")
+    return path
 
 
 def list_weights() -> list[tuple[str, Path]]:

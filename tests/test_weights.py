@@ -361,3 +361,42 @@ def test_cli_refuses_a_tampered_registered_checkpoint(registered, tmp_path):
 
     with pytest.raises(CheckpointError, match="is not the"):  # the library refuses it too
         load_model("demo")
+
+
+@pytest.mark.skipif(not os.path.exists("/usr/bin/setpriv"), reason="needs setpriv")
+def test_an_unreadable_checkpoint_is_one_line_saying_so(ckpt):
+    """As an unprivileged user (root reads any file): a --weights file and a registered name
+    in $DFER_WEIGHTS_DIR that cannot be read say "permission denied", not "no such file" or a
+    traceback."""
+    import shutil
+    import subprocess
+    import sys
+    import tempfile
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    base = Path(tempfile.mkdtemp(prefix="dfer-weights-"))   # pytest's folders are private to their user
+    try:
+        os.chmod(base, 0o755)
+        (base / "env").mkdir(mode=0o755)
+        mine = base / "mine.safetensors"
+        shutil.copy(ckpt, mine)
+        shutil.copy(ckpt, base / "env" / f"{W.DEFAULT_WEIGHTS}.safetensors")
+        for f in (mine, base / "env" / f"{W.DEFAULT_WEIGHTS}.safetensors"):
+            os.chmod(f, 0o000)
+        os.chmod(base / "env", 0o755)
+        video = str(root / "examples" / "single_face_smile.mp4")
+        cmd = [sys.executable, "-m", "dfer_cli", "predict", video, "--threads", "1"]
+        if os.geteuid() == 0:
+            cmd = ["/usr/bin/setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", *cmd]
+        env = {**os.environ, "HOME": str(base), "PYTHONPATH": str(root), "XDG_CACHE_HOME": str(base / "cache")}
+        env.pop("DFER_WEIGHTS_DIR", None)
+        own = subprocess.run(cmd + ["-w", str(mine)], env=env, capture_output=True, text=True, timeout=300, cwd="/")
+        named = subprocess.run(cmd, env={**env, "DFER_WEIGHTS_DIR": str(base / "env")}, capture_output=True,
+                               text=True, timeout=300, cwd="/")
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+    for p, path in ((own, mine), (named, base / "env" / f"{W.DEFAULT_WEIGHTS}.safetensors")):
+        assert p.returncode == 1, p.stderr[-2000:]
+        assert p.stderr.strip() == (f"dfer: no usable checkpoint: {path}: permission denied; make the checkpoint "
+                                    "readable (chmod +r) or pass another with --weights")
