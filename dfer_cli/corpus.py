@@ -117,11 +117,26 @@ def read_manifests(out_dir: str | os.PathLike) -> list[dict]:
 
 class ManifestWriter:
     """Appends records to one manifest file: one line each, flushed and fsynced, so a kill
-    loses at most the line being written (and leaves the others readable)."""
+    loses at most the line being written (and leaves the others readable).
+
+    The file is locked (``flock``, exclusive) while it is open: a second run writing the same
+    manifest, which would redo every video and write each line twice, is refused with a
+    CorpusError; shards write manifests of their own and run side by side. The lock goes
+    with the process, however it ends."""
 
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
         self.f = open(self.path, "a+b")
+        try:
+            import fcntl
+
+            fcntl.flock(self.f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except ImportError:  # no flock on this platform: unguarded, as before
+            pass
+        except OSError:
+            self.f.close()
+            raise CorpusBusy(f"{self.path.parent}: another dfer run is writing {self.path.name} now; wait for it to "
+                              "finish, or split the work with --shard K/N (each shard has a manifest of its own)")
         if self.f.seek(0, os.SEEK_END) > 0:
             self.f.seek(-1, os.SEEK_END)
             if self.f.read(1) != b"\n":  # a line cut by a kill: start on a fresh line
@@ -681,6 +696,10 @@ class CorpusError(ValueError):
     """A usage problem found before any video is read (the CLI exits 2 with its message)."""
 
 
+class CorpusBusy(CorpusError):
+    """Another run holds the output folder's manifest: not a usage error (exit 1)."""
+
+
 def run_corpus(inputs: Sequence[str] | Sequence[tuple[str, Optional[str]]], out_dir, *,
                weights: str | os.PathLike | None = None, fmt: str = "jsonl", shard: str | tuple | None = None,
                force: bool = False, ray: Optional[str] = None, workers: Optional[int] = None,
@@ -962,7 +981,7 @@ def corpus_command(items, *, output_dir, fmt, fmt_given: bool, output, annotate,
                              progress=not quiet and sys.stderr.isatty(), **options)
     except CorpusError as e:
         msg = str(e)
-        code = 1 if msg.startswith(("no usable checkpoint", "cannot use checkpoint")) else 2
+        code = 1 if isinstance(e, CorpusBusy) or msg.startswith(("no usable checkpoint", "cannot use checkpoint")) else 2
         fail(msg, code)
     except CorpusInterrupted as e:
         typer.echo(f"dfer: {e.summary.interrupted_line(output_dir)}", err=True)

@@ -812,3 +812,20 @@ def test_corpus_on_cuda_agrees_with_the_cpu_run(clean, ckpt, corpus, tmp_path):
         for x, y in zip(a, b):
             for k, p in (x.get("probabilities") or {}).items():
                 assert p == pytest.approx(y["probabilities"][k], abs=2e-2)
+
+
+def test_a_second_run_into_the_same_output_folder_is_refused_while_the_first_writes(ckpt, corpus, tmp_path):
+    import fcntl
+
+    out = tmp_path / "out"
+    out.mkdir()
+    with open(out / "manifest.jsonl", "a+b") as held:       # what a running first run holds
+        fcntl.flock(held.fileno(), fcntl.LOCK_EX)
+        r = invoke([str(corpus), "-r", "-w", str(ckpt), *OPTS, "--output-dir", str(out)])
+        assert r.exit_code == 1
+        assert r.stderr.strip() == (f"dfer: {out}: another dfer run is writing manifest.jsonl now; wait for it to "
+                                    "finish, or split the work with --shard K/N (each shard has a manifest of its own)")
+        assert sorted(p.name for p in out.iterdir()) == ["manifest.jsonl"] and held.read() == b""
+        # a shard writes a manifest of its own and is not held up
+        r = invoke([str(corpus), "-r", "-w", str(ckpt), *OPTS, "--output-dir", str(out), "--shard", "1/8"])
+        assert r.exit_code in (0, 1) and "another dfer run" not in r.stderr
