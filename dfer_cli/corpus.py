@@ -146,12 +146,19 @@ class ManifestWriter:
     def append(self, record: dict) -> None:
         from dfer_cli.results import strict_json
 
-        self.f.write((strict_json(record, ensure_ascii=False) + "\n").encode("utf-8"))
-        self.f.flush()
-        os.fsync(self.f.fileno())
+        try:
+            self.f.write((strict_json(record, ensure_ascii=False) + "\n").encode("utf-8"))
+            self.f.flush()
+            os.fsync(self.f.fileno())
+        except OSError as e:  # a full disk: the run cannot record its work, so it stops
+            raise CorpusStopped(f"cannot write {self.path} ({(e.strerror or str(e)).lower()}); stopped: free some "
+                                "space, then rerun the same command to resume") from None
 
     def close(self) -> None:
-        self.f.close()
+        try:
+            self.f.close()
+        except OSError:  # the line a full disk refused is still buffered; append said so already
+            pass
 
 
 def manifest_name(shard: Optional[tuple[int, int]]) -> str:
@@ -696,8 +703,13 @@ class CorpusError(ValueError):
     """A usage problem found before any video is read (the CLI exits 2 with its message)."""
 
 
-class CorpusBusy(CorpusError):
-    """Another run holds the output folder's manifest: not a usage error (exit 1)."""
+class CorpusStopped(CorpusError):
+    """The run cannot go on for a reason of the machine (exit 1, not a usage error): the
+    output folder's manifest cannot be written (a full disk)."""
+
+
+class CorpusBusy(CorpusStopped):
+    """Another run holds the output folder's manifest."""
 
 
 def run_corpus(inputs: Sequence[str] | Sequence[tuple[str, Optional[str]]], out_dir, *,
@@ -981,7 +993,7 @@ def corpus_command(items, *, output_dir, fmt, fmt_given: bool, output, annotate,
                              progress=not quiet and sys.stderr.isatty(), **options)
     except CorpusError as e:
         msg = str(e)
-        code = 1 if isinstance(e, CorpusBusy) or msg.startswith(("no usable checkpoint", "cannot use checkpoint")) else 2
+        code = 1 if isinstance(e, CorpusStopped) or msg.startswith(("no usable checkpoint", "cannot use checkpoint")) else 2
         fail(msg, code)
     except CorpusInterrupted as e:
         typer.echo(f"dfer: {e.summary.interrupted_line(output_dir)}", err=True)

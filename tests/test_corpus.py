@@ -829,3 +829,22 @@ def test_a_second_run_into_the_same_output_folder_is_refused_while_the_first_wri
         # a shard writes a manifest of its own and is not held up
         r = invoke([str(corpus), "-r", "-w", str(ckpt), *OPTS, "--output-dir", str(out), "--shard", "1/8"])
         assert r.exit_code in (0, 1) and "another dfer run" not in r.stderr
+
+
+def test_a_full_disk_under_the_output_folder_stops_the_run_in_one_line(ckpt, corpus, tmp_path):
+    """On a 4 KiB tmpfs (mounting needs root; skipped elsewhere) the first result fits and the
+    manifest then cannot grow: one line naming it and the fix, exit 1, no traceback."""
+    mnt = tmp_path / "small"
+    mnt.mkdir()
+    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4k", "tmpfs", str(mnt)],
+                                           capture_output=True).returncode != 0:
+        pytest.skip("cannot mount a small tmpfs here")
+    try:
+        out = mnt / "out"
+        r = invoke([str(corpus), "-r", "-w", str(ckpt), *OPTS, "--output-dir", str(out)])
+    finally:
+        subprocess.run(["umount", str(mnt)], capture_output=True)
+    assert r.exit_code == 1, r.output
+    assert r.stderr.splitlines()[-1] == (f"dfer: cannot write {out / 'manifest.jsonl'} (no space left on device); "
+                                         "stopped: free some space, then rerun the same command to resume")
+    assert "Traceback" not in r.stderr
