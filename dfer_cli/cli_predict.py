@@ -60,6 +60,40 @@ class PrefixedReader:
         return read1(n) if read1 is not None and n is not None and n > 0 else self.raw.read(n)
 
 
+class FdReader:
+    """Standard input read straight from its file descriptor, without Python's buffered
+    reader: a live stream is decoded in a thread of its own, and a read blocked there on a
+    stalled pipe must not hold the buffered reader's lock, which the interpreter takes at exit
+    (it would abort instead of exiting with the records kept)."""
+
+    def __init__(self, fd: int = 0):
+        self.fd = fd
+
+    def read(self, n: int = -1) -> bytes:
+        chunks, want = [], n if n is not None and n >= 0 else None
+        got = 0
+        while want is None or got < want:
+            block = os.read(self.fd, (1 << 16) if want is None else want - got)
+            if not block:
+                break
+            chunks.append(block)
+            got += len(block)
+        return b"".join(chunks)
+
+    def read1(self, n: int = -1) -> bytes:
+        return os.read(self.fd, n if n and n > 0 else 1 << 16)
+
+    def isatty(self) -> bool:
+        return os.isatty(self.fd)
+
+    def seekable(self) -> bool:
+        try:
+            os.lseek(self.fd, 0, os.SEEK_CUR)
+            return True
+        except OSError:
+            return False
+
+
 def looks_like_video(head: bytes) -> bool:
     """Whether the first bytes of standard input are a video container rather than text (a
     list of paths): containers (MPEG-TS, Matroska, MP4, FLV, NUT, Ogg, AVI, raw YUV...) carry
@@ -105,7 +139,11 @@ def sniff_stdin(buffer=None, spool_limit: int | None = None) -> tuple[str, objec
     always read as typed paths. An MP4/MOV on a pipe is first copied to a temporary file
     (a seekable reader; at most `spool_limit` bytes, else ("too large", the limit)), since
     its index may come last; live container formats are decoded as they arrive."""
-    buffer = buffer if buffer is not None else sys.stdin.buffer
+    if buffer is None:
+        try:
+            buffer = FdReader(sys.stdin.fileno())
+        except (AttributeError, ValueError, OSError):  # no real descriptor (a test's stdin)
+            buffer = sys.stdin.buffer
     if getattr(buffer, "isatty", lambda: False)():
         return "paths", buffer.read().decode("utf-8", "surrogateescape")
     head = buffer.read(STDIN_SNIFF) or b""
@@ -518,6 +556,9 @@ def predict_cmd(
     output: Optional[Path] = typer.Option(None, "--output", "-o", metavar="FILE",
                                           help="Write results to FILE instead of stdout.", show_default="stdout"),
     recursive: bool = typer.Option(False, "--recursive", "-r", help="Search directories recursively."),
+    stall_timeout: float = typer.Option(30.0, "--stall-timeout", min=0.0, metavar="SECONDS",
+                                        help="A live input (stdin, a pipe, a URL, a device) that sends no frame for "
+                                             "this long is taken as ended there (0: wait for ever)."),
     annotate: Optional[str] = typer.Option(None, "--annotate", metavar="OUT",
                                            help="Write an annotated video. Several inputs: a directory or a "
                                                 "pattern with {stem} / {index}."),
@@ -557,7 +598,8 @@ def predict_cmd(
     130 interrupted (Ctrl-C), 141 stdout closed by its reader (e.g. `| head`), 143 terminated
     (SIGTERM).
     """
-    require_finite({"--window": window, "--stride": stride, "--min-face": min_face, "--min-score": min_score})
+    require_finite({"--window": window, "--stride": stride, "--min-face": min_face, "--min-score": min_score,
+                    "--stall-timeout": stall_timeout})
     from dfer_cli import cli_app
 
     if cli_app.STDOUT_CLOSED and not output and not output_dir:
@@ -593,7 +635,7 @@ def predict_cmd(
         typer.echo("dfer: interrupted before any video was processed; nothing written", err=True)
         raise typer.Exit(EXIT_INTERRUPTED)
     run = _BatchRun(model, dict(window=window, stride=stride, all_faces=all_faces, batch_size=batch_size,
-                                device=dev, tta=tta, **detector), live, renders,
+                                device=dev, tta=tta, stall_timeout=stall_timeout, **detector), live, renders,
                     _Progress(not quiet and sys.stderr.isatty(), total=len(videos)))
     run.open_output(output, fmt)
     run.run(items)

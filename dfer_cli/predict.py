@@ -108,6 +108,7 @@ def predict_video(
     tta: str = "none",
     stdin=None,
     detection: str = "full",
+    stall_timeout: float | None = None,
 ) -> VideoResult:
     """Predict facial expressions over time for the faces in one video.
 
@@ -152,7 +153,9 @@ def predict_video(
     a named pipe or a device (`video.is_stream`) is decoded once as it arrives, with no
     duration known: windows go on until it ends, each clip reaches `on_clip` about as soon as
     its window has been read (detection and the model run in small batches,
-    `LIVE_DETECT_BATCH` / `LIVE_BATCH_SIZE`), and `progress(t, None)` has no total.
+    `LIVE_DETECT_BATCH` / `LIVE_BATCH_SIZE`), and `progress(t, None)` has no total. A live
+    input that sends no frame for `stall_timeout` seconds (default `video.STALL_TIMEOUT`; 0:
+    wait for ever) is taken as ended there, with a TruncatedVideoWarning.
 
     A video without faces gives a VideoResult with no clips and no tracks. Raises
     `video.VideoError` when the file cannot be read, and ValueError when the model's
@@ -168,7 +171,8 @@ def predict_video(
     model, dev = _place_model(model, device)
     tm = timings if timings is not None else {}
     pre = model.preprocessing
-    duration, fps, frames = _open_source(path, stdin)
+    duration, fps, frames = _open_source(path, stdin,
+                                         _video.STALL_TIMEOUT if stall_timeout is None else stall_timeout)
     live = duration is None
     if live:
         detect_batch, batch_size = min(detect_batch, LIVE_DETECT_BATCH), min(batch_size, LIVE_BATCH_SIZE)
@@ -223,13 +227,13 @@ def _video_detector(detector, detection: str, plan: WindowPlan, detect_every: in
     return detector
 
 
-def _open_source(path, stdin=None):
+def _open_source(path, stdin=None, stall_timeout=None):
     """(duration in seconds, or None for a live input; frame rate, 0.0 when unknown; the
     decoded frames, an iterator of `video.Frame`) for a video file or a live input."""
     from dfer_cli import video as _video
 
     if _video.is_stream(path):
-        fps, frames = _video.open_live(path, stdin)
+        fps, frames = _video.open_live(path, stdin, stall_timeout)
         return None, fps, frames
     info = _video.probe(path)
     duration = info.duration if info.duration > 0 else _video.scan_duration(path)

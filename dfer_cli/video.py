@@ -172,12 +172,109 @@ def iter_stream_frames(spec, stdin=None) -> Iterator[Frame]:
     return open_live(spec, stdin)[1]
 
 
-def open_live(spec, stdin=None) -> tuple[float, Iterator[Frame]]:
+STALL_TIMEOUT = 30.0  # seconds without a frame after which a live input is taken as ended
+
+
+def open_live(spec, stdin=None, stall_timeout: float | None = STALL_TIMEOUT) -> tuple[float, Iterator[Frame]]:
     """Open a live input (see :func:`is_stream`): (the frame rate the stream states, 0.0 when
-    it states none; its frames as :func:`iter_stream_frames` yields them)."""
-    container, stream = open_stream(spec, stdin)
-    fps = float(stream.average_rate or stream.guessed_rate or 0.0)
-    return fps, _decode("standard input" if spec == "-" else str(spec), container, stream)
+    it states none; its frames as :func:`iter_stream_frames` yields them).
+
+    FFmpeg opens and reads the input in a thread of its own, handing frames over through a
+    short queue: a read that blocks (a pipe whose writer stalls, a server that keeps the
+    connection open and sends nothing) blocks that thread only, so Ctrl-C and SIGTERM reach
+    the caller within a fraction of a second. When no frame arrives for `stall_timeout`
+    seconds (None or 0: wait for ever) the stream is taken as ended there, with one
+    TruncatedVideoWarning saying so."""
+    name = "standard input" if spec == "-" else str(spec)
+    feed = _LiveFeed(lambda: open_stream(spec, stdin), name)
+    kind, value = feed.get(stall_timeout)
+    if kind == "stalled":
+        feed.stop.set()
+        raise VideoError(f"{name}: no data for {value:g} s after it was opened, so there is nothing to decode; "
+                         "check the source, or wait longer with --stall-timeout")
+    return value, feed.frames(stall_timeout)
+
+
+class _LiveFeed:
+    """A daemon thread that opens a live input and decodes it, and the short queue its results
+    come through to the reading thread: ("open", fps), ("frame", Frame), ("warning",
+    TruncatedVideoWarning), ("error", exception), ("end", None)."""
+
+    def __init__(self, opener, name: str):
+        import queue
+        import threading
+
+        self.name, self.q = name, queue.Queue(maxsize=4)
+        self.stop = threading.Event()
+        self.n, self.last_time = 0, None
+        threading.Thread(target=self._run, args=(opener,), name=f"dfer-live {name}", daemon=True).start()
+
+    def _put(self, item) -> bool:
+        import queue
+
+        while not self.stop.is_set():
+            try:
+                self.q.put(item, timeout=0.25)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def _run(self, opener) -> None:
+        try:
+            container, stream = opener()
+            if not self._put(("open", float(stream.average_rate or stream.guessed_rate or 0.0))):
+                container.close()
+                return
+            for frame in _decode(self.name, container, stream, emit=lambda w: self._put(("warning", w))):
+                if not self._put(("frame", frame)):
+                    return
+            self._put(("end", None))
+        except BaseException as e:  # noqa: BLE001 -- raised again in the reading thread
+            self._put(("error", e))
+
+    def get(self, stall_timeout):
+        """The next (kind, value), waiting in slices so that signals reach the reading thread;
+        ("stalled", seconds) when nothing came for `stall_timeout` seconds. Raises what the
+        feed raised; re-issues its warnings here."""
+        import queue
+        import time
+
+        limit = stall_timeout if stall_timeout and stall_timeout > 0 else None
+        start = time.monotonic()
+        while True:
+            try:
+                kind, value = self.q.get(timeout=0.25)
+            except queue.Empty:
+                if limit is not None and time.monotonic() - start > limit:
+                    return "stalled", limit
+                continue
+            if kind == "error":
+                self.stop.set()
+                raise value
+            if kind == "warning":
+                warnings.warn(value, stacklevel=3)
+                continue
+            return kind, value
+
+    def frames(self, stall_timeout) -> Iterator[Frame]:
+        try:
+            while True:
+                kind, value = self.get(stall_timeout)
+                if kind == "stalled":
+                    decoded = self.last_time or 0.0
+                    warnings.warn(TruncatedVideoWarning(
+                        f"{self.name}: no data for {value:g} s, so the stream is taken as ended there "
+                        f"(--stall-timeout); {self.n} frame(s) decoded, {decoded:.2f} s",
+                        self.name, self.n, decoded, 0.0), stacklevel=2)
+                    return
+                if kind == "end":
+                    return
+                self.n += 1
+                self.last_time = value.time
+                yield value
+        finally:
+            self.stop.set()
 
 
 def _reason(e: Exception) -> str:
@@ -250,7 +347,9 @@ def iter_frames(path) -> Iterator[Frame]:
     return _decode(path, container, stream)
 
 
-def _decode(path, container, stream) -> Iterator[Frame]:
+def _decode(path, container, stream, emit=None) -> Iterator[Frame]:
+    """`container`'s frames of `stream` (see :func:`iter_frames`); a TruncatedVideoWarning
+    goes to `emit` when given (another thread re-issues it), else to ``warnings.warn``."""
     import av
 
     tb = stream.time_base
@@ -262,11 +361,15 @@ def _decode(path, container, stream) -> Iterator[Frame]:
 
     def truncated(message: str, stacklevel: int) -> None:
         decoded = (last_time or 0.0) + 1.0 / fps
-        warnings.warn(TruncatedVideoWarning(
+        report = TruncatedVideoWarning(
             f"{path}: {message}; {n} frame(s) decoded, {decoded:.2f} s"
             + (f" of {header_duration:.2f} s" if header_duration > 0 else "")
             + ": the file was cut short or is damaged, re-copy or re-export it for the rest",
-            str(path), n, decoded, header_duration), stacklevel=stacklevel)
+            str(path), n, decoded, header_duration)
+        if emit is not None:
+            emit(report)
+        else:
+            warnings.warn(report, stacklevel=stacklevel)
 
     def warn(err):
         nonlocal warned

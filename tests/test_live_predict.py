@@ -181,3 +181,115 @@ def test_options_that_need_a_file_refuse_a_live_input(face_ts, ckpt, flag):
     line = err.decode().strip()
     assert line.startswith("dfer predict: standard input (-) is a live input") and "\n" not in line
     assert "save the stream to a file first" in line
+
+
+# --- stalled live inputs: Ctrl-C, SIGTERM and --stall-timeout end them --------------------------
+
+def _held_fifo(path: Path, data: bytes, hold: float = 120.0):
+    """A named pipe whose writer sends the first half of `data`, then keeps it open, silent."""
+    os.mkfifo(path)
+
+    def writer():
+        with open(path, "wb") as f:
+            f.write(data[: len(data) // 2])
+            f.flush()
+            time.sleep(hold)
+
+    threading.Thread(target=writer, daemon=True).start()
+    return path
+
+
+def _collect(stream, lines: list) -> None:
+    threading.Thread(target=lambda: lines.extend(iter(stream.readline, b"")), daemon=True).start()
+
+
+@pytest.mark.parametrize("sig, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_a_signal_ends_a_stalled_named_pipe_within_seconds(face_ts, ckpt, tmp_path, sig, code):
+    fifo = _held_fifo(tmp_path / "cam.ts", face_ts.read_bytes())
+    proc = dfer([str(fifo), "-w", str(ckpt), *OPTS, "--stall-timeout", "0"])
+    lines: list = []
+    _collect(proc.stdout, lines)
+    deadline = time.monotonic() + 300
+    while not lines:
+        assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read()
+        time.sleep(0.05)
+    time.sleep(1.0)                      # the writer is silent now: dfer waits for data
+    sent = time.monotonic()
+    proc.send_signal(sig)
+    try:
+        proc.wait(timeout=10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == code and time.monotonic() - sent < 5
+    err = proc.stderr.read().decode()
+    assert "Traceback" not in err and "Exception ignored" not in err
+    assert all(json.loads(line)["type"] == "clip" for line in lines)      # the records so far, whole
+
+
+def test_stall_timeout_ends_a_silent_named_pipe_and_marks_the_record(face_ts, ckpt, tmp_path):
+    fifo = _held_fifo(tmp_path / "cam.ts", face_ts.read_bytes())
+    proc = subprocess.run([sys.executable, "-m", "dfer_cli", "predict", str(fifo), "-w", str(ckpt), *OPTS,
+                           "--stall-timeout", "2"], capture_output=True, timeout=300,
+                          env=dict(os.environ, OMP_NUM_THREADS="1"))
+    assert proc.returncode == 0, proc.stderr.decode()
+    last = records(proc.stdout.decode())[-1]
+    assert last["type"] == "video" and last["status"] == "truncated" and 0 < last["duration"] < 6
+    assert f"dfer: {fifo}: no data for 2 s, so the stream is taken as ended there (--stall-timeout)" \
+        in proc.stderr.decode()
+
+
+def test_ctrl_c_ends_a_stalled_stdin_at_once_without_noise(face_ts, ckpt):
+    data = face_ts.read_bytes()
+    proc = dfer(["-", "-w", str(ckpt), *OPTS, "--stall-timeout", "0"], stdin=subprocess.PIPE)
+    proc.stdin.write(data[: len(data) // 2])
+    proc.stdin.flush()
+    lines: list = []
+    _collect(proc.stdout, lines)
+    deadline = time.monotonic() + 300
+    while not lines:
+        assert proc.poll() is None and time.monotonic() < deadline
+        time.sleep(0.05)
+    time.sleep(1.0)
+    sent = time.monotonic()
+    proc.send_signal(signal.SIGINT)
+    try:
+        proc.wait(timeout=10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130 and time.monotonic() - sent < 5
+    err = proc.stderr.read().decode()
+    assert "Exception ignored" not in err and "Traceback" not in err and err.count("\n") == 1
+
+
+def test_stall_timeout_ends_a_server_that_keeps_the_connection_open(face_ts, ckpt):
+    import http.server
+
+    data = face_ts.read_bytes()
+
+    class Silent(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(200)
+            self.send_header("Content-Type", "video/mp2t")
+            self.end_headers()
+            self.wfile.write(data[: len(data) // 2])
+            self.wfile.flush()
+            time.sleep(60)
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Silent)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/cam.ts"
+        proc = subprocess.run([sys.executable, "-m", "dfer_cli", "predict", url, "-w", str(ckpt), *OPTS,
+                               "--stall-timeout", "2"], capture_output=True, timeout=300,
+                              env=dict(os.environ, OMP_NUM_THREADS="1"))
+    finally:
+        server.shutdown()
+    assert proc.returncode == 0, proc.stderr.decode()
+    assert records(proc.stdout.decode())[-1]["status"] == "truncated"
+    assert "no data for 2 s" in proc.stderr.decode()
