@@ -36,6 +36,7 @@ from dfer_cli import __version__
 PROG = "dfer"
 STARTED = time.monotonic()  # the command's start (this module is among the first imported)
 STDOUT_CLOSED = False       # set by cli.main when the command started with stdout closed (>&-)
+STANDALONE = False          # set by entry.main: this process is the `dfer` command (not a library caller)
 
 # click's exception classes, wherever this typer takes them from (recent typer carries its
 # own copy of click): the module that defines typer.BadParameter.

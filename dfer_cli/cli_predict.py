@@ -773,6 +773,7 @@ class _BatchRun:
             self.interrupted()
         if self.sink is not None:
             self.sink.commit()
+        _work_done()
 
     def one(self, path: str, error: Optional[str]) -> None:
         """One input: its records, or its error (reported above when `error` is given)."""
@@ -912,6 +913,20 @@ def _exit_stdout_closed() -> None:
     that Python's own flush at exit does not print a BrokenPipeError."""
     _quiet_stdout()
     raise typer.Exit(EXIT_STDOUT_CLOSED)
+
+
+def _work_done() -> None:
+    """Every record is written (and an --output file in place): a Ctrl-C or SIGTERM from now
+    on would only turn a complete run into a reported interruption, so both are ignored for
+    the few lines left to print."""
+    import signal
+    import threading
+
+    from dfer_cli import cli_app
+
+    if cli_app.STANDALONE and threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, signal.SIG_IGN)
 
 
 def _quiet_stdout() -> None:

@@ -15,6 +15,7 @@ import shlex
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -326,3 +327,38 @@ def test_closed_stdout_or_stderr_loses_no_record(ckpt, media, tmp_path):
     closed_err = subprocess.run(["bash", "-c", cmd + " 2>&-"], env=ENV, capture_output=True, text=True, timeout=600)
     assert closed_err.returncode == 0
     assert [json.loads(line)["type"] for line in closed_err.stdout.splitlines()][-1] == "video"
+
+
+@pytest.mark.parametrize("delay", [0.05, 0.3, 1.0])
+def test_ctrl_c_at_any_moment_of_start_up_is_one_line_and_130(delay):
+    """Ctrl-C while the CLI, torch or the model are still loading: one line, exit 130, no
+    traceback (the command's own handlers are not installed yet that early)."""
+    video = str(Path(__file__).resolve().parent.parent / "examples" / "single_face_smile.mp4")
+    p = subprocess.Popen([DFER, "predict", video, "--threads", "1", "-f", "jsonl"], env=ENV,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    time.sleep(delay)
+    p.send_signal(signal.SIGINT)
+    out, err = p.communicate(timeout=300)
+    text = err.decode()
+    assert "Traceback" not in text and "KeyboardInterrupt" not in text, text
+    if p.returncode == 0:             # a fast machine finished first: a complete run is complete
+        assert json.loads(out.splitlines()[-1])["type"] == "video"
+    else:
+        assert p.returncode == 130 and len(text.strip().splitlines()) == 1 and text.startswith("dfer: interrupted")
+
+
+def test_ctrl_c_after_the_output_file_is_complete_changes_nothing(ckpt, media, tmp_path):
+    """The records are all in FILE and the run is only printing its summary: a late Ctrl-C
+    is ignored (exit 0), not reported as an interruption of a finished run."""
+    out = tmp_path / "r.jsonl"
+    code = ("import os, signal, sys; from dfer_cli import cli_app, cli_predict; "
+            "done = cli_predict._work_done\n"
+            "def late():\n"
+            "    done(); os.kill(os.getpid(), signal.SIGINT)\n"
+            "cli_predict._work_done = late\n"
+            "from dfer_cli.entry import main; "
+            f"sys.argv = ['dfer', 'predict', {str(media['face'])!r}, '-w', {str(ckpt)!r}, '-o', {str(out)!r}, "
+            "'--window', '1', '--stride', '0.5', '--threads', '1']; main()")
+    p = subprocess.run([sys.executable, "-c", code], env=ENV, capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert "interrupted" not in p.stderr and json.loads(out.read_text().splitlines()[-1])["type"] == "video"

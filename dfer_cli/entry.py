@@ -1,0 +1,20 @@
+"""The `dfer` command's first module: it imports nothing heavy itself, so that Ctrl-C during
+start-up (the imports of the CLI, torch, the model) ends with one line and exit 130 rather
+than a KeyboardInterrupt traceback."""
+import sys
+
+
+def main() -> None:
+    try:
+        from dfer_cli import cli_app
+        from dfer_cli.cli import main as run
+
+        cli_app.STANDALONE = True
+        run()
+    except KeyboardInterrupt:
+        try:
+            sys.stderr.write("dfer: interrupted while starting; nothing was done\n")
+            sys.stderr.flush()
+        except (OSError, ValueError, AttributeError):
+            pass
+        raise SystemExit(130) from None
