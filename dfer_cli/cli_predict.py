@@ -807,7 +807,8 @@ class _BatchRun:
             return
         if notes.truncation is not None:  # keep what was decoded, say so in the record
             result.truncated = True
-            result.duration = notes.truncation.decoded
+            # decoding may go on past damage in the middle: the duration covers every clip
+            result.duration = max([notes.truncation.decoded, *(c.end for c in result.clips)])
             self.truncated += 1
         self.progress.finish()
         self.writer.video(result)

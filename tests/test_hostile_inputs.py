@@ -362,3 +362,29 @@ def test_ctrl_c_after_the_output_file_is_complete_changes_nothing(ckpt, media, t
     p = subprocess.run([sys.executable, "-c", code], env=ENV, capture_output=True, text=True, timeout=300)
     assert p.returncode == 0, p.stderr[-2000:]
     assert "interrupted" not in p.stderr and json.loads(out.read_text().splitlines()[-1])["type"] == "video"
+
+
+def test_a_video_record_covers_its_clips_when_decoding_went_on_past_damage(ckpt, media, monkeypatch):
+    """Damage in the middle of a file warns that decoding was cut, but later packets may still
+    decode: the record's duration is never shorter than the last clip's end."""
+    import warnings
+
+    import dfer_cli.predict
+    from dfer_cli.labels import CLASSES
+    from dfer_cli.results import ClipPrediction, VideoResult
+    from dfer_cli.video import TruncatedVideoWarning
+
+    def damaged(model, path, on_clip=None, **kw):
+        probs = {c: 1 / len(CLASSES) for c in CLASSES}
+        clips = [ClipPrediction(str(path), 0, s, s + 1.0, [0, 0, 9, 9], probs, "happy", 1 / 7) for s in (0.0, 1.375)]
+        for c in clips:
+            on_clip(c)
+        warnings.warn(TruncatedVideoWarning(f"{path}: damaged after 1.07 s", str(path), 9, 1.07, 2.4))
+        return VideoResult(str(path), 2.4, "tiny", list(CLASSES), clips, [])
+
+    monkeypatch.setattr(dfer_cli.predict, "predict_video", damaged)
+    r = CliRunner().invoke(app, ["predict", str(media["face"]), "-w", str(ckpt), *OPTS, "-f", "jsonl"])
+    assert r.exit_code == 0, r.output
+    records = [json.loads(line) for line in r.stdout.splitlines()]
+    video = records[-1]
+    assert video["status"] == "truncated" and video["duration"] >= max(c["end"] for c in records[:-1]) == 2.375
