@@ -749,7 +749,8 @@ class _BatchRun:
             with self.progress, redirect_stdout(_Stderr()), _NotedInterrupt() as self.sigint:
                 for path, error in items:
                     self.one(path, error)
-            self.writer.close()
+                self.writer.close()
+                _work_done()  # the records are complete: a Ctrl-C from here on is too late to matter
         except KeyboardInterrupt:
             stopped = "interrupted"
         except _StdoutClosed:
@@ -773,7 +774,6 @@ class _BatchRun:
             self.interrupted()
         if self.sink is not None:
             self.sink.commit()
-        _work_done()
 
     def one(self, path: str, error: Optional[str]) -> None:
         """One input: its records, or its error (reported above when `error` is given)."""
@@ -917,9 +917,9 @@ def _exit_stdout_closed() -> None:
 
 
 def _work_done() -> None:
-    """Every record is written (and an --output file in place): a Ctrl-C or SIGTERM from now
-    on would only turn a complete run into a reported interruption, so both are ignored for
-    the few lines left to print."""
+    """Every record is written: a Ctrl-C or SIGTERM from now on (while an --output file is
+    put in place and the summary printed) would only turn a complete run into a reported
+    interruption, so in the `dfer` process both are ignored until it exits."""
     import signal
     import threading
 

@@ -13,7 +13,7 @@ def main() -> None:
         run()
     except KeyboardInterrupt:
         try:
-            sys.stderr.write("dfer: interrupted while starting; nothing was done\n")
+            sys.stderr.write("dfer: interrupted\n")
             sys.stderr.flush()
         except (OSError, ValueError, AttributeError):
             pass

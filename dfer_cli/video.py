@@ -190,7 +190,7 @@ def open_live(spec, stdin=None, stall_timeout: float | None = STALL_TIMEOUT) -> 
     kind, value = feed.get(stall_timeout)
     if kind == "stalled":
         feed.stop.set()
-        raise VideoError(f"{name}: no data for {value:g} s after it was opened, so there is nothing to decode; "
+        raise VideoError(f"{name}: no video arrived for {value:g} s, so there is nothing to decode; "
                          "check the source, or wait longer with --stall-timeout")
     return value, feed.frames(stall_timeout)
 
