@@ -186,10 +186,10 @@ def collect_inputs(specs: list[str], recursive: bool = False, stdin=None,
             seen.add(key)
             out.append((path, error))
 
-    def expand(spec: str) -> None:
+    def expand(spec: str, named: bool = True) -> None:
         from dfer_cli.video import is_stream
 
-        if is_stream(spec):  # named here, not found in a directory: read as a stream
+        if named and is_stream(spec):  # named on the command line: read as a stream
             add(spec)
             return
         try:
@@ -247,7 +247,7 @@ def collect_inputs(specs: list[str], recursive: bool = False, stdin=None,
             for line in text.splitlines():
                 line = line.strip()
                 if line and not line.startswith("#"):
-                    expand(line)
+                    expand(line, named=False)  # a listed pipe or device is reported, never read
         else:
             expand(spec)
     return out

@@ -390,3 +390,13 @@ def test_a_video_record_covers_its_clips_when_decoding_went_on_past_damage(ckpt,
     records = [json.loads(line) for line in r.stdout.splitlines()]
     video = records[-1]
     assert video["status"] == "truncated" and video["duration"] >= max(c["end"] for c in records[:-1]) == 2.375
+
+
+def test_a_named_pipe_in_a_list_on_stdin_is_reported_not_read(tmp_path):
+    fifo = tmp_path / "cam.ts"
+    os.mkfifo(fifo)                                   # no writer: reading it would block for ever
+    p = subprocess.run([DFER, "predict", "-", "--threads", "1", "-f", "jsonl"], input=f"{fifo}\n", env=ENV,
+                       capture_output=True, text=True, timeout=120)
+    assert p.returncode == 1
+    (record,) = [json.loads(line) for line in p.stdout.splitlines()]
+    assert record["type"] == "error" and record["video"] == str(fifo) and "FIFO" in record["error"]
