@@ -842,8 +842,10 @@ class _BatchRun:
                 pass
             where = "partial output on stdout"
         terminated = self.sigint.signum == signal.SIGTERM
-        typer.echo(f"dfer: {'terminated (SIGTERM)' if terminated else 'interrupted'} after {self.finished} of "
-                   f"{counted(self.videos, 'video')}; {where}", err=True)
+        # past the progress bar: an interrupt inside its exit can leave sys.stderr redirected
+        # into the bar, which is no longer drawn
+        _to_stderr(f"dfer: {'terminated (SIGTERM)' if terminated else 'interrupted'} after {self.finished} of "
+                   f"{counted(self.videos, 'video')}; {where}")
         raise typer.Exit(128 + signal.SIGTERM if terminated else EXIT_INTERRUPTED)
 
     def report(self, inputs: int, quiet: bool) -> None:
@@ -914,6 +916,13 @@ def _exit_stdout_closed() -> None:
     that Python's own flush at exit does not print a BrokenPipeError."""
     _quiet_stdout()
     raise typer.Exit(EXIT_STDOUT_CLOSED)
+
+
+def _to_stderr(line: str) -> None:
+    """Write one line to stderr, past rich's redirect of it when one was left in place."""
+    stream = sys.stderr
+    stream = getattr(stream, "rich_proxied_file", None) or stream
+    typer.echo(line, file=stream)
 
 
 def _work_done() -> None:

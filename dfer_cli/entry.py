@@ -13,8 +13,9 @@ def main() -> None:
         run()
     except KeyboardInterrupt:
         try:
-            sys.stderr.write("dfer: interrupted\n")
-            sys.stderr.flush()
-        except (OSError, ValueError, AttributeError):
+            import os
+
+            os.write(2, b"dfer: interrupted\n")
+        except OSError:  # stderr closed
             pass
         raise SystemExit(130) from None

@@ -400,3 +400,21 @@ def test_a_named_pipe_in_a_list_on_stdin_is_reported_not_read(tmp_path):
     assert p.returncode == 1
     (record,) = [json.loads(line) for line in p.stdout.splitlines()]
     assert record["type"] == "error" and record["video"] == str(fifo) and "FIFO" in record["error"]
+
+
+def test_ctrl_c_during_the_final_json_write_says_interrupted_and_keeps_the_partial_file(ckpt, media, tmp_path):
+    out = tmp_path / "r.json"
+    code = ("import os, signal, sys; from dfer_cli import writers\n"
+            "close, fired = writers.JsonWriter.close, []\n"
+            "def interrupted_close(self):\n"
+            "    if not fired:\n"
+            "        fired.append(1); os.kill(os.getpid(), signal.SIGINT)\n"
+            "    close(self)\n"
+            "writers.JsonWriter.close = interrupted_close\n"
+            "from dfer_cli.entry import main\n"
+            f"sys.argv = ['dfer', 'predict', {str(media['face'])!r}, '-w', {str(ckpt)!r}, '-o', {str(out)!r}, "
+            "'--window', '1', '--stride', '0.5', '--threads', '1']; main()")
+    p = subprocess.run([sys.executable, "-c", code], env=ENV, capture_output=True, text=True, timeout=300)
+    assert p.returncode == 130, p.stderr[-2000:]
+    assert p.stderr.strip().splitlines()[-1].startswith("dfer: interrupted after")
+    assert not out.exists() and (tmp_path / "r.json.partial").exists()
