@@ -8,6 +8,10 @@ The held-out images are rebuilt as `dfer train --votes ... --holdout F --holdout
 chose them (and checked against each checkpoint's recorded digest), so every model is
 compared on images none of them trained on, without touching `val`. Each checkpoint is
 scored at its stored temperature (1 when it has none) and, when it has one, at 1 too.
+
+With `--unseen` the tables are repeated for the held-out images without a near-duplicate
+(the same difference hash, `dfer_cli.data.duplicates`) among the training images: FER2013
+repeats pictures, and a held-out image whose twin was trained on flatters every model.
 """
 from __future__ import annotations
 
@@ -25,6 +29,7 @@ def main() -> None:
     ap.add_argument("--holdout", type=float, default=0.1)
     ap.add_argument("--holdout-seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--unseen", action="store_true", help="also score the held-out images without a twin in train")
     args = ap.parse_args()
 
     import torch
@@ -40,7 +45,17 @@ def main() -> None:
     votes = np.array([s.votes for s in held], dtype=np.float64)
     print(f"{len(held)} held-out images (holdout {args.holdout:g} of {args.split}, seed {args.holdout_seed}); "
           f"sha256 of their names {digest[:12]}")
-    print(f"{'checkpoint':48s} {'T':>6s} {'acc':>7s} {'UAR':>7s} {'NLL':>7s} {'KL':>7s} {'VSCE':>7s} {'ECE':>7s}")
+    subsets = [("all", np.ones(len(held), dtype=bool))]
+    if args.unseen:
+        from dfer_cli.data import scan
+        from dfer_cli.data.duplicates import unseen_mask
+
+        names = {s.path for s in held}
+        train = [s.path for s in scan("folder", args.data_root, args.split)[0] if s.path not in names]
+        mask = unseen_mask([s.path for s in held], train)
+        subsets.append((f"unseen ({int(mask.sum())})", mask))
+    print(f"{'checkpoint':48s} {'images':>12s} {'T':>6s} {'acc':>7s} {'UAR':>7s} {'NLL':>7s} {'KL':>7s} "
+          f"{'VSCE':>7s} {'ECE':>7s}")
     for path in args.checkpoints:
         model = load_model(path)
         recorded = recorded_holdouts(model)
@@ -51,10 +66,12 @@ def main() -> None:
         temps = sorted({1.0, temperature_of(model)})
         for t in temps:
             p = np.exp(z / t - (z / t).max(1, keepdims=True))
-            d = VoteScores(list(model.classes), votes, p / p.sum(1, keepdims=True)).to_dict()
-            print(f"{path[-48:]:48s} {t:6.3f} {100 * d['plurality_accuracy']:7.2f} {100 * d['plurality_uar']:7.2f} "
-                  f"{d['nll']:7.4f} {d['mean_kl']:7.4f} {d['vote_share_calibration_error']:7.4f} "
-                  f"{d['top_label_ece']:7.4f}")
+            p = p / p.sum(1, keepdims=True)
+            for label, keep in subsets:
+                d = VoteScores(list(model.classes), votes[keep], p[keep]).to_dict()
+                print(f"{path[-48:]:48s} {label:>12s} {t:6.3f} {100 * d['plurality_accuracy']:7.2f} "
+                      f"{100 * d['plurality_uar']:7.2f} {d['nll']:7.4f} {d['mean_kl']:7.4f} "
+                      f"{d['vote_share_calibration_error']:7.4f} {d['top_label_ece']:7.4f}")
 
 
 if __name__ == "__main__":
