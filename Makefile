@@ -74,14 +74,14 @@ starter-weights: starter-members
 	$(BIN)/dfer weights calibrate runs/crowd_ensemble.safetensors runs/crowd_ensemble_cal.safetensors \
 	  --data-root $(FER2013) \
 	  --votes $(VOTES) --holdout 0.1 --holdout-seed 0 --float32 --threads 2
-	# the members, the pair and the calibrated pair on the held-out images, kept with the run
+	# the members, the ensemble and the calibrated ensemble on the held-out images, kept with the run
 	$(BIN)/python scripts/crowd_holdout.py runs/crowd_logo/last.safetensors $(CNN_RUNS) \
 	  runs/crowd_ensemble.safetensors runs/crowd_ensemble_cal.safetensors --data-root $(FER2013) --votes $(VOTES) \
 	  --threads 2 --unseen | tee runs/crowd_holdout.log
 	$(BIN)/dfer weights export runs/crowd_ensemble_cal.safetensors runs/logo_former_fer2013.safetensors --frames 16
 	$(BIN)/dfer eval --weights runs/logo_former_fer2013.safetensors --data-root $(FER2013) --split val \
 	  --votes $(FER2013)/ferplus/val.csv --predictions runs/val_predictions.csv --plot runs/val.png --threads 2 \
-	  | tee runs/val_scores.txt
+	  --format json | tee runs/val_scores.json
 	cp runs/logo_former_fer2013.safetensors weights/logo_former_fer2013.safetensors
 	@echo "now set BUNDLED_SHA256 in dfer_cli/weights.py and the hash in weights/README.md to:"
 	@sha256sum weights/logo_former_fer2013.safetensors
