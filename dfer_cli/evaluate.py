@@ -470,18 +470,20 @@ def evaluate_split(weights, dataset: str, data_root: str, split: str, *, fold: i
         order = [CLASSES.index(c) for c in model.classes]   # dfer order -> the model's
         split_dir = os.path.join(data_root, split)
         rows = np.full((len(samples), len(CLASSES)), np.nan)
+        other = np.zeros(len(samples))
         for i, s in enumerate(samples):
             v, why = table.lookup(s.path, data_root, split_dir)
             if v is None:
                 report.add(f"no usable votes ({why}); scored against its label only", s.path)
             else:
                 rows[i] = np.asarray(v)[order]
+                other[i] = table.other_of(s.path, data_root, split_dir)
         ev.votes = rows
         have = ~np.isnan(rows).any(1)
         if not have.any():
             raise ValueError(f"no sample of {data_root} split {split!r} has votes in {table.path}; check that its "
                              "'file' paths are relative to --data-root")
-        ev.vote_scores = VoteScores(list(model.classes), rows[have], probs[have].astype(np.float64))
+        ev.vote_scores = VoteScores(list(model.classes), rows[have], probs[have].astype(np.float64), other[have])
     return ev
 
 

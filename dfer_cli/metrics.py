@@ -80,9 +80,12 @@ class Scores:
 # ---- scores against raters' vote distributions --------------------------------------------
 #
 # votes (N, C): each sample's vote counts (any non-negative numbers; shares are the row
-# renormalised); probs (N, C): the model's probabilities. The plurality is the most-voted
-# class; samples whose top count is shared by two classes have none and are left out of
-# the plurality scores (accuracy, UAR, NLL, ECE), not of KL or the vote-share error.
+# renormalised); probs (N, C): the model's probabilities; other (N,), optional: the largest
+# count among columns outside the classes (FER+'s contempt, unknown, not-a-face). The
+# plurality is the most-voted class; samples whose top count is shared by two classes, or
+# is matched by an outside column (the crowd's plurality is not one of the classes), have
+# none and are left out of the plurality scores (accuracy, UAR, NLL, ECE), not of KL or the
+# vote-share error.
 
 EPS = 1e-12
 CALIBRATION_BINS = 15
@@ -93,11 +96,15 @@ def vote_shares(votes) -> np.ndarray:
     return v / v.sum(1, keepdims=True)
 
 
-def unique_plurality(votes) -> np.ndarray:
-    """(N,) the most-voted class of each row, -1 where the top count is tied."""
+def unique_plurality(votes, other=None) -> np.ndarray:
+    """(N,) the most-voted class of each row, -1 where the top count is tied or an outside
+    column (`other`) has as many votes."""
     v = np.asarray(votes, dtype=np.float64)
     top = v.max(1, keepdims=True)
-    return np.where(np.isclose(v, top).sum(1) > 1, -1, v.argmax(1))
+    y = np.where(np.isclose(v, top).sum(1) > 1, -1, v.argmax(1))
+    if other is not None:
+        y = np.where(np.asarray(other, dtype=np.float64) >= top[:, 0], -1, y)
+    return y
 
 
 def mean_kl(votes, probs) -> float:
@@ -110,9 +117,9 @@ def mean_kl(votes, probs) -> float:
     return float(terms.sum(1).mean())
 
 
-def plurality_nll(votes, probs) -> float:
+def plurality_nll(votes, probs, other=None) -> float:
     """Mean -log p(plurality class) over the samples with a unique plurality."""
-    y = unique_plurality(votes)
+    y = unique_plurality(votes, other)
     keep = y >= 0
     p = np.clip(np.asarray(probs, dtype=np.float64)[keep, y[keep]], EPS, 1.0)
     return float(-np.log(p).mean()) if keep.any() else float("nan")
@@ -128,11 +135,11 @@ def vote_share_calibration_error(votes, probs, bins: int = CALIBRATION_BINS) -> 
     return _binned_gap(p, s, bins)
 
 
-def top_label_ece(votes, probs, bins: int = CALIBRATION_BINS) -> float:
+def top_label_ece(votes, probs, bins: int = CALIBRATION_BINS, other=None) -> float:
     """Expected calibration error of the top label against the plurality (the usual ECE):
     samples binned by their highest probability; weighted mean over bins of
     |accuracy - mean confidence|. Samples without a unique plurality are left out."""
-    y = unique_plurality(votes)
+    y = unique_plurality(votes, other)
     keep = y >= 0
     p = np.asarray(probs, dtype=np.float64)[keep]
     conf = p.max(1)
@@ -174,10 +181,11 @@ class VoteScores:
     classes: list[str]
     votes: np.ndarray      # (N, C)
     probs: np.ndarray      # (N, C)
+    other: np.ndarray | None = None  # (N,) the top count outside the classes, or None
 
     @property
     def plurality(self) -> np.ndarray:
-        return unique_plurality(self.votes)
+        return unique_plurality(self.votes, self.other)
 
     @property
     def plurality_scores(self) -> Scores:
@@ -190,7 +198,7 @@ class VoteScores:
         ps = self.plurality_scores
         return {"samples": int(len(self.votes)), "unique_plurality": int((self.plurality >= 0).sum()),
                 "plurality_accuracy": ps.war, "plurality_uar": ps.uar, "plurality_recall": ps.recall,
-                "nll": plurality_nll(self.votes, self.probs), "mean_kl": mean_kl(self.votes, self.probs),
+                "nll": plurality_nll(self.votes, self.probs, self.other), "mean_kl": mean_kl(self.votes, self.probs),
                 "vote_share_calibration_error": vote_share_calibration_error(self.votes, self.probs),
-                "top_label_ece": top_label_ece(self.votes, self.probs),
+                "top_label_ece": top_label_ece(self.votes, self.probs, other=self.other),
                 "plurality_confusion": ps.confusion.tolist()}

@@ -221,6 +221,23 @@ def test_kl_nll_calibration_error_and_ece_match_loops_written_out():
     assert top_label_ece(votes, probs) == pytest.approx(want, rel=1e-9)
 
 
+def test_an_image_whose_crowd_plurality_is_outside_the_classes_has_no_plurality(tmp_path):
+    from dfer_cli.metrics import VoteScores, unique_plurality
+
+    p = write_csv(tmp_path / "v.csv", FERPLUS_HEADER, [
+        ferplus_row("a.jpg", happiness=3, contempt=5, neutral=2),   # contempt is the crowd's plurality
+        ferplus_row("b.jpg", happiness=6, contempt=4),
+        ferplus_row("c.jpg", sadness=4, unknown=4, neutral=2)])     # a tie with unknown
+    t = read_votes(p)
+    assert (t.other["a.jpg"], t.other["b.jpg"], t.other["c.jpg"]) == (5, 4, 4)
+    votes = np.array([t.votes[k] for k in ("a.jpg", "b.jpg", "c.jpg")])
+    other = np.array([t.other[k] for k in ("a.jpg", "b.jpg", "c.jpg")])
+    assert list(unique_plurality(votes, other)) == [-1, H, -1] and list(unique_plurality(votes)) == [H, H, S]
+    probs = np.full((3, C), 1 / C)
+    d = VoteScores(list(CLASSES), votes, probs, other).to_dict()
+    assert d["samples"] == 3 and d["unique_plurality"] == 1          # KL still over all three
+
+
 def test_probabilities_equal_to_the_vote_shares_score_zero_kl_and_zero_calibration_error():
     from dfer_cli.metrics import mean_kl, vote_share_calibration_error
 

@@ -43,6 +43,7 @@ class VoteTable:
     layout: str                                            # "ferplus" | "generic"
     votes: dict[str, np.ndarray] = field(default_factory=dict)   # key -> (7,) float, sum > 0
     dropped: dict[str, str] = field(default_factory=dict)        # key -> why it has no votes
+    other: dict[str, float] = field(default_factory=dict)        # key -> top count outside the 7 (FER+)
 
     def lookup(self, sample_path: str, root: str, split_dir: str | None = None):
         """(votes (7,) or None, reason or None) for a sample file under ``root``."""
@@ -55,6 +56,13 @@ class VoteTable:
             if k in self.dropped:
                 return None, self.dropped[k]
         return None, "no row in the vote CSV"
+
+    def other_of(self, sample_path: str, root: str, split_dir: str | None = None) -> float:
+        """The top vote count outside dfer's classes for a sample (0 when none)."""
+        keys = [_key(os.path.relpath(sample_path, root))]
+        if split_dir:
+            keys.append(_key(os.path.relpath(sample_path, split_dir)))
+        return next((self.other[k] for k in keys if k in self.other), 0.0)
 
 
 def _key(rel: str) -> str:
@@ -103,6 +111,8 @@ def read_votes(path: str | os.PathLike) -> VoteTable:
                 table.dropped[key] = "no vote in dfer's 7 classes (contempt/unknown only)"
                 continue
             table.votes[key] = counts
+            if others:
+                table.other[key] = max(others.values())
     return table
 
 
@@ -117,7 +127,10 @@ def read_vote_tables(paths) -> VoteTable:
             merged.dropped.pop(k, None)
         for k in t.dropped:
             merged.votes.pop(k, None)
+        for k in (*t.votes, *t.dropped):
+            merged.other.pop(k, None)
         merged.votes.update(t.votes)
+        merged.other.update(t.other)
         merged.dropped.update(t.dropped)
         merged.path = f"{merged.path}, {p}"
         merged.layout = merged.layout if merged.layout == t.layout else "mixed"
