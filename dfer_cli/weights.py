@@ -27,7 +27,7 @@ SUFFIX = ".safetensors"
 # sha256 of the bundled weights/logo_former_fer2013.safetensors. Replacing that file means
 # updating this line (and the hash in weights/README.md): tests/test_weights.py compares it
 # with the file and fails until they agree.
-BUNDLED_SHA256 = "a69a5cbd259f29b000362e447abb3a1c49217c3d88665848166d3be63aeb20cf"
+BUNDLED_SHA256 = "2d7a0412419d0b5dc3bedebabca054ee08358cf8367ff2974db0878cc2fe63da"
 
 
 @dataclass(frozen=True)

@@ -38,7 +38,7 @@ def test_preprocessing_is_what_it_was_trained_with(model):
 
 def test_members_learned_from_the_crowd_and_the_temperature_was_fitted_on_held_out_train_images(model):
     members = model.provenance["members"]
-    assert len(members) == 3
+    assert len(members) == 5
     for m in members:
         recipe = m["provenance"]["recipe"]
         assert recipe["votes"] and recipe["loss"] == "ce" and recipe["holdout"] == 0.1
@@ -88,5 +88,10 @@ def test_smile_example_reads_happy(model):
 def test_readme_quotes_the_measured_val_scores():
     card = (bundled_dir() / "README.md").read_text()
     readme = (ROOT / "README.md").read_text()
-    war, uar = re.search(r"WAR \(accuracy\) ([\d.]+) %, UAR ([\d.]+) %", card).groups()
-    assert f"{war} %" in readme and f"{uar} % UAR" in readme
+    war, uar = re.search(r"WAR \(accuracy\)\s+([\d.]+) %, UAR ([\d.]+) %", card).groups()
+    assert f"WAR (accuracy) {war} %, UAR {uar} %" in " ".join(readme.split())
+    acc = re.search(r"plurality accuracy \| \*\*([\d.]+) %\*\*", card).group(1)
+    uar_v = re.search(r"plurality UAR \| \*\*([\d.]+) %\*\*", card).group(1)
+    kl = re.search(r"mean KL\(votes ‖ model\) \| \*\*([\d.]+) nats\*\*", card).group(1)
+    flat = " ".join(readme.split())
+    assert f"plurality accuracy {acc} %, UAR {uar_v} %" in flat and f"mean KL(votes ‖ model) {float(kl):.3f}" in flat

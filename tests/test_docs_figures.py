@@ -83,15 +83,32 @@ def test_every_documented_command_and_option_exists(doc):
     assert not bad, "\n".join(bad)
 
 
-def test_readme_demo_output_is_what_the_bundled_default_prints():
-    readme = (ROOT / "README.md").read_text(encoding="utf-8")
-    demo = re.search(r"```\n(examples/single_face_smile\.mp4\n.*?)```", readme, flags=re.S).group(1)
-    rows = [line.split() for line in demo.splitlines() if re.match(r"\s*\d+\.\d\d–\d+\.\d\d\s", line)]
+@pytest.fixture(scope="module")
+def demo_records() -> list[dict]:
+    """What README's demo command prints with the bundled default, as JSON Lines records."""
     proc = subprocess.run([sys.executable, "-m", "dfer_cli", "predict", "examples/single_face_smile.mp4",
                            "--window", "1", "--stride", "0.5", "--threads", "1", "-f", "jsonl"],
                           cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    clips = [r for r in map(json.loads, proc.stdout.splitlines()) if r["type"] == "clip"]
+    return [json.loads(line) for line in proc.stdout.splitlines()]
+
+
+def test_predict_docs_example_records_are_what_the_bundled_default_prints(demo_records):
+    text = (ROOT / "docs" / "predict.md").read_text(encoding="utf-8")
+    shown = [json.loads(line) for line in re.search(r"five records\):\n\n```json\n(.*?)```", text,
+                                                     flags=re.S).group(1).splitlines()]
+    want = [demo_records[0], demo_records[-1]]
+    for r in (*shown, *want):
+        r.pop("dfer_version", None)
+    assert shown == want
+
+
+def test_readme_demo_output_is_what_the_bundled_default_prints(demo_records):
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    demo = re.search(r"```\n(examples/single_face_smile\.mp4 *\n.*?)```", readme, flags=re.S).group(1)
+    lines = [line.replace("│", " ") for line in demo.splitlines()]            # the table's rules
+    rows = [line.split() for line in lines if re.match(r"\s*\d+\.\d\d–\d+\.\d\d\s", line)]
+    clips = [r for r in demo_records if r["type"] == "clip"]
     assert len(rows) == len(clips)
     for row, clip in zip(rows, clips):
         assert row[0] == f"{clip['start']:.2f}–{clip['end']:.2f}" and row[1] == str(clip["track"])
