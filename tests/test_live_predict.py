@@ -109,7 +109,21 @@ def assert_stdin_gives_the_records_of_the_file(video: Path, ckpt, min_clips: int
     assert [r["type"] for r in got].count("clip") >= min_clips
     for r in want:
         r["video"] = "-"
-    assert got == want
+    # the same frames, faces, clips and labels; the probabilities to float rounding (the live
+    # path batches clips differently, which moves the 4th decimal now and then)
+    def split(records):
+        exact, numbers = [], []
+        for r in records:
+            r = json.loads(json.dumps(r))
+            for holder in [r, *r.get("tracks", [])]:
+                numbers.append([holder.pop("confidence", None), *(holder.pop("probabilities", None) or {}).values()])
+            exact.append(r)
+        return exact, numbers
+
+    (got_exact, got_numbers), (want_exact, want_numbers) = split(got), split(want)
+    assert got_exact == want_exact
+    for g, w in zip(got_numbers, want_numbers):
+        assert [x if x is None else pytest.approx(x, abs=5e-4) for x in w] == g
 
 
 def test_stream_on_stdin_gives_the_records_of_the_same_file(face_ts, ckpt):
