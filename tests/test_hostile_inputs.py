@@ -349,19 +349,44 @@ def test_ctrl_c_at_any_moment_of_start_up_is_one_line_and_130(delay):
         assert p.returncode == 130 and len(text.strip().splitlines()) == 1 and text.startswith("dfer: interrupted")
 
 
+def dfer_interrupted(owner: str, name: str, when: str, args: list[str]) -> subprocess.CompletedProcess:
+    """Run `dfer ARGS` through its real entry point in a fresh interpreter, with a SIGINT sent
+    to itself the first time `owner.name` (a module or class, dotted) is called, just before
+    or just after the call (`when`): a Ctrl-C at that exact moment."""
+    code = f"""import importlib, os, signal, sys
+path = {owner!r}.split(".")
+for i in range(len(path), 0, -1):
+    try:
+        obj = importlib.import_module(".".join(path[:i]))
+        break
+    except ImportError:
+        continue
+for part in path[i:]:
+    obj = getattr(obj, part)
+real, fired = getattr(obj, {name!r}), []
+def timed(*a, **k):
+    first = not fired
+    fired.append(1)
+    if first and {when!r} == "before":
+        os.kill(os.getpid(), signal.SIGINT)
+    out = real(*a, **k)
+    if first and {when!r} == "after":
+        os.kill(os.getpid(), signal.SIGINT)
+    return out
+setattr(obj, {name!r}, timed)
+from dfer_cli.entry import main
+sys.argv = {['dfer', *args]!r}
+main()
+"""
+    return subprocess.run([sys.executable, "-c", code], env=ENV, capture_output=True, text=True, timeout=300)
+
+
 def test_ctrl_c_after_the_output_file_is_complete_changes_nothing(ckpt, media, tmp_path):
     """The records are all in FILE and the run is only printing its summary: a late Ctrl-C
     is ignored (exit 0), not reported as an interruption of a finished run."""
     out = tmp_path / "r.jsonl"
-    code = ("import os, signal, sys; from dfer_cli import cli_app, cli_predict; "
-            "done = cli_predict._work_done\n"
-            "def late():\n"
-            "    done(); os.kill(os.getpid(), signal.SIGINT)\n"
-            "cli_predict._work_done = late\n"
-            "from dfer_cli.entry import main; "
-            f"sys.argv = ['dfer', 'predict', {str(media['face'])!r}, '-w', {str(ckpt)!r}, '-o', {str(out)!r}, "
-            "'--window', '1', '--stride', '0.5', '--threads', '1']; main()")
-    p = subprocess.run([sys.executable, "-c", code], env=ENV, capture_output=True, text=True, timeout=300)
+    p = dfer_interrupted("dfer_cli.cli_predict", "_work_done", "after",
+                         ["predict", str(media["face"]), "-w", str(ckpt), "-o", str(out), *OPTS])
     assert p.returncode == 0, p.stderr[-2000:]
     assert "interrupted" not in p.stderr and json.loads(out.read_text().splitlines()[-1])["type"] == "video"
 
@@ -404,17 +429,8 @@ def test_a_named_pipe_in_a_list_on_stdin_is_reported_not_read(tmp_path):
 
 def test_ctrl_c_during_the_final_json_write_says_interrupted_and_keeps_the_partial_file(ckpt, media, tmp_path):
     out = tmp_path / "r.json"
-    code = ("import os, signal, sys; from dfer_cli import writers\n"
-            "close, fired = writers.JsonWriter.close, []\n"
-            "def interrupted_close(self):\n"
-            "    if not fired:\n"
-            "        fired.append(1); os.kill(os.getpid(), signal.SIGINT)\n"
-            "    close(self)\n"
-            "writers.JsonWriter.close = interrupted_close\n"
-            "from dfer_cli.entry import main\n"
-            f"sys.argv = ['dfer', 'predict', {str(media['face'])!r}, '-w', {str(ckpt)!r}, '-o', {str(out)!r}, "
-            "'--window', '1', '--stride', '0.5', '--threads', '1']; main()")
-    p = subprocess.run([sys.executable, "-c", code], env=ENV, capture_output=True, text=True, timeout=300)
+    p = dfer_interrupted("dfer_cli.writers.JsonWriter", "close", "before",
+                         ["predict", str(media["face"]), "-w", str(ckpt), "-o", str(out), *OPTS])
     assert p.returncode == 130, p.stderr[-2000:]
     assert p.stderr.strip().splitlines()[-1].startswith("dfer: interrupted after")
     assert not out.exists() and (tmp_path / "r.json.partial").exists()
