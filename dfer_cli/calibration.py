@@ -35,14 +35,18 @@ def probabilities(model, logits):
     return (z / t if t != 1.0 else z).softmax(-1)
 
 
-def soft_cross_entropy(logits: np.ndarray, targets: np.ndarray, temperature: float = 1.0) -> float:
-    """Mean over rows of -sum_c s_c log softmax(z / T)_c (targets renormalised to shares)."""
+def log_probs(logits, temperature: float = 1.0) -> np.ndarray:
+    """log softmax(z / T) of numpy logits (N, C), computed stably."""
     z = np.asarray(logits, dtype=np.float64) / temperature
     z = z - z.max(1, keepdims=True)
-    logp = z - np.log(np.exp(z).sum(1, keepdims=True))
-    s = np.asarray(targets, dtype=np.float64)
-    s = s / s.sum(1, keepdims=True)
-    return float(-(s * logp).sum(1).mean())
+    return z - np.log(np.exp(z).sum(1, keepdims=True))
+
+
+def soft_cross_entropy(logits: np.ndarray, targets: np.ndarray, temperature: float = 1.0) -> float:
+    """Mean over rows of -sum_c s_c log softmax(z / T)_c (targets renormalised to shares)."""
+    from dfer_cli.metrics import vote_shares
+
+    return float(-(vote_shares(targets) * log_probs(logits, temperature)).sum(1).mean())
 
 
 def fit_temperature(logits, votes, lo: float = T_MIN, hi: float = T_MAX, tol: float = 1e-4) -> float:
@@ -146,9 +150,7 @@ def calibrate(model, data_root: str, votes, *, split: str = "train", holdout: fl
     t = fit_temperature(logits, v)
 
     def kl_at(temp):
-        z = logits / temp
-        p = np.exp(z - z.max(1, keepdims=True))
-        return mean_kl(v, p / p.sum(1, keepdims=True))
+        return mean_kl(v, np.exp(log_probs(logits, temp)))
 
     names = [os.path.basename(str(p)) for p in (votes if isinstance(votes, (list, tuple)) else [votes])]
     return {"method": "temperature", "temperature": round(t, 4),

@@ -477,7 +477,7 @@ def evaluate_split(weights, dataset: str, data_root: str, split: str, *, fold: i
                 report.add(f"no usable votes ({why}); scored against its label only", s.path)
             else:
                 rows[i] = np.asarray(v)[order]
-                other[i] = table.other_of(s.path, data_root, split_dir)
+                other[i] = table.other.get(table.key_of(s.path, data_root, split_dir), 0.0)
         ev.votes = rows
         have = ~np.isnan(rows).any(1)
         if not have.any():

@@ -34,7 +34,7 @@ def main() -> None:
 
     import torch
 
-    from dfer_cli.calibration import dataset_logits, held_out_with_votes, recorded_holdouts, temperature_of
+    from dfer_cli.calibration import dataset_logits, held_out_with_votes, log_probs, recorded_holdouts, temperature_of
     from dfer_cli.checkpoint import load_model
     from dfer_cli.metrics import VoteScores
 
@@ -65,8 +65,7 @@ def main() -> None:
         z = dataset_logits(model, held).astype(np.float64)
         temps = sorted({1.0, temperature_of(model)})
         for t in temps:
-            p = np.exp(z / t - (z / t).max(1, keepdims=True))
-            p = p / p.sum(1, keepdims=True)
+            p = np.exp(log_probs(z, t))
             for label, keep in subsets:
                 d = VoteScores(list(model.classes), votes[keep], p[keep]).to_dict()
                 print(f"{path[-48:]:48s} {label:>12s} {t:6.3f} {100 * d['plurality_accuracy']:7.2f} "

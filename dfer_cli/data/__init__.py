@@ -171,15 +171,17 @@ class ClipDataset:
         """Training targets: labels (N,) int64, or vote shares (N, C) float32 when ``soft``."""
         if not self.soft:
             return self.labels
-        v = np.array([s.votes for s in self.samples], dtype=np.float64)
-        return (v / v.sum(1, keepdims=True)).astype(np.float32)
+        from dfer_cli.metrics import vote_shares
+
+        return vote_shares([s.votes for s in self.samples]).astype(np.float32)
 
     def target(self, i: int):
         s = self.samples[i]
         if s.votes is None:
             return s.label
-        v = np.asarray(s.votes, dtype=np.float32)
-        return v / v.sum()
+        from dfer_cli.metrics import vote_shares
+
+        return vote_shares([s.votes])[0].astype(np.float32)
 
     def _frame_list(self, i: int) -> list[str]:
         if i not in self._frames_cache:

@@ -45,24 +45,22 @@ class VoteTable:
     dropped: dict[str, str] = field(default_factory=dict)        # key -> why it has no votes
     other: dict[str, float] = field(default_factory=dict)        # key -> top count outside the 7 (FER+)
 
+    def key_of(self, sample_path: str, root: str, split_dir: str | None = None) -> str | None:
+        """The row of a sample file: its path relative to ``root``, else to ``split_dir``;
+        None when the table has neither."""
+        for base in (root, split_dir):
+            if base:
+                k = _key(os.path.relpath(sample_path, base))
+                if k in self.votes or k in self.dropped:
+                    return k
+        return None
+
     def lookup(self, sample_path: str, root: str, split_dir: str | None = None):
         """(votes (7,) or None, reason or None) for a sample file under ``root``."""
-        keys = [_key(os.path.relpath(sample_path, root))]
-        if split_dir:
-            keys.append(_key(os.path.relpath(sample_path, split_dir)))
-        for k in keys:
-            if k in self.votes:
-                return self.votes[k], None
-            if k in self.dropped:
-                return None, self.dropped[k]
-        return None, "no row in the vote CSV"
-
-    def other_of(self, sample_path: str, root: str, split_dir: str | None = None) -> float:
-        """The top vote count outside dfer's classes for a sample (0 when none)."""
-        keys = [_key(os.path.relpath(sample_path, root))]
-        if split_dir:
-            keys.append(_key(os.path.relpath(sample_path, split_dir)))
-        return next((self.other[k] for k in keys if k in self.other), 0.0)
+        k = self.key_of(sample_path, root, split_dir)
+        if k is None:
+            return None, "no row in the vote CSV"
+        return (self.votes[k], None) if k in self.votes else (None, self.dropped[k])
 
 
 def _key(rel: str) -> str:
