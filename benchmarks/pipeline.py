@@ -52,8 +52,8 @@ def get_model(spec: str | None):
 
 def decode_only(path, plan_times) -> float:
     """Seconds to decode the whole video and convert the grid frames to RGB."""
-    from dfer_cli import video
-    from dfer_cli.clips import sample_on_grid
+    from dfer_cli.video import decode as video
+    from dfer_cli.video.sampling import sample_on_grid
 
     t0 = time.perf_counter()
     last = None
@@ -83,8 +83,10 @@ def main():
 
     import torch
 
-    from dfer_cli import faces, predict, video
-    from dfer_cli.clips import WindowPlan
+    from dfer_cli.faces import detect as faces
+    from dfer_cli import predict
+    from dfer_cli.video import decode as video
+    from dfer_cli.video.sampling import WindowPlan
 
     torch.set_num_threads(args.threads)
     model, model_label = get_model(args.model)

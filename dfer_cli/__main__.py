@@ -1,4 +1,4 @@
-from dfer_cli.entry import main
+from dfer_cli.cli.entry import main
 
 if __name__ == "__main__":
     main()

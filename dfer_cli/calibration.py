@@ -91,7 +91,7 @@ def held_out_with_votes(data_root: str, votes, *, split: str = "train", holdout:
     stratified split. Returns (held-out samples, their names' sha256 as training records it)."""
     from dfer_cli.data import scan
     from dfer_cli.data.votes import attach_votes, read_vote_tables
-    from dfer_cli.train import _names_digest, holdout_split
+    from dfer_cli.train.loop import _names_digest, holdout_split
 
     if not 0 < holdout < 1:
         raise ValueError(f"--holdout must be in (0, 1), got {holdout}")
@@ -117,7 +117,7 @@ def dataset_logits(model, samples, *, batch_size: int = 64, device="cpu") -> np.
     from torch.utils.data import DataLoader
 
     from dfer_cli.data import ClipDataset
-    from dfer_cli.evaluate import clip_logits
+    from dfer_cli.evaluation.run import clip_logits
 
     ds = ClipDataset(samples, model.preprocessing, train=False, classes=model.classes,
                      sampling=getattr(model, "sampling", "uniform"))

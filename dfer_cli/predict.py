@@ -25,9 +25,9 @@ from typing import Callable
 
 import numpy as np
 
-from dfer_cli import faces as _faces
-from dfer_cli import tracking as _tracking
-from dfer_cli.clips import WindowPlan
+from dfer_cli.faces import detect as _faces
+from dfer_cli.faces import track as _tracking
+from dfer_cli.video.sampling import WindowPlan
 from dfer_cli.pipeline import (AlignStage, ClipClassifier, ClipEmitter, CutDetector, DetectStage, GridDecoder,
                                TrackStage, WindowStage)
 from dfer_cli.results import ClipPrediction, TrackSummary, VideoResult
@@ -161,8 +161,8 @@ def predict_video(
     `video.VideoError` when the file cannot be read, and ValueError when the model's
     probabilities are not finite (a damaged checkpoint).
     """
-    from dfer_cli import video as _video
-    from dfer_cli.evaluate import TTA_MODES
+    from dfer_cli.video import decode as _video
+    from dfer_cli.evaluation.run import TTA_MODES
 
     if tta not in TTA_MODES:
         raise ValueError(f"tta {tta!r}: choose one of {', '.join(TTA_MODES)}")
@@ -217,7 +217,7 @@ def _video_detector(detector, detection: str, plan: WindowPlan, detect_every: in
     if detector is None:
         detector = default()
     if detection == "keyframe" and not hasattr(detector, "reset"):
-        from dfer_cli.keyframe_detect import keyframe_detector
+        from dfer_cli.faces.keyframe import keyframe_detector
 
         # key frames come every KEY_INTERVAL seconds of the frames DetectStage detects
         detector = keyframe_detector(window=plan.window, num_frames=plan.num_frames,
@@ -230,7 +230,7 @@ def _video_detector(detector, detection: str, plan: WindowPlan, detect_every: in
 def _open_source(path, stdin=None, stall_timeout=None):
     """(duration in seconds, or None for a live input; frame rate, 0.0 when unknown; the
     decoded frames, an iterator of `video.Frame`) for a video file or a live input."""
-    from dfer_cli import video as _video
+    from dfer_cli.video import decode as _video
 
     if _video.is_stream(path):
         fps, frames = _video.open_live(path, stdin, stall_timeout)

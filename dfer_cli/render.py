@@ -277,7 +277,7 @@ def annotate_video(src: str | Path, dst: str | Path, result: VideoResult, *, cod
                    audio: bool = True) -> Path:
     """Write `dst`: every frame of `src` with the faces of `result` boxed and labelled.
 
-    Frames come from `dfer_cli.video.iter_frames`, the decoder the pipeline uses, so times
+    Frames come from `dfer_cli.video.decode.iter_frames`, the decoder the pipeline uses, so times
     and rotation match the result's. The output has the same frames at the same times; its
     container follows dst's suffix (one of `VIDEO_CONTAINERS`; another raises ValueError
     before any frame is decoded) and the codec is H.264 when the FFmpeg build has libx264,
@@ -287,7 +287,7 @@ def annotate_video(src: str | Path, dst: str | Path, result: VideoResult, *, cod
     """
     import av
 
-    from dfer_cli.video import iter_frames, probe
+    from dfer_cli.video.decode import iter_frames, probe
 
     src, dst = Path(src), Path(dst)
     container = video_container(dst)  # before decoding anything

@@ -21,8 +21,8 @@ from PIL import Image
 
 def video_faces(path: str, pre, count: int, detector) -> list[np.ndarray]:
     """`count` aligned faces from frames spread over the video (largest face per frame)."""
-    from dfer_cli.faces import align_face
-    from dfer_cli.video import iter_frames, probe
+    from dfer_cli.faces.detect import align_face
+    from dfer_cli.video.decode import iter_frames, probe
 
     info = probe(path)
     times = np.linspace(0, max(info.duration - 0.05, 0), count * 3)
@@ -50,7 +50,7 @@ def main() -> None:
     args = ap.parse_args()
 
     from dfer_cli.checkpoint import read_checkpoint
-    from dfer_cli.faces import FaceDetector
+    from dfer_cli.faces.detect import FaceDetector
     from dfer_cli.preprocess import Preprocessing
 
     _, meta = read_checkpoint(args.weights)

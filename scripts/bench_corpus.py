@@ -9,7 +9,7 @@ Two measurements, each printed as a Markdown table:
 1. the classifier alone: forward passes of random clips of the checkpoint's shape, for a few
    batch sizes (CPU fp32; CUDA fp32, fp16 and bf16 autocast): clips/s. This is what batching
    clips, within a video or across videos, buys.
-2. the whole corpus path (`dfer_cli.corpus.run_corpus`, decode + detect + align + classify):
+2. the whole corpus path (`dfer_cli.corpus.run.run_corpus`, decode + detect + align + classify):
    N synthetic face videos of S seconds each; videos one at a time, and on CUDA also
    `--in-flight` videos at once sharing one classifier (`SharedClassifier`, fp16 and bf16
    autocast). Real-time factor = seconds of video / wall seconds; the wall time includes
@@ -91,7 +91,7 @@ def clip_count(out: Path) -> int:
 
 def bench_corpus(videos: Path, work: Path, duration: float, **kw) -> tuple[float, float, int]:
     """(wall seconds, clips/s, clips) of one corpus run over `videos` into a fresh folder."""
-    from dfer_cli.corpus import run_corpus
+    from dfer_cli.corpus.run import run_corpus
 
     out = Path(tempfile.mkdtemp(dir=work, prefix="out-"))
     t0 = time.perf_counter()

@@ -1,4 +1,4 @@
-"""Full-scan MTCNN vs key-frame detection (dfer_cli.keyframe_detect) on the same frames.
+"""Full-scan MTCNN vs key-frame detection (dfer_cli.faces.keyframe) on the same frames.
 
     OMP_NUM_THREADS=2 python scripts/bench_detect.py                      # default clips
     python scripts/bench_detect.py VIDEO ... --threads 2 --repeat 3
@@ -40,7 +40,8 @@ DEFAULT_VIDEOS = [ROOT / "examples" / "talking_head_webcam.mp4", SHARED / "tears
 # detector factory is replaced by one giving a reset KeyframeDetector per video.
 _WRAPPER = """
 import sys
-from dfer_cli import keyframe_detect, predict
+from dfer_cli.faces import keyframe as keyframe_detect
+from dfer_cli import predict
 _cache = {}
 def _get(detect_size=None, min_face=None, min_score=None, device=None, **_):
     key = (detect_size, min_face, min_score, str(device))
@@ -51,7 +52,7 @@ def _get(detect_size=None, min_face=None, min_score=None, device=None, **_):
     _cache[key].reset()
     return _cache[key]
 predict.get_detector = _get
-from dfer_cli.cli import main
+from dfer_cli.cli.main import main
 sys.argv[0] = 'dfer'
 main()
 """
@@ -73,8 +74,8 @@ def machine() -> str:
 def detect_frames(path, window: float, num_frames: int, detect_every: int):
     """(N,) RGB frames (H, W, 3) uint8 and their times: the distinct grid frames predict
     would detect (every detect_every-th)."""
-    from dfer_cli import video
-    from dfer_cli.clips import WindowPlan, sample_on_grid
+    from dfer_cli.video import decode as video
+    from dfer_cli.video.sampling import WindowPlan, sample_on_grid
 
     info = video.probe(path)
     duration = info.duration if info.duration > 0 else video.scan_duration(path)
@@ -103,7 +104,7 @@ def run(detector, frames, batch: int):
 
 def compare(full, key):
     """Per full-scan face, the best IoU of a key-frame box; counts of one-sided frames."""
-    from dfer_cli.tracking import iou
+    from dfer_cli.faces.track import iou
 
     ious, only_full, only_key = [], 0, 0
     for a, b in zip(full, key):
@@ -121,7 +122,7 @@ def jitter_floor(full, frames, batch: int, shift=(3, 2)):
     the same frame moved by `shift` (dx, dy) pixels (edges replicated), shift compensated."""
     import numpy as np
 
-    from dfer_cli.tracking import iou
+    from dfer_cli.faces.track import iou
 
     dx, dy = shift
     moved = [np.pad(f, ((dy, 0), (dx, 0), (0, 0)), mode="edge")[:f.shape[0], :f.shape[1]] for f in frames]
@@ -147,7 +148,7 @@ def predict_rtf(path, which: str, threads: int, key_interval: float, scan_when_e
     """Wall seconds of the whole `dfer predict` process and its real-time factor."""
     env = dict(os.environ, OMP_NUM_THREADS=str(threads))
     args = ["predict", str(path), "--threads", str(threads), "--quiet"]
-    from dfer_cli.keyframe_detect import KEY_INTERVAL
+    from dfer_cli.faces.keyframe import KEY_INTERVAL
 
     if which == "full":
         cmd = [sys.executable, "-m", "dfer_cli", *args]
@@ -166,7 +167,7 @@ def make_hd(src: Path, dst: Path, size=(1280, 720)) -> Path:
     import av
     import cv2
 
-    from dfer_cli import video
+    from dfer_cli.video import decode as video
 
     info = video.probe(src)
     with av.open(str(dst), "w") as out:
@@ -208,8 +209,8 @@ def main():
 
     import torch
 
-    from dfer_cli.faces import FaceDetector
-    from dfer_cli.keyframe_detect import keyframe_detector
+    from dfer_cli.faces.detect import FaceDetector
+    from dfer_cli.faces.keyframe import keyframe_detector
 
     torch.set_num_threads(args.threads)
     print(f"machine: {machine()}")

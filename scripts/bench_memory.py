@@ -41,7 +41,7 @@ def letterbox(rgb, width: int = WIDTH, height: int = HEIGHT):
 def looped_frames(source: Path):
     """The source clip's frames, letterboxed to 640x360, over and over (decoded again on
     each pass, so nothing accumulates)."""
-    from dfer_cli.video import iter_frames
+    from dfer_cli.video.decode import iter_frames
 
     while True:
         for frame in iter_frames(source):

@@ -28,9 +28,9 @@ def main() -> None:
     import numpy as np
     import torch
 
-    from dfer_cli import video
+    from dfer_cli.video import decode as video
     from dfer_cli.checkpoint import load_model
-    from dfer_cli.faces import FaceDetector, align_face
+    from dfer_cli.faces.detect import FaceDetector, align_face
     from dfer_cli.preprocess import frames_to_tensor, zoom_template
 
     torch.set_num_threads(args.threads)

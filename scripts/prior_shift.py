@@ -34,7 +34,7 @@ import os
 def split_of(model):
     """(recipe, training samples, held-out samples) of the run that made ``model``."""
     from dfer_cli.data import scan
-    from dfer_cli.train import TrainConfig, holdout_split
+    from dfer_cli.train.loop import TrainConfig, holdout_split
 
     if "recipe" not in model.provenance:
         raise SystemExit(f"{model.checkpoint_path}: no training recipe in its provenance (not written by dfer "
@@ -46,7 +46,7 @@ def split_of(model):
                       seed=recipe.seed)
     kept, held = holdout_split(samples, recipe.holdout, recipe.split_seed)
     if recipe.holdout_unseen:  # the run validated on these only
-        from dfer_cli.train import unseen_held_out
+        from dfer_cli.train.loop import unseen_held_out
 
         held, _ = unseen_held_out(kept, held)
     return recipe, kept, held
@@ -56,7 +56,7 @@ def held_out(model, tta: str, batch_size: int):
     """(probabilities (N, C), labels (N,), split description, sample paths) of ``model`` on
     its run's held-out split."""
     from dfer_cli.data import ClipDataset
-    from dfer_cli.evaluate import predict_dataset
+    from dfer_cli.evaluation.run import predict_dataset
 
     recipe, _, held = split_of(model)
     ds = ClipDataset(held, model.preprocessing, train=False, classes=model.classes)
@@ -108,7 +108,7 @@ def main() -> None:
     import torch
 
     from dfer_cli.checkpoint import load_model
-    from dfer_cli.losses import logit_adjustment
+    from dfer_cli.train.losses import logit_adjustment
 
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -354,7 +354,7 @@ class _FixedFace:
     def detect(self, frames):
         import numpy as np
 
-        from dfer_cli.faces import Detection
+        from dfer_cli.faces.detect import Detection
         from dfer_cli.preprocess import DEFAULT_TEMPLATE
 
         lm = np.array(DEFAULT_TEMPLATE) * 64 + 16

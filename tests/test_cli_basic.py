@@ -9,14 +9,14 @@ import pytest
 from typer.testing import CliRunner
 
 from dfer_cli import __version__
-from dfer_cli.cli import app
+from dfer_cli.cli.main import app
 
 HEAVY = ("torch", "torchvision", "av", "cv2", "matplotlib", "facenet_pytorch")
 
 PROBE = """
 import sys
 sys.argv = ["dfer"] + sys.argv[1:]
-from dfer_cli.cli import main
+from dfer_cli.cli.main import main
 try:
     main()
 except SystemExit:

@@ -17,8 +17,8 @@ import typer
 from synth import face_image, make_video
 from typer.testing import CliRunner
 
-from dfer_cli.cli import app
-from dfer_cli.cli_predict import collect_inputs, output_paths
+from dfer_cli.cli.main import app
+from dfer_cli.cli.predict import collect_inputs, output_paths
 from dfer_cli.labels import CLASSES
 
 OPTS = ["--window", "1.0", "--stride", "0.5", "--threads", "1", "--device", "cpu"]
@@ -361,7 +361,7 @@ def test_docs_options_table_matches_the_command():
 
     import typer.main
 
-    from dfer_cli import faces
+    from dfer_cli.faces import detect as faces
 
     cmd = typer.main.get_command(app).commands["predict"]
     flags = {f for p in cmd.params for f in getattr(p, "opts", [])}

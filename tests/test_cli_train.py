@@ -5,7 +5,7 @@ import json
 
 from typer.testing import CliRunner
 
-from dfer_cli.cli import app
+from dfer_cli.cli.main import app
 from test_train import make_dataset
 
 runner = CliRunner()
@@ -133,7 +133,7 @@ def test_prepare_cli_names_a_bad_video_once_and_a_file_src(tmp_path):
 
 def test_recipe_paper_is_recorded_explicit_flags_win_and_a_random_trunk_is_warned_once(tmp_path):
     from dfer_cli.checkpoint import read_metadata
-    from dfer_cli.train import RANDOM_TRUNK_WARNING
+    from dfer_cli.train.loop import RANDOM_TRUNK_WARNING
 
     data = make_dataset(tmp_path / "data", per_class=2, val_per_class=1)
     out = tmp_path / "paper"

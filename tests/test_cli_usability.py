@@ -25,7 +25,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from dfer_cli.cli import app
+from dfer_cli.cli.main import app
 
 try:
     import pty
@@ -121,7 +121,7 @@ def test_command_lists_wrap_each_summary_as_one_paragraph(group):
     docstring's own line breaks there, leaving ragged half lines)."""
     import typer
 
-    from dfer_cli.cli_app import one_paragraph
+    from dfer_cli.cli.app import one_paragraph
 
     rc, out, _ = run([*group, "--help"])
     assert rc == 0
@@ -316,7 +316,7 @@ def test_models_shows_each_checkpoints_recipe_window_and_sampling(tmp_path, monk
 
     import torch
 
-    from dfer_cli import cli_models
+    from dfer_cli.cli import models as cli_models
     from dfer_cli.checkpoint import save_checkpoint
     from dfer_cli.labels import CLASSES
     from dfer_cli.models import create_model

@@ -3,7 +3,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from dfer_cli.clips import WindowPlan, sample_on_grid, segment_indices
+from dfer_cli.video.sampling import WindowPlan, sample_on_grid, segment_indices
 
 
 def test_segment_indices_test_mode_takes_segment_centres():
@@ -74,7 +74,7 @@ def test_sample_on_grid_stops_past_the_end_and_streams():
 
 
 def test_track_windows_start_at_the_track_and_end_on_it():
-    from dfer_cli.clips import track_windows
+    from dfer_cli.video.sampling import track_windows
 
     assert track_windows(0, 31, 16, 8) == [0, 8, 16]            # the regular windows end on the track's end
     assert track_windows(0, 34, 16, 8) == [0, 8, 16, 19]        # else one more, aligned to the end
@@ -86,7 +86,7 @@ def test_track_windows_start_at_the_track_and_end_on_it():
 
 
 def test_track_windows_give_a_face_seen_for_half_a_window_a_window_half_full():
-    from dfer_cli.clips import track_windows
+    from dfer_cli.video.sampling import track_windows
 
     T = 16
     for first in range(0, 40, 3):

@@ -23,8 +23,8 @@ import pytest
 from synth import face_image, make_video
 from typer.testing import CliRunner
 
-from dfer_cli.cli import app
-from dfer_cli.corpus import (ManifestWriter, parse_shard, plan_corpus, read_manifests, result_name,
+from dfer_cli.cli.main import app
+from dfer_cli.corpus.run import (ManifestWriter, parse_shard, plan_corpus, read_manifests, result_name,
                              run_corpus, shard_of)
 
 OPTS = ["--window", "1.0", "--stride", "0.5", "--threads", "1", "--device", "cpu"]
@@ -36,7 +36,7 @@ def corpus(tmp_path_factory):
     """The corpus folder; videos are 1.5 s (12 frames at 8 fps)."""
     from PIL import Image
 
-    from dfer_cli.corpus import input_key, shard_of
+    from dfer_cli.corpus.run import input_key, shard_of
 
     base = tmp_path_factory.mktemp("corpus")
     # shards come from a hash of each video's absolute path, so a corpus in an unlucky
@@ -159,7 +159,7 @@ def test_plan_skips_only_what_is_done_with_this_model_and_input(tmp_path):
 
 
 def test_progress_line_counts_and_estimates(monkeypatch):
-    from dfer_cli import corpus
+    from dfer_cli.corpus import run as corpus
 
     clock = iter([100.0, 160.0])  # start, then one minute later
     monkeypatch.setattr(corpus.time, "monotonic", lambda: next(clock))
@@ -180,7 +180,7 @@ def test_progress_line_counts_and_estimates(monkeypatch):
 
 
 def test_progress_across_shards_reads_every_manifest(monkeypatch):
-    from dfer_cli import corpus
+    from dfer_cli.corpus import run as corpus
 
     clock = iter([0.0, 60.0])  # start, then one minute later
     monkeypatch.setattr(corpus.time, "monotonic", lambda: next(clock))
@@ -258,7 +258,7 @@ def test_result_file_is_what_predict_prints_for_the_video(clean, ckpt, corpus):
     video = str(corpus / "a" / "face1.mp4")
     r = invoke([video, "-w", str(ckpt), *OPTS, "-f", "jsonl"])
     assert r.exit_code == 0, r.output
-    from dfer_cli.corpus import input_key
+    from dfer_cli.corpus.run import input_key
 
     assert (out / result_name(input_key(video), "jsonl")).read_text() == r.stdout
 
@@ -364,7 +364,7 @@ def test_csv_and_json_result_files(ckpt, corpus, tmp_path):
         direct = invoke([str(video), "-w", str(ckpt), *OPTS, "-f", fmt]).stdout
         files = results(out)
         assert len(files) == 2 and all(n.endswith("." + fmt) for n in files)
-        from dfer_cli.corpus import input_key
+        from dfer_cli.corpus.run import input_key
 
         text = files[result_name(input_key(str(video)), fmt)]
         assert text == direct
@@ -402,7 +402,7 @@ def test_shared_classifier_merges_the_batches_of_waiting_threads_and_splits_the_
 
     import torch
 
-    from dfer_cli.corpus import SharedClassifier
+    from dfer_cli.corpus.run import SharedClassifier
 
     model = _Rows()
     shared = SharedClassifier(model, max_batch=100, max_wait=60.0)  # merge only when every member waits
@@ -440,7 +440,7 @@ def test_shared_classifier_caps_a_pass_at_max_batch_and_hands_errors_to_every_ca
 
     import torch
 
-    from dfer_cli.corpus import SharedClassifier
+    from dfer_cli.corpus.run import SharedClassifier
 
     model = _Rows()
     shared = SharedClassifier(model, max_batch=5, max_wait=60.0)
@@ -474,7 +474,7 @@ def test_videos_in_flight_share_batches_and_give_the_records_of_one_video_at_a_t
     """Three videos decoded and detected at once, their clips classified together (on CPU
     here; CUDA is where it pays): the same result files as the one-at-a-time reference, up to
     the last rounded digit of a probability (a one-clip batch takes another kernel on CPU)."""
-    from dfer_cli import corpus as corpus_mod
+    from dfer_cli.corpus import run as corpus_mod
 
     _, ref = clean
     made = []
@@ -512,7 +512,7 @@ def test_videos_in_flight_share_batches_and_give_the_records_of_one_video_at_a_t
 
 
 def test_videos_in_flight_and_precision_are_checked_before_any_work(ckpt, corpus, tmp_path):
-    from dfer_cli.corpus import CorpusError
+    from dfer_cli.corpus.run import CorpusError
 
     for kw, needle in (({"videos_in_flight": 0}, "videos_in_flight 0: must be at least 1"),
                        ({"precision": "fp8"}, "precision fp8: expected one of fp16, bf16, fp32")):
@@ -643,7 +643,7 @@ class _FakeActor:
 
 
 def test_ray_driver_retries_dead_workers_and_writes_like_a_local_run(clean, ckpt, corpus, tmp_path, monkeypatch):
-    from dfer_cli import corpus_ray
+    from dfer_cli.corpus import on_ray as corpus_ray
     from dfer_cli.predict import predict_video
 
     _, ref = clean
@@ -704,7 +704,7 @@ def test_ray_driver_counts_attempts_only_when_the_worker_died(monkeypatch):
     live actor are sent again without counting an attempt; a death counts one."""
     from collections import namedtuple
 
-    from dfer_cli import corpus_ray
+    from dfer_cli.corpus import on_ray as corpus_ray
 
     fake = _FakeRay(restarting_calls=2)   # the ping after each death is refused twice
     monkeypatch.setattr(corpus_ray, "ray", fake)
@@ -754,7 +754,7 @@ def local_ray():
     import ray.cloudpickle
 
     ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # CrashOnce travels to the workers
-    from dfer_cli.corpus_ray import start_local_ray
+    from dfer_cli.corpus.on_ray import start_local_ray
 
     try:
         start_local_ray(attempts=2, num_cpus=2, include_dashboard=False, object_store_memory=80 * 1024 * 1024,

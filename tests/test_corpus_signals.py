@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 from synth import face_image, interrupt_when, make_video
 
-from dfer_cli.corpus import read_manifests, remove_stale_temps, write_result
+from dfer_cli.corpus.run import read_manifests, remove_stale_temps, write_result
 
 try:
     import pty
@@ -167,7 +167,7 @@ def test_ctrl_c_exits_130_leaves_whole_files_only_and_a_rerun_resumes(ckpt, smal
 def test_sigint_while_a_result_is_written_waits_for_it(ckpt, small_corpus, tmp_path, monkeypatch):
     """Ctrl-C that lands while a result file and its manifest line are written takes effect
     once both are written: the folder never has a result without its manifest line."""
-    from dfer_cli import corpus
+    from dfer_cli.corpus import run as corpus
 
     real = corpus.write_result
     calls = []
@@ -204,7 +204,7 @@ def test_a_new_run_removes_what_a_sigkilled_run_left(ckpt, small_corpus, tmp_pat
     child = subprocess.Popen([sys.executable, "-c", (
         "import os, sys, time\n"
         "from pathlib import Path\n"
-        "import dfer_cli.corpus as c\n"
+        "import dfer_cli.corpus.run as c\n"
         "os.fsync = lambda fd: (print('writing', flush=True), time.sleep(600))\n"
         f"c.write_result(Path({str(out / 'x-000000000000.jsonl')!r}), 'half of a result')\n")],
         stdout=subprocess.PIPE, text=True, env=ENV)

@@ -12,13 +12,13 @@ import torch.nn.functional as F
 from typer.testing import CliRunner
 
 from dfer_cli.checkpoint import load_model, read_checkpoint, read_metadata, save_checkpoint
-from dfer_cli.cli import app
-from dfer_cli.distill import Teachers
+from dfer_cli.cli.main import app
+from dfer_cli.train.distill import Teachers
 from dfer_cli.labels import CLASSES
-from dfer_cli.losses import distillation_loss, teacher_probabilities
+from dfer_cli.train.losses import distillation_loss, teacher_probabilities
 from dfer_cli.models import create_model
 from dfer_cli.preprocess import Preprocessing
-from dfer_cli.train import TrainConfig, train
+from dfer_cli.train.loop import TrainConfig, train
 from test_train import TINY, make_dataset, still_config
 
 
@@ -170,7 +170,7 @@ def swapped_teacher(data, tmp_path_factory):
 
 def _labels_and_predictions(model_path, data):
     from dfer_cli.data import ClipDataset, scan
-    from dfer_cli.evaluate import predict_dataset
+    from dfer_cli.evaluation.run import predict_dataset
 
     m = load_model(model_path)
     samples, _ = scan("folder", str(data), "val")

@@ -59,7 +59,7 @@ def test_the_command_line_extraction_sees_a_known_command():
 def test_every_documented_command_and_option_exists(doc):
     import typer.main
 
-    from dfer_cli.cli import app
+    from dfer_cli.cli.main import app
 
     cli = typer.main.get_command(app)
     bad = []

@@ -12,9 +12,9 @@ import torch
 from typer.testing import CliRunner
 
 from dfer_cli.checkpoint import CheckpointError, load_model, read_metadata, save_checkpoint, with_num_frames
-from dfer_cli.cli import app
+from dfer_cli.cli.main import app
 from dfer_cli.labels import CLASSES
-from dfer_cli.losses import shift_prior
+from dfer_cli.train.losses import shift_prior
 from dfer_cli.models import create_model
 from dfer_cli.models.ensemble import Ensemble, combine, resampling_matrix
 from dfer_cli.preprocess import Preprocessing
@@ -350,7 +350,7 @@ def test_training_from_an_ensemble_names_the_member_export(tmp_path, pair):
 
 
 def test_an_ensemble_teaches_as_the_mean_of_its_members(tmp_path, pair):
-    from dfer_cli.distill import Teachers
+    from dfer_cli.train.distill import Teachers
 
     ens = combine([load_model(p) for p in pair])
     path = save_checkpoint(tmp_path / "ens.safetensors", ens, classes=ens.classes, preprocessing=ens.preprocessing,

@@ -9,9 +9,9 @@ import shutil
 import pytest
 from typer.testing import CliRunner
 
-from dfer_cli.cli import app
-from dfer_cli.evaluate import _selection_from_provenance, describe_selection, selected_on_split
-from dfer_cli.train import TrainConfig, train
+from dfer_cli.cli.main import app
+from dfer_cli.evaluation.run import _selection_from_provenance, describe_selection, selected_on_split
+from dfer_cli.train.loop import TrainConfig, train
 from test_data import make_dfew
 
 runner = CliRunner()

@@ -8,7 +8,7 @@ import torch
 
 from dfer_cli.checkpoint import load_model, save_checkpoint
 from dfer_cli.data import ClipDataset, scan
-from dfer_cli.evaluate import (FoldResult, FoldSummary, evaluate_checkpoint, evaluate_folds, format_pm,
+from dfer_cli.evaluation.run import (FoldResult, FoldSummary, evaluate_checkpoint, evaluate_folds, format_pm,
                                plot_confusion, predict_dataset, remap_to_classes, score)
 from dfer_cli.labels import CLASSES
 from dfer_cli.metrics import Scores
@@ -103,7 +103,7 @@ def test_score_from_probabilities():
 def test_flip_tta_averages_the_mirrored_clip():
     import torch
 
-    from dfer_cli.evaluate import clip_probs
+    from dfer_cli.evaluation.run import clip_probs
 
     class LeftRight(torch.nn.Module):
         """Logits from the brightness of the left and right halves: mirror-sensitive."""
@@ -125,7 +125,7 @@ def test_flip_tta_averages_the_mirrored_clip():
 
 
 def test_a_still_repeated_in_time_runs_the_trunk_once_with_the_same_logits():
-    from dfer_cli.evaluate import clip_logits
+    from dfer_cli.evaluation.run import clip_logits
 
     torch.manual_seed(0)
     model = create_model("logo_former", dim=32, depth=1, heads=2, input_size=32, num_frames=4).eval()

@@ -23,7 +23,7 @@ import pytest
 from synth import face_image, interrupt_when, make_video
 from typer.testing import CliRunner
 
-from dfer_cli.cli import app
+from dfer_cli.cli.main import app
 
 DFER = str(Path(sys.executable).with_name("dfer"))
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -131,7 +131,7 @@ def test_missing_file_fails_fast_without_loading_torch(tmp_path):
                        text=True, timeout=600)
     imported = [line.rsplit("|", 1)[-1].strip() for line in p.stderr.splitlines()
                 if line.startswith("import time:")]
-    assert "dfer_cli.cli_predict" in imported  # the log works
+    assert "dfer_cli.cli.predict" in imported  # the log works
     assert not {"torch", "av", "facenet_pytorch", "dfer_cli.predict"} & set(imported)
     messages = [line for line in p.stderr.splitlines() if not line.startswith("import time:")]
     assert p.returncode == 1 and messages == ["dfer: skipping missing.mp4: no such file or directory"]
@@ -278,7 +278,7 @@ def test_a_subfolder_that_cannot_be_listed_under_recursive_is_reported():
     (root / "ok.mp4").write_bytes(b"x")
     (root / "locked" / "hidden.mp4").write_bytes(b"x")
     os.chmod(root / "locked", 0o000)
-    code = ("import json, sys; from dfer_cli.cli_predict import collect_inputs; "
+    code = ("import json, sys; from dfer_cli.cli.predict import collect_inputs; "
             f"print(json.dumps(collect_inputs([{str(root)!r}, {str(root / 'locked' / 'in')!r}], recursive=True)))")
     cmd = [sys.executable, "-c", code]
     if os.geteuid() == 0:
@@ -374,7 +374,7 @@ def timed(*a, **k):
         os.kill(os.getpid(), signal.SIGINT)
     return out
 setattr(obj, {name!r}, timed)
-from dfer_cli.entry import main
+from dfer_cli.cli.entry import main
 sys.argv = {['dfer', *args]!r}
 main()
 """
@@ -385,7 +385,7 @@ def test_ctrl_c_after_the_output_file_is_complete_changes_nothing(ckpt, media, t
     """The records are all in FILE and the run is only printing its summary: a late Ctrl-C
     is ignored (exit 0), not reported as an interruption of a finished run."""
     out = tmp_path / "r.jsonl"
-    p = dfer_interrupted("dfer_cli.cli_predict", "_work_done", "after",
+    p = dfer_interrupted("dfer_cli.cli.predict", "_work_done", "after",
                          ["predict", str(media["face"]), "-w", str(ckpt), "-o", str(out), *OPTS])
     assert p.returncode == 0, p.stderr[-2000:]
     assert "interrupted" not in p.stderr and json.loads(out.read_text().splitlines()[-1])["type"] == "video"
@@ -399,7 +399,7 @@ def test_a_video_record_covers_its_clips_when_decoding_went_on_past_damage(ckpt,
     import dfer_cli.predict
     from dfer_cli.labels import CLASSES
     from dfer_cli.results import ClipPrediction, VideoResult
-    from dfer_cli.video import TruncatedVideoWarning
+    from dfer_cli.video.decode import TruncatedVideoWarning
 
     def damaged(model, path, on_clip=None, **kw):
         probs = {c: 1 / len(CLASSES) for c in CLASSES}

@@ -1,4 +1,4 @@
-"""Key-frame detection (dfer_cli.keyframe_detect) against the full MTCNN detector, on synthetic
+"""Key-frame detection (dfer_cli.faces.keyframe) against the full MTCNN detector, on synthetic
 frames: the real face of tests/data/face_smile.png (credited there) cut out and pasted on a
 plain background, moved from frame to frame with numpy."""
 import cv2
@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 from synth import face_image, paste
 
-from dfer_cli.faces import Detection, FaceDetector
-from dfer_cli.keyframe_detect import KeyframeDetector, keyframe_detector
-from dfer_cli.tracking import iou
+from dfer_cli.faces.detect import Detection, FaceDetector
+from dfer_cli.faces.keyframe import KeyframeDetector, keyframe_detector
+from dfer_cli.faces.track import iou
 
 W, H = 640, 360
 

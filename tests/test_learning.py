@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from dfer_cli.losses import compact_loss
+from dfer_cli.train.losses import compact_loss
 from dfer_cli.models import create_model
 
 SIZE, FRAMES = 32, 16

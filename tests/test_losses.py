@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from dfer_cli.losses import DEFAULT_LAMBDA, CompactLoss, compact_loss, compact_regulariser
+from dfer_cli.train.losses import DEFAULT_LAMBDA, CompactLoss, compact_loss, compact_regulariser
 
 
 def _numpy_compact(logits, target, lam, symmetric=True):

@@ -192,7 +192,7 @@ def test_cost_growth_joint_quadratic_logo_near_linear():
 def test_models_command_json():
     from typer.testing import CliRunner
 
-    from dfer_cli.cli import app
+    from dfer_cli.cli.main import app
 
     result = CliRunner().invoke(app, ["models", "--json"])
     assert result.exit_code == 0, result.output
@@ -437,7 +437,7 @@ def test_trunk_width_reaches_the_model_and_its_checkpoint(tmp_path):
     from dfer_cli.checkpoint import load_model, save_checkpoint
     from dfer_cli.labels import CLASSES
     from dfer_cli.preprocess import Preprocessing
-    from dfer_cli.train import parse_model_opts
+    from dfer_cli.train.loop import parse_model_opts
 
     assert parse_model_opts(["trunk_width=32"], POOL) == {"trunk_width": 32}
     assert get_config(POOL).trunk_width == 64  # ResNet-18's own width unless asked

@@ -1,4 +1,4 @@
-"""dfer's MTCNN cascade (dfer_cli.mtcnn) against facenet-pytorch's own `MTCNN.detect`, which
+"""dfer's MTCNN cascade (dfer_cli.faces.mtcnn) against facenet-pytorch's own `MTCNN.detect`, which
 runs the same trained networks; and the start-up it buys (no torchvision, no torch._dynamo)."""
 import subprocess
 import sys
@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from synth import face_image, paste
 
-from dfer_cli import mtcnn as M
+from dfer_cli.faces import mtcnn as M
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -4,7 +4,7 @@ import copy
 import torch
 import pytest
 
-from dfer_cli.optim import SAM
+from dfer_cli.train.optim import SAM
 
 A = torch.tensor([[3.0, 0.5], [0.5, 1.0]])
 
@@ -101,7 +101,7 @@ def _bn_stats(net):
 
 @pytest.mark.parametrize("api", ["two_steps", "closure"])
 def test_sam_step_updates_batchnorm_statistics_once(api):
-    from dfer_cli.optim import frozen_bn_stats
+    from dfer_cli.train.optim import frozen_bn_stats
 
     net = _bn_net().train()
     plain = copy.deepcopy(net)
@@ -131,7 +131,7 @@ def test_sam_step_updates_batchnorm_statistics_once(api):
 
 
 def test_frozen_bn_stats_keeps_batch_normalisation_in_training_mode():
-    from dfer_cli.optim import frozen_bn_stats
+    from dfer_cli.train.optim import frozen_bn_stats
 
     net = _bn_net().train()
     x = torch.randn(8, 4, generator=torch.Generator().manual_seed(2))
@@ -149,7 +149,7 @@ def test_frozen_bn_stats_keeps_batch_normalisation_in_training_mode():
 def test_sam_around_adamw_matches_closed_form():
     """`--optimizer sam-adamw`: AdamW's first step, written out (bias-corrected moments of
     the gradient taken at the ascent point, decoupled weight decay), from w0."""
-    from dfer_cli.train import TrainConfig, _build_optimizer
+    from dfer_cli.train.loop import TrainConfig, _build_optimizer
 
     # chosen so that the ascent step flips the sign of the first gradient component: Adam's
     # first step is about lr * sign(g), so only then does it matter where g was taken

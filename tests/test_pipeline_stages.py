@@ -4,13 +4,13 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from dfer_cli.clips import WindowPlan
-from dfer_cli.faces import Detection
+from dfer_cli.video.sampling import WindowPlan
+from dfer_cli.faces.detect import Detection
 from dfer_cli.pipeline import (ClipEmitter, ClipJob, CutDetector, DetectStage, FrameBatch, GridDecoder, GridFrame,
                                TrackStage, WindowStage, interpolate_faces)
 from dfer_cli.pipeline.frames import AlignedFace
 from dfer_cli.results import ClipPrediction
-from dfer_cli.tracking import IoUTracker
+from dfer_cli.faces.track import IoUTracker
 
 
 def frame(index, time, colour=100, size=(24, 32)):
@@ -240,7 +240,7 @@ def test_classifier_runs_the_trunk_once_per_face_and_matches_the_whole_model(tta
     import torch
 
     from synth import tiny_model
-    from dfer_cli.evaluate import clip_probs
+    from dfer_cli.evaluation.run import clip_probs
     from dfer_cli.pipeline import ClipClassifier
     from dfer_cli.preprocess import frames_to_tensor
 
@@ -287,7 +287,7 @@ def test_classifier_cache_keeps_only_faces_a_later_clip_can_use():
 
 
 def test_align_stage_crops_each_located_face_with_the_models_detail_size():
-    from dfer_cli.faces import align_face
+    from dfer_cli.faces.detect import align_face
     from dfer_cli.pipeline import AlignStage
     from dfer_cli.preprocess import DEFAULT_TEMPLATE
 

@@ -14,7 +14,7 @@ import pytest
 from synth import face_image, make_video
 from typer.testing import CliRunner
 
-from dfer_cli.cli import app
+from dfer_cli.cli.main import app
 from dfer_cli.labels import CLASSES
 
 jsonschema = pytest.importorskip("jsonschema")
@@ -122,7 +122,7 @@ def test_min_face_and_min_score_reach_the_detector(ckpt, face_video, monkeypatch
 
 
 def test_detector_keeps_no_face_smaller_than_min_face():
-    from dfer_cli.faces import FaceDetector
+    from dfer_cli.faces.detect import FaceDetector
 
     img = face_image()  # the face's box is about 150 x 210 px (tests/test_faces.py)
     (d,) = FaceDetector(min_face=100).detect([img])[0]
@@ -139,7 +139,7 @@ def test_detector_keeps_no_face_smaller_than_min_face():
 
 
 def test_prepare_takes_template_min_face_and_min_score(tmp_path, monkeypatch):
-    import dfer_cli.prepare
+    import dfer_cli.data.prepare
     from dfer_cli.preprocess import FER2013_TEMPLATE, zoom_template
 
     seen = {}
@@ -148,7 +148,7 @@ def test_prepare_takes_template_min_face_and_min_score(tmp_path, monkeypatch):
         seen.update(kw)
         return []
 
-    monkeypatch.setattr(dfer_cli.prepare, "prepare", fake)
+    monkeypatch.setattr(dfer_cli.data.prepare, "prepare", fake)
     runner = CliRunner()
     r = runner.invoke(app, ["prepare", str(tmp_path), str(tmp_path / "out"), "--template", "fer2013",
                             "--template-scale", "0.9", "--min-face", "48", "--min-score", "0.8", "-q"])

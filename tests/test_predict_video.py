@@ -7,7 +7,7 @@ import pytest
 from synth import DATA_DIR, face_image, make_video, moving_blobs, paste, tiny_model
 
 import dfer_cli
-from dfer_cli.clips import WindowPlan
+from dfer_cli.video.sampling import WindowPlan
 from dfer_cli.labels import CLASSES
 
 
@@ -51,7 +51,7 @@ def test_two_faces_moving_apart_keep_two_tracks(tmp_path, model, face_crop, fps)
 def face_throughout_windows(duration, window, stride, num_frames=16):
     """(start, end) of the clips of a face seen on every grid slot of a video: windows laid
     on its span, the whole grid (clips.track_windows)."""
-    from dfer_cli.clips import track_windows
+    from dfer_cli.video.sampling import track_windows
 
     plan = WindowPlan(duration, window, stride, num_frames)
     end = max(duration, plan.window)
@@ -134,7 +134,7 @@ def test_video_without_faces_is_not_an_error(tmp_path, model):
 
 
 def test_bad_file_raises_video_error(tmp_path, model):
-    from dfer_cli.video import VideoError
+    from dfer_cli.video.decode import VideoError
 
     bad = Path(tmp_path / "x.mp4")
     bad.write_text("not a video")

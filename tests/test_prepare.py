@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 from dfer_cli.data import scan
-from dfer_cli.faces import Detection
-from dfer_cli.prepare import prepare, read_manifest
+from dfer_cli.faces.detect import Detection
+from dfer_cli.data.prepare import prepare, read_manifest
 from synth import make_video
 
 

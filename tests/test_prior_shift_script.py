@@ -12,7 +12,7 @@ import pytest
 
 from dfer_cli.checkpoint import load_model
 from dfer_cli.metrics import Scores, confusion_matrix
-from dfer_cli.train import train
+from dfer_cli.train.loop import train
 from test_train import make_dataset, still_config
 
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "prior_shift.py"

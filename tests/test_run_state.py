@@ -11,7 +11,7 @@ import pytest
 import torch
 from torch import nn
 
-from dfer_cli.run_folder import TrainState, load_state, optimizer_param_names, save_state
+from dfer_cli.train.run_folder import TrainState, load_state, optimizer_param_names, save_state
 
 CPU = torch.device("cpu")
 

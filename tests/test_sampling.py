@@ -121,7 +121,7 @@ def test_checkpoint_keeps_its_sampling_and_older_files_mean_uniform(tmp_path):
 
 def test_evaluation_samples_frames_as_the_checkpoint_was_trained(tmp_path, monkeypatch):
     import dfer_cli.data as data
-    from dfer_cli.evaluate import evaluate_checkpoint
+    from dfer_cli.evaluation.run import evaluate_checkpoint
     from test_data import make_dfew
 
     root = make_dfew(tmp_path / "DFEW")

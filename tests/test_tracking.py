@@ -1,6 +1,6 @@
 import numpy as np
 
-from dfer_cli.tracking import IoUTracker, frame_signature, is_cut, iou, main_track, track_frames
+from dfer_cli.faces.track import IoUTracker, frame_signature, is_cut, iou, main_track, track_frames
 
 
 def box(cx, cy, s=40):

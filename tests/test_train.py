@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from dfer_cli.checkpoint import load_model, read_checkpoint
-from dfer_cli.train import TrainConfig, batch_sizes, describe_batches, holdout_split, lr_at, parse_model_opts, train
+from dfer_cli.train.loop import TrainConfig, batch_sizes, describe_batches, holdout_split, lr_at, parse_model_opts, train
 
 TINY = {"dim": 32, "depth": 1, "heads": 2, "dropout": 0.1, "drop_path": 0.1}
 REPO = Path(__file__).resolve().parents[1]
@@ -84,7 +84,7 @@ def test_two_epochs_learn_and_write_run_folder(data, tmp_path):
 KILL_SCRIPT = textwrap.dedent("""
     import os, signal, sys
     import dfer_cli.data as data
-    from dfer_cli.train import TrainConfig, train
+    from dfer_cli.train.loop import TrainConfig, train
     cfg = TrainConfig.from_dict(__import__("json").loads(sys.argv[1]))
     original = data.ClipDataset.__getitem__
     def getitem(self, i, _n=[0]):
@@ -228,7 +228,7 @@ def test_ddp_two_processes_gloo(data, tmp_path):
     cfg_path = tmp_path / "cfg.json"
     cfg_path.write_text(json.dumps(cfg.to_dict()))
     script = tmp_path / "run.py"
-    script.write_text("import json, sys\nfrom dfer_cli.train import TrainConfig, train\n"
+    script.write_text("import json, sys\nfrom dfer_cli.train.loop import TrainConfig, train\n"
                       "train(TrainConfig.from_dict(json.load(open(sys.argv[1]))), progress=False)\n")
     torchrun = Path(sys.executable).with_name("torchrun")
     env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
@@ -247,7 +247,7 @@ def test_ddp_two_processes_gloo(data, tmp_path):
 STILL_KILL_SCRIPT = textwrap.dedent("""
     import os, signal, sys
     from dfer_cli.data.stills import StillBatches
-    from dfer_cli.train import TrainConfig, train
+    from dfer_cli.train.loop import TrainConfig, train
     cfg = TrainConfig.from_dict(__import__("json").loads(sys.argv[1]))
     original = StillBatches.augment
     def augment(self, x, y, gen, _n=[0]):
@@ -302,7 +302,7 @@ def test_holdout_validates_on_part_of_train(data, tmp_path):
 
 
 def test_holdout_seed_holds_out_the_same_images_whatever_the_run_seed(data, tmp_path):
-    from dfer_cli.train import load_datasets
+    from dfer_cli.train.loop import load_datasets
 
     def held(**kw):
         _, val, prov = load_datasets(still_config(data, tmp_path / "x", **kw))
@@ -333,7 +333,7 @@ def test_bf16_training_runs_finite_and_learns(data, tmp_path):
 
 
 def test_metrics_jsonl_is_strict_json_with_null_for_nan(tmp_path):
-    from dfer_cli.run_folder import append_metrics, truncate_metrics
+    from dfer_cli.train.run_folder import append_metrics, truncate_metrics
 
     def strict_loads(line):
         return json.loads(line, parse_constant=lambda c: (_ for _ in ()).throw(ValueError(c)))
@@ -429,7 +429,7 @@ def test_sam_updates_batchnorm_statistics_once_per_step(data, tmp_path):
 def test_sam_adamw_with_cutmix_takes_both_passes_on_the_same_mixed_batch(data, tmp_path, monkeypatch):
     """`--optimizer sam-adamw --cutmix 1`: every step runs the model twice on one batch (the
     batch is mixed once, before the step), the loss is finite and the weights move."""
-    import dfer_cli.train as train_mod
+    import dfer_cli.train.loop as train_mod
 
     seen, initial = [], {}
     build = train_mod._build_model
@@ -471,7 +471,7 @@ def test_resume_rebuilds_the_model_the_run_was_saved_with(data, tmp_path):
 
 
 def test_recipes_dfer_is_the_config_defaults_and_paper_pins_the_papers_settings():
-    from dfer_cli.train import PAPER_STATED, RECIPES, recipe_values
+    from dfer_cli.train.loop import PAPER_STATED, RECIPES, recipe_values
 
     defaults = TrainConfig()
     assert {k: getattr(defaults, k) for k in RECIPES["dfer"]} == RECIPES["dfer"]
@@ -505,7 +505,7 @@ def dataclasses_asdict_without(cfg, *drop):
 
 
 def test_detail_size_is_recorded_in_the_preprocessing_only_below_the_input_size():
-    from dfer_cli.train import TrainConfig
+    from dfer_cli.train.loop import TrainConfig
 
     assert TrainConfig(input_size=80, detail_size=48).preprocessing().detail_size == 48
     assert TrainConfig(input_size=48, detail_size=48).preprocessing().detail_size is None  # nothing to reduce
@@ -516,7 +516,7 @@ def test_detail_size_is_recorded_in_the_preprocessing_only_below_the_input_size(
 def test_resume_takes_an_explicit_precision_and_keeps_the_runs_own_on_auto(data, tmp_path):
     """bf16 is fast only where the hardware has it: a run moved to such a machine (or off
     one) resumes with --precision; without it, the run's own precision stays."""
-    from dfer_cli.train import _resumed_config
+    from dfer_cli.train.loop import _resumed_config
 
     out = tmp_path / "run"
     out.mkdir()
@@ -528,7 +528,7 @@ def test_resume_takes_an_explicit_precision_and_keeps_the_runs_own_on_auto(data,
 
 
 def test_fp32_training_on_cpu_keeps_the_trunk_channels_last_with_the_same_numbers(data, tmp_path):
-    from dfer_cli.train import _build_model, _Reporter, trunk_channels_last
+    from dfer_cli.train.loop import _build_model, _Reporter, trunk_channels_last
 
     assert trunk_channels_last("fp32", torch.device("cpu")) and trunk_channels_last("bf16", torch.device("cuda"))
     assert not trunk_channels_last("fp32", torch.device("cuda"))
@@ -549,7 +549,7 @@ def test_fp32_training_on_cpu_keeps_the_trunk_channels_last_with_the_same_number
 
 
 def test_native_bf16_is_read_from_the_cpu_flags_hinted_for_auto_fp32_and_its_absence_warned_for_bf16(monkeypatch):
-    from dfer_cli import train as tr
+    from dfer_cli.train import loop as tr
 
     amd = "processor\t: 0\nflags\t\t: fpu sse2 avx2 avx512f avx512_bf16 avx512bw\n"
     intel = "flags\t\t: fpu avx2 avx512f amx_bf16 amx_tile\n"

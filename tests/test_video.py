@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 from synth import frame_index_pattern, make_video, moving_blobs, truncate
 
-from dfer_cli import video
-from dfer_cli.video import VideoError
+from dfer_cli.video import decode as video
+from dfer_cli.video.decode import VideoError
 
 
 @pytest.mark.parametrize("codec,ext,size", [

@@ -14,7 +14,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from dfer_cli.cli import app
+from dfer_cli.cli.main import app
 from dfer_cli.data import ClipDataset, Sample, scan
 from dfer_cli.data.votes import attach_votes, read_vote_tables, read_votes
 from dfer_cli.labels import CLASSES
@@ -139,7 +139,7 @@ def test_targets_are_the_vote_shares_renormalised_over_the_seven_classes(tmp_pat
 
 
 def test_soft_cross_entropy_of_training_matches_a_hand_computation():
-    from dfer_cli.train import TrainConfig, _build_loss
+    from dfer_cli.train.loop import TrainConfig, _build_loss
 
     logits = torch.tensor([[2.0, 0.0, -1.0, 0.5, 0.0, 0.0, 1.0]])
     shares = torch.tensor([[0.6, 0.0, 0.3, 0.0, 0.1, 0.0, 0.0]])
@@ -155,7 +155,7 @@ def test_soft_cross_entropy_of_training_matches_a_hand_computation():
 
 
 def test_votes_refuse_the_compact_loss_with_one_line():
-    from dfer_cli.train import TrainConfig
+    from dfer_cli.train.loop import TrainConfig
 
     with pytest.raises(ValueError, match="add --loss ce"):
         TrainConfig(data_root="x", loss="compact", votes=["v.csv"]).validate()
@@ -275,7 +275,7 @@ def _tiny_still_model():
 
 def test_temperature_round_trip_through_save_load_export_and_predict_probabilities(tmp_path):
     from dfer_cli.checkpoint import CheckpointError, load_model, read_metadata, save_checkpoint
-    from dfer_cli.evaluate import clip_logits, clip_probs
+    from dfer_cli.evaluation.run import clip_logits, clip_probs
 
     m = _tiny_still_model()
     m.calibration = {"method": "temperature", "temperature": 2.5, "fitted_on": "test"}

@@ -9,7 +9,7 @@ import pytest
 from typer.testing import CliRunner
 
 from dfer_cli import weights as W
-from dfer_cli.cli import app
+from dfer_cli.cli.main import app
 
 
 @pytest.fixture

@@ -37,7 +37,7 @@ def test_wheel_holds_the_weights_and_model_card(wheel):
     names = zipfile.ZipFile(wheel).namelist()
     assert "dfer_weights/logo_former_fer2013.safetensors" in names
     assert "dfer_weights/README.md" in names
-    assert "dfer_cli/cli.py" in names and not any(n.startswith("tests/") for n in names)
+    assert "dfer_cli/cli/main.py" in names and not any(n.startswith("tests/") for n in names)
 
 
 def test_wheel_declares_the_licence_and_ships_its_text(wheel):

@@ -90,9 +90,9 @@ def clip_kind(path: str | os.PathLike) -> str | None:
 
 def segment_indices(num_available: int, num_frames: int, rng: np.random.Generator | None = None) -> np.ndarray:
     """Indices of `num_frames` frames out of `num_available` (segment sampling of the
-    papers, from :func:`dfer_cli.clips.segment_indices`): a random frame per segment when
+    papers, from :func:`dfer_cli.video.sampling.segment_indices`): a random frame per segment when
     `rng` is given (training), the segment centres otherwise."""
-    from dfer_cli.clips import segment_indices as seg
+    from dfer_cli.video.sampling import segment_indices as seg
 
     return np.asarray(seg(num_available, num_frames, train=rng is not None, rng=rng), dtype=int)
 

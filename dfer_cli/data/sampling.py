@@ -2,7 +2,7 @@
 
 ``uniform`` (dfer's default): the clip is cut into ``num_frames`` equal segments and one
 frame is taken from each -- a random one in training, the one at ``shift`` (0.5: the centre)
-at test time (:func:`dfer_cli.clips.segment_indices`).
+at test time (:func:`dfer_cli.video.sampling.segment_indices`).
 
 ``segments8x2`` (Former-DFER's scheme, which STT and LOGO-Former train and test with): the
 clip is cut into 8 equal segments and a run of 2 *consecutive* frames is taken from each,
@@ -66,7 +66,7 @@ def frame_indices(num_available: int, num_frames: int, sampling: str = DEFAULT_S
     if sampling == "segments8x2":
         return run_indices(num_available, num_frames // RUN_LENGTH, RUN_LENGTH, rng, shift)
     if rng is not None:
-        from dfer_cli.clips import segment_indices
+        from dfer_cli.video.sampling import segment_indices
 
         return np.asarray(segment_indices(num_available, num_frames, train=True, rng=rng), dtype=int)
     edges = np.linspace(0.0, num_available, num_frames + 1)

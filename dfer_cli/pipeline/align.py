@@ -9,7 +9,7 @@ from __future__ import annotations
 import time
 from typing import Iterable, Iterator
 
-from dfer_cli import faces as _faces
+from dfer_cli.faces import detect as _faces
 from dfer_cli.pipeline.frames import AlignedFace, FrameBatch
 
 

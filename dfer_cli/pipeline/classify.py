@@ -116,7 +116,7 @@ class ClipClassifier:
         Raises ValueError when they are not finite (a damaged checkpoint)."""
         import torch
 
-        from dfer_cli.evaluate import clip_probs
+        from dfer_cli.evaluation.run import clip_probs
         from dfer_cli.preprocess import frames_to_tensor
 
         pre = self.model.preprocessing

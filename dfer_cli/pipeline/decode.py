@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 from typing import Iterable, Iterator
 
-from dfer_cli.clips import WindowPlan, sample_on_grid
+from dfer_cli.video.sampling import WindowPlan, sample_on_grid
 
 
 class GridDecoder:
@@ -40,7 +40,7 @@ class GridDecoder:
              timings: dict | None = None) -> "GridDecoder":
         """A GridDecoder over the video file at `path` (raises `video.VideoError` when it
         cannot be opened)."""
-        from dfer_cli import video
+        from dfer_cli.video import decode as video
 
         return cls(plan, video.iter_frames(path), max_tail, timings)
 

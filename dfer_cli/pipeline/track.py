@@ -17,7 +17,7 @@ from typing import Iterable, Iterator
 
 import numpy as np
 
-from dfer_cli import tracking
+from dfer_cli.faces import track as tracking
 from dfer_cli.pipeline.frames import FrameBatch, GridFrame
 
 

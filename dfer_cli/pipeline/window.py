@@ -27,7 +27,7 @@ from typing import Callable, Iterable, Iterator
 
 import numpy as np
 
-from dfer_cli.clips import WindowPlan, track_windows
+from dfer_cli.video.sampling import WindowPlan, track_windows
 from dfer_cli.pipeline.frames import AlignedFace, FrameBatch, GridFrame
 from dfer_cli.results import ClipPrediction
 

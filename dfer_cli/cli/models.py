@@ -8,7 +8,7 @@ from typing import List
 
 import typer
 
-from dfer_cli.cli_app import FORMAT_HELP, JSON_ALIAS_HELP, DferCommand, app, output_format
+from dfer_cli.cli.app import FORMAT_HELP, JSON_ALIAS_HELP, DferCommand, app, output_format
 
 GROWTH_FRAMES = (8, 16, 32, 64)
 

@@ -91,7 +91,7 @@ class Teachers:
 
     def probabilities(self, x: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
         """The soft target (B, C): mean of the teachers' softmax(logits / temperature)."""
-        from dfer_cli.losses import teacher_probabilities
+        from dfer_cli.train.losses import teacher_probabilities
 
         return teacher_probabilities(self.logits(x), temperature)
 

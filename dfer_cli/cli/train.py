@@ -1,7 +1,7 @@
-"""`dfer` commands: train, eval, prepare (registered on the app of dfer_cli.cli_app by dfer_cli.cli).
+"""`dfer` commands: train, eval, prepare (registered on the app of dfer_cli.cli.app by dfer_cli.cli.main).
 
-These functions only parse flags and format output; the work is in dfer_cli.train,
-dfer_cli.evaluate and dfer_cli.prepare.
+These functions only parse flags and format output; the work is in dfer_cli.train.loop,
+dfer_cli.evaluation.run and dfer_cli.data.prepare.
 """
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from typing import List, Optional
 
 import typer
 
-from dfer_cli.cli_app import FORMAT_HELP, JSON_ALIAS_HELP, DferCommand, app, fail, output_format, require_finite
+from dfer_cli.cli.app import FORMAT_HELP, JSON_ALIAS_HELP, DferCommand, app, fail, output_format, require_finite
 from dfer_cli.weights import DEFAULT_WEIGHTS
 
 _DATASET_HELP = "Dataset layout: folder (ROOT/SPLIT/CLASS/CLIP), dfew, ferv39k, afew."
@@ -21,7 +21,7 @@ _DATASET_HELP = "Dataset layout: folder (ROOT/SPLIT/CLASS/CLIP), dfew, ferv39k, 
 def _r(text: str, name: str) -> dict:
     """help= and show_default= of a flag a --recipe sets: the help text, and as default the
     recipes' values for it ("112, from --recipe" or "cosine (--recipe dfer), ... (--recipe paper)")."""
-    from dfer_cli.train import RECIPES
+    from dfer_cli.train.loop import RECIPES
 
     vals = {r: RECIPES[r][name] for r in RECIPES}
     show = {r: ("model config's" if v is None else f"{v:g}" if isinstance(v, float) else str(v)) for r, v in vals.items()}
@@ -149,7 +149,7 @@ def train_cmd(
     """Train a model. --recipe dfer (dfer's defaults) or paper: SAM, lr 1e-3, batch 32, 100 epochs,
     16 frames at 112 px, compact loss; paper also samples 8 segments x 2 consecutive frames.
     Explicit flags override the recipe. Works the same under torchrun (DDP)."""
-    from dfer_cli.train import TrainConfig, parse_model_opts, recipe_values, train
+    from dfer_cli.train.loop import TrainConfig, parse_model_opts, recipe_values, train
 
     try:
         opts = parse_model_opts(model_opt, model)
@@ -292,7 +292,7 @@ def eval_cmd(
 
     from dfer_cli.checkpoint import CheckpointError
     from dfer_cli.device import resolve_device
-    from dfer_cli.evaluate import evaluate_folds, evaluate_split, format_pm, plot_confusion, run_checkpoint
+    from dfer_cli.evaluation.run import evaluate_folds, evaluate_split, format_pm, plot_confusion, run_checkpoint
     from dfer_cli.metrics import reliability_bins
     from dfer_cli.metrics import Scores
 
@@ -347,7 +347,7 @@ def eval_cmd(
         if vote_dict is not None:
             _vote_table(vote_dict, ev.classes, ev.temperature)
     if predictions:
-        from dfer_cli.evaluate import write_predictions
+        from dfer_cli.evaluation.run import write_predictions
 
         try:
             write_predictions(ev, predictions)
@@ -490,7 +490,7 @@ def prepare_cmd(
     """Detect, track and align the main face of every video under SRC once, writing frame
     folders to DST for training (resumable; DST/manifest.jsonl records each video)."""
     from dfer_cli.preprocess import DEFAULT_TEMPLATE, zoom_template
-    from dfer_cli.prepare import prepare
+    from dfer_cli.data.prepare import prepare
 
     require_finite({"--min-face": min_face, "--min-score": min_score})
     if min_face <= 0:

@@ -37,7 +37,7 @@ import numpy as np
 from dfer_cli.fsutil import atomic_write_text
 from dfer_cli.labels import CLASSES
 from dfer_cli.preprocess import DEFAULT_TEMPLATE, Preprocessing, zoom_template
-from dfer_cli.run_folder import (TrainState, append_metrics, load_state, open_tensorboard, save_state,
+from dfer_cli.train.run_folder import (TrainState, append_metrics, load_state, open_tensorboard, save_state,
                                  truncate_metrics, write_run_command)
 
 OPTIMIZERS = ("sam", "sam-adamw", "sgd", "adamw")
@@ -129,7 +129,7 @@ class TrainConfig:
     schedule: str = "cosine"           # cosine | constant
     warmup_epochs: float = 0.0
     loss: str = "compact"              # compact | ce
-    lam: float | None = None           # compact loss weight (None: dfer_cli.losses default)
+    lam: float | None = None           # compact loss weight (None: dfer_cli.train.losses default)
     label_smoothing: float = 0.0       # for loss="ce"
     logit_adjust: float = 0.0          # tau: train on logits + tau * log(class prior) (Menon et
                                        # al. 2021), test on raw logits: lifts rare-class recall (UAR)
@@ -390,7 +390,7 @@ def _dist_info() -> tuple[int, int, int]:
 def _build_optimizer(params, cfg: TrainConfig):
     import torch
 
-    from dfer_cli.optim import SAM
+    from dfer_cli.train.optim import SAM
 
     if cfg.optimizer == "sam":
         return SAM(params, torch.optim.SGD, rho=cfg.rho, lr=cfg.lr, momentum=cfg.momentum,
@@ -408,7 +408,7 @@ def _build_loss(cfg: TrainConfig, model):
 
     if cfg.loss == "ce":
         return torch.nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
-    from dfer_cli.losses import CompactLoss
+    from dfer_cli.train.losses import CompactLoss
 
     lam = cfg.lam if cfg.lam is not None else getattr(model.config, "compact_lambda", None)
     return CompactLoss() if lam is None else CompactLoss(lam=lam)
@@ -829,10 +829,10 @@ def _build_run(cfg: TrainConfig, model, train_ds, device, rank: int, world: int,
                              "and a GradScaler do not mix); use --precision bf16")
         run.scaler = torch.amp.GradScaler("cuda")
     if cfg.logit_adjust:
-        from dfer_cli.losses import logit_adjustment
+        from dfer_cli.train.losses import logit_adjustment
         run.log_prior = logit_adjustment(class_counts_of(train_ds), cfg.logit_adjust).to(device)
     if cfg.teachers:
-        from dfer_cli.distill import Teachers, describe_teachers
+        from dfer_cli.train.distill import Teachers, describe_teachers
 
         run.teachers = Teachers(cfg.teachers, list(CLASSES), cfg.preprocessing(), cfg.frames, device=device,
                                 sampling=cfg.sampling, recipe=cfg.to_dict())
@@ -943,7 +943,7 @@ def training_step(run: _Run, x, y):
         adjusted = logits.float() if run.log_prior is None else logits.float() + run.log_prior
         loss = run.criterion(adjusted, y)
         if soft is not None:
-            from dfer_cli.losses import distillation_loss
+            from dfer_cli.train.losses import distillation_loss
 
             # raw logits against the teachers' raw logits: the same posterior when both were
             # trained with the same --logit-adjust (Teachers warns otherwise)
@@ -962,7 +962,7 @@ def training_step(run: _Run, x, y):
         torch.nn.utils.clip_grad_norm_(params, cfg.clip_grad)
     if cfg.optimizer in SAM_OPTIMIZERS:
         # a mixup/cutmix batch is mixed once, before this step: both passes see the same x, y
-        from dfer_cli.optim import frozen_bn_stats
+        from dfer_cli.train.optim import frozen_bn_stats
 
         run.optimizer.first_step(zero_grad=True)
         with frozen_bn_stats(run.model):
@@ -985,7 +985,7 @@ def validate(run: _Run, val_ds, row: dict):
     import torch
     import torch.distributed as dist
 
-    from dfer_cli.evaluate import predict_dataset, score
+    from dfer_cli.evaluation.run import predict_dataset, score
     from dfer_cli.metrics import Scores
 
     t1 = time.time()

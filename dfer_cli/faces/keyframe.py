@@ -38,9 +38,9 @@ from typing import Sequence
 
 import numpy as np
 
-from dfer_cli import faces as _faces
-from dfer_cli import mtcnn as _mtcnn
-from dfer_cli import tracking as _tracking
+from dfer_cli.faces import detect as _faces
+from dfer_cli.faces import mtcnn as _mtcnn
+from dfer_cli.faces import track as _tracking
 
 KEY_EVERY = 4            # frames between scheduled full scans: 1 s at predict's default detection
                          # rate (an 8 slot/s grid, every 2nd slot detected)

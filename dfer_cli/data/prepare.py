@@ -6,9 +6,9 @@ same relative place, without the extension: ``SRC/Train/Angry/001.avi`` ->
 adapter reads, and ``<split>/<class>/<video>`` into the ``folder`` layout.
 
 Per video: decode (optionally at ``fps`` frames per second), detect faces with the
-pipeline's MTCNN (:class:`dfer_cli.faces.FaceDetector`), link them over time with the IoU
+pipeline's MTCNN (:class:`dfer_cli.faces.detect.FaceDetector`), link them over time with the IoU
 tracker (cuts end tracks), keep the main track (largest face area summed over time), align
-each of its faces with the 5 landmarks onto the template (:func:`dfer_cli.faces.align_face`).
+each of its faces with the 5 landmarks onto the template (:func:`dfer_cli.faces.detect.align_face`).
 
 Resumable: a clip is written to ``<name>.partial/`` and renamed when complete, and
 ``DST/manifest.jsonl`` gets one record per video (``ok`` / ``no_face`` / ``failed`` with the
@@ -81,9 +81,9 @@ def prepare_video(path: str, out_dir: str, detector, *, size: int = 112, templat
                   fps: float | None = None, batch: int = 16, quality: int = 95) -> tuple[int, int]:
     """Align the main face track of one video into `out_dir` (written via a ``.partial``
     folder and renamed). Returns (frames considered, faces written); 0 faces writes nothing."""
-    from dfer_cli.faces import align_face
-    from dfer_cli.tracking import IoUTracker, frame_signature, is_cut, main_track
-    from dfer_cli.video import iter_frames
+    from dfer_cli.faces.detect import align_face
+    from dfer_cli.faces.track import IoUTracker, frame_signature, is_cut, main_track
+    from dfer_cli.video.decode import iter_frames
 
     tracker = IoUTracker()
     per_frame: list[tuple[list[int], list[np.ndarray]]] = []  # (track ids, aligned crops) per frame
@@ -167,7 +167,7 @@ def prepare(src: str, dst: str, *, size: int = 112, template=DEFAULT_TEMPLATE, f
                 res = PrepareResult(rel, out_rel, "skipped", prev.get("frames", 0), prev.get("faces", 0))
             else:
                 if detector is None:
-                    from dfer_cli.faces import FaceDetector
+                    from dfer_cli.faces.detect import FaceDetector
                     detector = FaceDetector(**(detector_options or {}))
                 os.makedirs(os.path.dirname(out_dir) or dst, exist_ok=True)
                 t0 = time.time()

@@ -1,4 +1,4 @@
-"""The `dfer` command: the app of dfer_cli/cli_app.py with every command registered.
+"""The `dfer` command: the app of dfer_cli/cli/app.py with every command registered.
 
 The command modules import cli_app (the app, `fail`, the --help conventions) and register
 their commands on it when imported here; none of them imports this module, so the imports
@@ -6,8 +6,10 @@ form no cycle.
 """
 from __future__ import annotations
 
-from dfer_cli import cli_models, cli_predict, cli_train  # noqa: F401  (importing registers the commands)
-from dfer_cli.cli_app import PROG, app, fail  # noqa: F401  (the app, as `dfer_cli.cli.app` for callers)
+from dfer_cli.cli import models as cli_models
+from dfer_cli.cli import predict as cli_predict
+from dfer_cli.cli import train as cli_train  # noqa: F401  (importing registers the commands)
+from dfer_cli.cli.app import PROG, app, fail  # noqa: F401  (the app, as `dfer_cli.cli.main.app` for callers)
 
 
 def main() -> None:
@@ -18,7 +20,7 @@ def main() -> None:
     import os
     import sys
 
-    from dfer_cli import cli_app
+    from dfer_cli.cli import app as cli_app
 
     if sys.stderr is None:
         sys.stderr = open(os.devnull, "w")

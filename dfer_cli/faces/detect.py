@@ -1,4 +1,4 @@
-"""Face detection (MTCNN with facenet-pytorch's shipped weights, offline; `dfer_cli.mtcnn`)
+"""Face detection (MTCNN with facenet-pytorch's shipped weights, offline; `dfer_cli.faces.mtcnn`)
 and alignment.
 
 Speed policy: MTCNN's cost grows with image area and with how small a face it must find
@@ -54,7 +54,7 @@ class FaceDetector:
                  factor: float = 0.709, device=None):
         import torch
 
-        from dfer_cli.mtcnn import MTCNN
+        from dfer_cli.faces.mtcnn import MTCNN
 
         self.detect_size, self.min_face, self.min_score = detect_size, float(min_face), float(min_score)
         self.device = torch.device(device) if device is not None else torch.device("cpu")

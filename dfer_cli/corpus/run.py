@@ -1,7 +1,7 @@
 """Corpus runs: ``dfer predict INPUTS... --output-dir OUT`` -- one result file per video,
 a manifest, resumable, shardable (``--shard K/N``) and spreadable over Ray (``--ray``).
 
-    from dfer_cli.corpus import run_corpus
+    from dfer_cli.corpus.run import run_corpus
     summary = run_corpus(["videos/"], "out/", weights="logo_former_fer2013", recursive=True)
     print(summary.done, summary.skipped, summary.failed)
 
@@ -25,7 +25,7 @@ redoes everything.
 
 Work is spread either in this process (one model; videos in turn, or on CUDA several at
 once in threads whose clips share forward passes, `SharedClassifier`) or over Ray
-(`dfer_cli.corpus_ray`); in every case only this process's main thread writes to OUT.
+(`dfer_cli.corpus.on_ray`); in every case only this process's main thread writes to OUT.
 Ctrl-C raises `CorpusInterrupted` (never in the middle of writing a result and its manifest
 line); a run first removes the temporary files a killed run left (`remove_stale_temps`).
 """
@@ -325,7 +325,7 @@ def predict_options(*, window=2.0, stride=1.0, all_faces=False, batch_size=8, tt
 def result_settings(opts: dict, fmt: str) -> dict:
     """What, besides the model and the input, decides a result file's content (recorded in the
     manifest; a change makes the video be redone). The batch size and device do not."""
-    from dfer_cli import faces
+    from dfer_cli.faces import detect as faces
 
     return {"window": float(opts["window"]), "stride": float(opts["stride"]), "all_faces": bool(opts["all_faces"]),
             "min_face": float(opts.get("min_face", faces.MIN_FACE)),
@@ -746,7 +746,7 @@ def run_corpus(inputs: Sequence[str] | Sequence[tuple[str, Optional[str]]], out_
 
     items = list(inputs)
     if items and isinstance(items[0], (str, os.PathLike)):
-        from dfer_cli.cli_predict import collect_inputs
+        from dfer_cli.cli.predict import collect_inputs
 
         items = collect_inputs([os.fspath(p) for p in inputs], recursive=recursive)
     try:
@@ -779,7 +779,7 @@ def run_corpus(inputs: Sequence[str] | Sequence[tuple[str, Optional[str]]], out_
                 _run_local(jobs, ckpt, fmt, opts, device, threads, predict, record,
                            videos_in_flight=videos_in_flight, precision=precision)
             elif jobs:
-                from dfer_cli.corpus_ray import run_ray
+                from dfer_cli.corpus.on_ray import run_ray
 
                 run_ray(jobs, ckpt, fmt, opts, record, address=ray, workers=workers,
                         gpus_per_worker=gpus_per_worker, device=device, threads=threads,
@@ -910,7 +910,7 @@ def _run_threads(jobs, shared: SharedClassifier, n: int, fmt: str, opts: dict, p
     take the videos in order and predict them through `shared`; this thread records each
     outcome as it comes (so only it writes OUT). On any exception here (Ctrl-C) the threads
     stop taking videos; the ones they are on are not recorded."""
-    from dfer_cli import faces
+    from dfer_cli.faces import detect as faces
 
     todo = deque(jobs)
     results: queue.Queue = queue.Queue()
@@ -973,7 +973,7 @@ def corpus_command(items, *, output_dir, fmt, fmt_given: bool, output, annotate,
     the summary, and exit (0; 1 when a video failed; 2 for a usage error; 130 on Ctrl-C)."""
     import typer
 
-    from dfer_cli.cli_app import fail
+    from dfer_cli.cli.app import fail
 
     if output_dir is None:
         for flag, given in (("--shard", shard is not None), ("--ray", ray is not None), ("--force", force)):

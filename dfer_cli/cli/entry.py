@@ -6,8 +6,8 @@ import sys
 
 def main() -> None:
     try:
-        from dfer_cli import cli_app
-        from dfer_cli.cli import main as run
+        from dfer_cli.cli import app as cli_app
+        from dfer_cli.cli.main import main as run
 
         cli_app.STANDALONE = True
         run()

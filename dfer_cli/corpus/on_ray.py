@@ -3,7 +3,7 @@
 Videos are spread over a pool of Ray *actors*, each a process that loads the model once
 (and MTCNN once) and then predicts video after video; a task per video would pay the model
 and detector load, a second or more, for every video. Only the results' text comes back to
-the driver, which alone writes the output folder and the manifest (`dfer_cli.corpus`).
+the driver, which alone writes the output folder and the manifest (`dfer_cli.corpus.run`).
 
 Failures: a video that raises inside a worker is an ordinary failed video (no retry: it
 would fail again). A worker process that dies (killed, out of memory, a crash in native
@@ -21,7 +21,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Callable, Optional
 
-from dfer_cli.corpus import CorpusError, process_video
+from dfer_cli.corpus.run import CorpusError, process_video
 from dfer_cli.messages import one_line, printable
 
 try:

@@ -1,6 +1,6 @@
 """The `dfer` app: its conventions, the `fail` helper and the small commands (`env`); the
 other commands live in cli_predict / cli_train / cli_models, which import this module, and
-dfer_cli/cli.py puts them together. Parses flags and formats output; the work is done by
+dfer_cli/cli/main.py puts them together. Parses flags and formats output; the work is done by
 the library.
 
 torch / torchvision take seconds to import, so every command imports them lazily and

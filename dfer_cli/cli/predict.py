@@ -1,5 +1,5 @@
 """`dfer` commands: predict, weights list, weights download (registered on the app of
-dfer_cli.cli_app by dfer_cli.cli).
+dfer_cli.cli.app by dfer_cli.cli.main).
 
 This module only parses flags, finds inputs and routes results to a writer; the work is
 done by `dfer_cli.predict.predict_video`. torch, PyAV and matplotlib are imported inside
@@ -19,7 +19,7 @@ from typing import Callable, List, Optional
 import typer
 
 from dfer_cli.messages import one_line, printable
-from dfer_cli.cli_app import (FORMAT_HELP, JSON_ALIAS_HELP, DferCommand, DferGroup, app, fail, output_format,
+from dfer_cli.cli.app import (FORMAT_HELP, JSON_ALIAS_HELP, DferCommand, DferGroup, app, fail, output_format,
                               require_finite)
 from dfer_cli.fsutil import PartialFile, path_problem
 from dfer_cli.weights import DEFAULT_WEIGHTS
@@ -187,7 +187,7 @@ def collect_inputs(specs: list[str], recursive: bool = False, stdin=None,
             out.append((path, error))
 
     def expand(spec: str, named: bool = True) -> None:
-        from dfer_cli.video import is_stream
+        from dfer_cli.video.decode import is_stream
 
         if named and is_stream(spec):  # named on the command line: read as a stream
             add(spec)
@@ -265,7 +265,7 @@ def _unlistable(folder: Path) -> list[OSError]:
 def check_live_inputs(items: list[tuple[str, Optional[str]]], *, output_dir, annotate, plot) -> None:
     """Refuse (exit 2) the options a live input cannot take: it is read once, so it can
     neither be resumed in an output folder nor read again to draw on."""
-    from dfer_cli.video import is_stream
+    from dfer_cli.video.decode import is_stream
 
     streams = [p for p, err in items if err is None and is_stream(p)]
     if not streams:
@@ -600,7 +600,7 @@ def predict_cmd(
     """
     require_finite({"--window": window, "--stride": stride, "--min-face": min_face, "--min-score": min_score,
                     "--stall-timeout": stall_timeout})
-    from dfer_cli import cli_app
+    from dfer_cli.cli import app as cli_app
 
     if cli_app.STDOUT_CLOSED and not output and not output_dir:
         fail("standard output is closed (>&-), so the records would be lost; redirect it to a file or pass "
@@ -611,7 +611,7 @@ def predict_cmd(
     if not items:
         fail("no inputs: give video files, directories, or - with paths on stdin", 2)
     check_live_inputs(items, output_dir=output_dir, annotate=annotate, plot=plot)
-    from dfer_cli.corpus import corpus_command, detector_options  # --output-dir...: runs and exits when given
+    from dfer_cli.corpus.run import corpus_command, detector_options  # --output-dir...: runs and exits when given
 
     detector = detector_options(min_face=min_face, detect_size=detect_size, min_score=min_score,
                                 detection=None if detection == "full" else detection)
@@ -855,7 +855,7 @@ class _BatchRun:
                        + (f", {self.truncated} truncated" if self.truncated else "")
                        + (f", {self.failed} failed" if self.failed else ""), err=True)
         if self.progress.enabled and self.done:  # a terminal, not --quiet: what the run cost
-            from dfer_cli.cli_app import STARTED
+            from dfer_cli.cli.app import STARTED
 
             typer.echo(f"dfer: {speed_line(self.done, self.seconds_of_video, time.monotonic() - self.t0, self.t0 - STARTED)}",
                        err=True)
@@ -932,7 +932,7 @@ def _work_done() -> None:
     import signal
     import threading
 
-    from dfer_cli import cli_app
+    from dfer_cli.cli import app as cli_app
 
     if cli_app.STANDALONE and threading.current_thread() is threading.main_thread():
         for sig in (signal.SIGINT, signal.SIGTERM):
@@ -961,7 +961,7 @@ class _VideoWarnings:
         self.lines: list[str] = []
 
     def __enter__(self):
-        from dfer_cli.video import TruncatedVideoWarning
+        from dfer_cli.video.decode import TruncatedVideoWarning
 
         self._type = TruncatedVideoWarning
         self._catch = warnings.catch_warnings(record=True)
@@ -1150,7 +1150,7 @@ def weights_export(
         if sorted(counts) != sorted(model.classes):
             fail(f"{src}: --prior-shift needs the training class counts (provenance data.train_class_counts), "
                  "which this checkpoint does not have", 1)
-        from dfer_cli.losses import shift_prior
+        from dfer_cli.train.losses import shift_prior
 
         shift_prior(model, [counts[c] for c in model.classes], prior_shift)
         provenance["exported_from"]["prior_shift"] = prior_shift
