@@ -83,8 +83,8 @@ def main():
 
     import torch
 
-    from dfer_cli.faces import detect as faces
     from dfer_cli import predict
+    from dfer_cli.faces import detect as faces
     from dfer_cli.video import decode as video
     from dfer_cli.video.sampling import WindowPlan
 

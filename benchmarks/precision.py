@@ -18,7 +18,6 @@ import argparse
 import platform
 import time
 
-
 MODES = ("fp32", "fp32+channels_last", "bf16")
 
 

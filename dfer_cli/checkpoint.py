@@ -11,7 +11,7 @@ is a JSON object::
      "sampling": "uniform" | "segments8x2",
      "dtype": "float32" | "float16"}
 
-``sampling`` is the frame sampling the model was trained with (dfer_cli/data/sampling.py);
+``sampling`` is the frame sampling the model was trained with (dfer_cli/video/sampling.py);
 evaluation uses it, and a file without it (older dfer) means ``uniform``. A run's
 checkpoints also say in ``provenance.checkpoint`` whether they are its ``best`` or ``last``,
 and a ``best`` in ``provenance.selected_on`` which split it was selected on.
@@ -71,7 +71,11 @@ def save_checkpoint(path, model, *, classes, preprocessing, provenance=None, hal
     """
     from safetensors.torch import save_file
 
-    from dfer_cli.data.sampling import DEFAULT_SAMPLING, check_sampling
+    if getattr(model, "folded", False):
+        raise ValueError("this model was folded for inference (its BatchNorm is merged into the convolutions) and "
+                         "cannot be saved as a checkpoint; load the checkpoint again and save that")
+
+    from dfer_cli.video.sampling import DEFAULT_SAMPLING, check_sampling
 
     sampling = sampling or getattr(model, "sampling", None) or DEFAULT_SAMPLING
     check_sampling(sampling)
@@ -149,91 +153,110 @@ def read_metadata(path) -> dict:
 def _validate(path: Path, meta: dict) -> None:
     """Check the types and ranges of a parsed header, and fill in config defaults (an older
     checkpoint without e.g. ``stem`` gets the default); CheckpointError on the first bad key."""
-    from dfer_cli.models import available_models
+    from dfer_cli.calibration import T_MAX, T_MIN, check_record
 
-    def bad(key: str, value, expected: str):
-        return CheckpointError(f"{path}: metadata {key!r} is {_show(value)}, expected {expected}; {_FIX}")
+    _validate_names(path, meta)
+    config = meta["config"]
+    if not isinstance(config, dict):
+        raise _bad(path, "config", config, "an object of model sizes")
+    if meta["model"] == ENSEMBLE:
+        meta["config"] = {"members": _validate_members(path, config)}
+        members = [m["config"] for m in meta["config"]["members"]]
+        c = {"num_classes": members[0]["num_classes"], "num_frames": members[0]["num_frames"],
+             "input_size": max(m["input_size"] for m in members)}
+    else:
+        c = meta["config"] = _validate_config(path, meta["model"], config, "config")
+        members = [c]
+    _check_clip_memory(path, members)
+    _validate_classes(path, meta["classes"], c)
+    _validate_preprocessing(path, meta["preprocessing"], c)
+    if check_record(meta.get("calibration")) is not None:
+        raise _bad(path, "calibration", meta["calibration"], f"null or an object with a temperature in [{T_MIN}, {T_MAX}]")
+
+
+def _bad(path: Path, key: str, value, expected: str) -> CheckpointError:
+    return CheckpointError(f"{path}: metadata {key!r} is {_show(value)}, expected {expected}; {_FIX}")
+
+
+def _validate_names(path: Path, meta: dict) -> None:
+    """The model name, the string fields and the frame sampling (defaulted to uniform)."""
+    from dfer_cli.models import available_models
+    from dfer_cli.video.sampling import DEFAULT_SAMPLING, SAMPLINGS
 
     name = meta["model"]
     if not isinstance(name, str):
-        raise bad("model", name, "a model name")
+        raise _bad(path, "model", name, "a model name")
     if name != ENSEMBLE and name not in available_models():
         raise CheckpointError(f"{path}: model {name!r} is unknown to this dfer "
                               f"({', '.join([*available_models(), ENSEMBLE])}); upgrade dfer")
     for key, kinds, expected in (("dfer_version", (str,), "a string"), ("dtype", (str,), "a string"),
                                  ("provenance", (dict, type(None)), "an object"), ("sampling", (str,), "a string")):
         if key in meta and not isinstance(meta[key], kinds):
-            raise bad(key, meta[key], expected)
-    from dfer_cli.data.sampling import DEFAULT_SAMPLING, SAMPLINGS
-
+            raise _bad(path, key, meta[key], expected)
     meta.setdefault("sampling", DEFAULT_SAMPLING)  # written before dfer recorded it: uniform
     if meta["sampling"] not in SAMPLINGS:
         raise CheckpointError(f"{path}: frame sampling {meta['sampling']!r} is unknown to this dfer "
                               f"({', '.join(SAMPLINGS)}); upgrade dfer")
 
-    config = meta["config"]
-    if not isinstance(config, dict):
-        raise bad("config", config, "an object of model sizes")
-    if name == ENSEMBLE:
-        members = config.get("members")
-        if set(config) != {"members"} or not (isinstance(members, list) and 2 <= len(members) <= MAX_MEMBERS):
-            raise bad("config", config, f"an object with 'members', a list of 2 to {MAX_MEMBERS} models")
-        filled = []
-        for i, m in enumerate(members):
-            if not (isinstance(m, dict) and set(m) == {"model", "config"} and isinstance(m["model"], str)):
-                raise bad(f"config.members[{i}]", m, "an object with 'model' and 'config'")
-            if m["model"] not in available_models():
-                raise CheckpointError(f"{path}: member {i} is a model {m['model']!r}, unknown to this dfer "
-                                      f"({', '.join(available_models())}); upgrade dfer")
-            filled.append({"model": m["model"],
-                           "config": _validate_config(path, m["model"], m["config"], f"config.members[{i}]")})
-        for i, m in enumerate(filled[1:], 1):
-            for key in ("num_classes", "num_frames"):
-                if m["config"][key] != filled[0]["config"][key]:
-                    raise bad(f"config.members[{i}].config.{key}", m["config"][key],
-                              f"member 0's ({filled[0]['config'][key]})")
-        meta["config"] = {"members": filled}
-        c = {"num_classes": filled[0]["config"]["num_classes"], "num_frames": filled[0]["config"]["num_frames"],
-             "input_size": max(m["config"]["input_size"] for m in filled)}
-    else:
-        c = meta["config"] = _validate_config(path, name, config, "config")
-    _check_clip_memory(path, [m["config"] for m in meta["config"]["members"]] if name == ENSEMBLE else [c])
 
-    classes = meta["classes"]
+def _validate_members(path: Path, config: dict) -> list[dict]:
+    """An ensemble's members, each config checked and filled in; all must agree on the
+    number of classes and the clip length."""
+    from dfer_cli.models import available_models
+
+    members = config.get("members")
+    if set(config) != {"members"} or not (isinstance(members, list) and 2 <= len(members) <= MAX_MEMBERS):
+        raise _bad(path, "config", config, f"an object with 'members', a list of 2 to {MAX_MEMBERS} models")
+    filled = []
+    for i, m in enumerate(members):
+        if not (isinstance(m, dict) and set(m) == {"model", "config"} and isinstance(m["model"], str)):
+            raise _bad(path, f"config.members[{i}]", m, "an object with 'model' and 'config'")
+        if m["model"] not in available_models():
+            raise CheckpointError(f"{path}: member {i} is a model {m['model']!r}, unknown to this dfer "
+                                  f"({', '.join(available_models())}); upgrade dfer")
+        filled.append({"model": m["model"],
+                       "config": _validate_config(path, m["model"], m["config"], f"config.members[{i}]")})
+    for i, m in enumerate(filled[1:], 1):
+        for key in ("num_classes", "num_frames"):
+            if m["config"][key] != filled[0]["config"][key]:
+                raise _bad(path, f"config.members[{i}].config.{key}", m["config"][key],
+                           f"member 0's ({filled[0]['config'][key]})")
+    return filled
+
+
+def _validate_classes(path: Path, classes, c: dict) -> None:
     if not (isinstance(classes, list) and all(isinstance(v, str) and v for v in classes)):
-        raise bad("classes", classes, "a list of class names")
+        raise _bad(path, "classes", classes, "a list of class names")
     if len(classes) != c["num_classes"]:
         raise CheckpointError(f"{path}: metadata 'classes' names {len(classes)} classes for a model with "
                               f"{c['num_classes']} outputs (config.num_classes); {_FIX}")
     if len(set(classes)) != len(classes):
-        raise bad("classes", classes, "distinct names")
+        raise _bad(path, "classes", classes, "distinct names")
 
-    pre = meta["preprocessing"]
+
+def _validate_preprocessing(path: Path, pre, c: dict) -> None:
     if not isinstance(pre, dict):
-        raise bad("preprocessing", pre, "an object")
+        raise _bad(path, "preprocessing", pre, "an object")
     if "input_size" in pre and not (_is_int(pre["input_size"]) and pre["input_size"] == c["input_size"]):
-        raise bad("preprocessing.input_size", pre["input_size"], f"config.input_size ({c['input_size']})")
+        raise _bad(path, "preprocessing.input_size", pre["input_size"], f"config.input_size ({c['input_size']})")
     if "num_frames" in pre and not (_is_int(pre["num_frames"]) and 1 <= pre["num_frames"] <= c["num_frames"]):
-        raise bad("preprocessing.num_frames", pre["num_frames"],
-                  f"an int from 1 to config.num_frames ({c['num_frames']})")
+        raise _bad(path, "preprocessing.num_frames", pre["num_frames"],
+                   f"an int from 1 to config.num_frames ({c['num_frames']})")
     if "grayscale" in pre and not isinstance(pre["grayscale"], bool):
-        raise bad("preprocessing.grayscale", pre["grayscale"], "true or false")
+        raise _bad(path, "preprocessing.grayscale", pre["grayscale"], "true or false")
     for key in ("mean", "std"):
         v = pre.get(key, [1.0, 1.0, 1.0])
         if not (isinstance(v, list) and len(v) == 3 and all(_is_number(x) for x in v)) \
                 or (key == "std" and min(v) <= 0):
-            raise bad(f"preprocessing.{key}", v, "3 finite numbers" + (" above 0" if key == "std" else ""))
+            raise _bad(path, f"preprocessing.{key}", v, "3 finite numbers" + (" above 0" if key == "std" else ""))
     t = pre.get("template", [[0.5, 0.5]] * 5)
     if not (isinstance(t, list) and len(t) == 5
             and all(isinstance(p, list) and len(p) == 2 and all(_is_number(x) for x in p) for p in t)):
-        raise bad("preprocessing.template", t, "5 [x, y] points (eyes, nose, mouth corners)")
+        raise _bad(path, "preprocessing.template", t, "5 [x, y] points (eyes, nose, mouth corners)")
     d = pre.get("detail_size")
     if d is not None and not (_is_int(d) and 8 <= d <= c["input_size"]):
-        raise bad("preprocessing.detail_size", d, f"null or an int from 8 to config.input_size ({c['input_size']})")
-    from dfer_cli.calibration import T_MAX, T_MIN, check_record
-
-    if check_record(meta.get("calibration")) is not None:
-        raise bad("calibration", meta["calibration"], f"null or an object with a temperature in [{T_MIN}, {T_MAX}]")
+        raise _bad(path, "preprocessing.detail_size", d,
+                   f"null or an int from 8 to config.input_size ({c['input_size']})")
 
 
 def _validate_config(path: Path, name: str, config, where: str) -> dict:
@@ -460,111 +483,6 @@ def load_model(name_or_path="logo_former_fer2013", device="cpu"):
     model.checkpoint_path = str(path)
     model.dfer_meta = meta
     return model.to(device).eval()
-
-
-def with_num_frames(model, num_frames: int):
-    """A copy of a loaded model (from :func:`load_model`) that takes clips of ``num_frames``.
-
-    This is how a model trained on stills (``num_frames=1``) becomes a video model: the
-    temporal position embedding is repeated and a LOGO window pool kernel is spread evenly
-    over the window's frames (see :func:`load_state_partial`); every other tensor is copied.
-    An ensemble has each of its members resized.
-    The preprocessing's ``num_frames`` follows. Raises ValueError if a tensor cannot be
-    carried over.
-    """
-    from dataclasses import replace
-
-    from dfer_cli.models import create_model
-    from dfer_cli.models.ensemble import Ensemble
-
-    def resized(m):
-        return create_model(m.model_name, **replace(m.config, num_frames=int(num_frames),
-                                                     backbone_weights=None).to_dict())
-
-    new = Ensemble([resized(m) for m in model.members]) if isinstance(model, Ensemble) else resized(model)
-    loaded, skipped = load_state_partial(new, model.state_dict())
-    if skipped:
-        raise ValueError(f"cannot make a {num_frames}-frame model: {'; '.join(skipped[:3])}")
-    new.classes = list(model.classes)
-    new.preprocessing = Preprocessing.from_dict({**model.preprocessing.to_dict(), "num_frames": int(num_frames)})
-    new.provenance = dict(model.provenance)
-    new.sampling = getattr(model, "sampling", "uniform")
-    new.calibration = getattr(model, "calibration", None)
-    new.checkpoint_path = model.checkpoint_path
-    return new.eval()
-
-
-def load_state_partial(model: torch.nn.Module, state_dict: dict) -> tuple[list[str], list[str]]:
-    """Load every tensor of ``state_dict`` whose name and shape fit ``model``; report the rest.
-
-    For staged training (``dfer train --init``): e.g. a stage-1 model trained on stills
-    (``num_frames=1``) initialising a 16-frame model. A temporal position embedding
-    (``pos_time``, shape (1, T, 1, D)) of another length is resized along T by linear
-    interpolation (a length-1 embedding is repeated) rather than skipped, a spatial one
-    (``pos_space``, (1, 1, g*g, D)) made for another input size is resized over the g x g
-    grid by bicubic interpolation (fine-tuning at a higher resolution), a LOGO window pool
-    kernel built for 1 frame is spread evenly over the window's frames, and one built for
-    several frames is summed over them for a 1-frame model (a video model fine-tuned on
-    stills); everything else with a different shape, or absent from the model, is skipped.
-
-    Returns ``(loaded, skipped)``: loaded names, and ``"name: reason"`` strings.
-    """
-    own = model.state_dict()
-    loaded, skipped, new = [], [], {}
-    for k, v in state_dict.items():
-        if k not in own:
-            skipped.append(f"{k}: not in model")
-            continue
-        target = own[k]
-        if v.shape != target.shape and k.split(".")[-1] == "pos_time" and v.ndim == 4 \
-                and v.shape[0] == target.shape[0] and v.shape[2:] == target.shape[2:]:
-            v = resize_time_embedding(v, target.shape[1])
-        if v.shape != target.shape and k.split(".")[-1] == "pos_space" and v.ndim == 4 \
-                and v.shape[:2] == target.shape[:2] and v.shape[3] == target.shape[3] \
-                and _is_square(v.shape[2]) and _is_square(target.shape[2]):
-            v = resize_space_embedding(v, math.isqrt(target.shape[2]))
-        if v.shape != target.shape and k.endswith("pool.weight") and v.ndim == 5 and v.shape[2] == 1 \
-                and v.shape[:2] == target.shape[:2] and v.shape[3:] == target.shape[3:]:
-            # a LOGO window pool built for 1 frame: spread it evenly over the f frames
-            v = v.repeat(1, 1, target.shape[2], 1, 1) / target.shape[2]
-        if v.shape != target.shape and k.endswith("pool.weight") and v.ndim == 5 and target.shape[2] == 1 \
-                and v.shape[:2] == target.shape[:2] and v.shape[3:] == target.shape[3:]:
-            # the reverse, a video model back to stills: on f identical frames the kernel acts as
-            # its sum over time, so that sum is the 1-frame kernel (exact for a still)
-            v = v.sum(dim=2, keepdim=True)
-        if v.shape != target.shape:
-            skipped.append(f"{k}: shape {tuple(v.shape)} != {tuple(target.shape)}")
-            continue
-        new[k] = v.to(dtype=target.dtype)
-        loaded.append(k)
-    skipped += [f"{k}: not in state dict" for k in own if k not in state_dict]
-    model.load_state_dict(new, strict=False)
-    return loaded, skipped
-
-
-def resize_time_embedding(pos: torch.Tensor, length: int) -> torch.Tensor:
-    """(1, T, 1, D) -> (1, length, 1, D): repeat a single step, else linear interpolation."""
-    if pos.shape[1] == 1:
-        return pos.expand(-1, length, -1, -1).clone()
-    seq = pos[:, :, 0].transpose(1, 2)                                   # (1, D, T)
-    seq = torch.nn.functional.interpolate(seq.float(), size=length, mode="linear", align_corners=True)
-    return seq.transpose(1, 2)[:, :, None].to(pos.dtype)                 # (1, length, 1, D)
-
-
-def resize_space_embedding(pos: torch.Tensor, side: int) -> torch.Tensor:
-    """(1, 1, g*g, D) -> (1, 1, side*side, D): bicubic resampling of the row-major g x g grid.
-
-    Corners map to corners (``align_corners=True``), so a grid cell keeps its place on the face.
-    """
-    g = math.isqrt(pos.shape[2])
-    grid = pos[0, 0].reshape(g, g, -1).permute(2, 0, 1)[None]           # (1, D, g, g)
-    grid = torch.nn.functional.interpolate(grid.float(), size=(side, side), mode="bicubic",
-                                           align_corners=True)           # (1, D, side, side)
-    return grid[0].permute(1, 2, 0).reshape(1, 1, side * side, -1).to(pos.dtype)
-
-
-def _is_square(n: int) -> bool:
-    return math.isqrt(n) ** 2 == n
 
 
 def _first_line(e: BaseException) -> str:

@@ -2,11 +2,15 @@
 from __future__ import annotations
 
 
+class DeviceError(ValueError):
+    """A device that is unknown or not available here (one line, naming the fix)."""
+
+
 def resolve_device(name: str = "auto"):
     """Turn 'auto' | 'cpu' | 'cuda' | 'cuda:N' | 'mps' into a torch.device.
 
     'auto' picks CUDA when available, then Apple MPS, else CPU. An explicit device that is
-    not available raises ValueError with a one-line reason.
+    not available raises DeviceError (a ValueError) with a one-line reason.
     """
     import torch
 
@@ -20,16 +24,16 @@ def resolve_device(name: str = "auto"):
         return torch.device("cpu")
     if name.startswith("cuda"):
         if not torch.cuda.is_available():
-            raise ValueError(f"device {name!r} requested but CUDA is not available: use --device cpu or auto")
+            raise DeviceError(f"device {name!r} requested but CUDA is not available: use --device cpu or auto")
         dev = torch.device(name)
         if dev.index is not None and dev.index >= torch.cuda.device_count():
-            raise ValueError(f"device {name!r}: only {torch.cuda.device_count()} CUDA device(s) present")
+            raise DeviceError(f"device {name!r}: only {torch.cuda.device_count()} CUDA device(s) present")
         return dev
     if name == "mps":
         mps = getattr(torch.backends, "mps", None)
         if mps is None or not mps.is_available():
-            raise ValueError("device 'mps' requested but MPS is not available: use --device cpu or auto")
+            raise DeviceError("device 'mps' requested but MPS is not available: use --device cpu or auto")
         return torch.device("mps")
     if name == "cpu":
         return torch.device("cpu")
-    raise ValueError(f"unknown device {name!r}: expected auto, cpu, cuda, cuda:N or mps")
+    raise DeviceError(f"unknown device {name!r}: expected auto, cpu, cuda, cuda:N or mps")

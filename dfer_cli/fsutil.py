@@ -11,9 +11,11 @@ leaves the destination untouched.
 """
 from __future__ import annotations
 
-
 import errno
+import hashlib
 import os
+import re
+import socket
 import stat
 import tempfile
 from contextlib import contextmanager
@@ -39,18 +41,26 @@ def _umask() -> int:
     return umask
 
 
+# Temporary files are named for their writer, ``.<name>.dfer-<host hash>-<pid>-<random>.tmp<suffix>``,
+# so that a later run can tell the leftovers of a killed process from a file being written now.
+HOST = hashlib.sha256(socket.gethostname().encode("utf-8", "surrogateescape")).hexdigest()[:8]
+TEMP_NAME = re.compile(r"^\..*\.dfer-(?P<host>[0-9a-f]{8})-(?P<pid>\d+)-[^.]*\.tmp(\.[A-Za-z0-9]+)?$")
+
+
 @contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path next to ``path`` for the caller to write (by any means: a
     library that wants a file name, an ``open``); on normal exit it is flushed to disk,
-    given the default mode and renamed over ``path``; on an exception it is removed.
+    given the default mode and renamed over ``path``; on an exception (Ctrl-C included) it
+    is removed. A SIGKILL leaves it, named for its writer (`TEMP_NAME`).
 
     The parent folder must exist. The temporary name starts with ``.`` and ends in the
-    destination's own suffix (``.<name>.<random>.tmp<suffix>``), so libraries that choose
-    a format by suffix (PyAV, matplotlib) see the right one.
+    destination's own suffix, so libraries that choose a format by suffix (PyAV,
+    matplotlib) see the right one.
     """
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp" + path.suffix, dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.dfer-{HOST}-{os.getpid()}-", suffix=".tmp" + path.suffix,
+                               dir=path.parent)
     os.close(fd)
     tmp = Path(tmp)
     try:

@@ -27,10 +27,14 @@ import numpy as np
 
 from dfer_cli.faces import detect as _faces
 from dfer_cli.faces import track as _tracking
-from dfer_cli.video.sampling import WindowPlan
-from dfer_cli.pipeline import (AlignStage, ClipClassifier, ClipEmitter, CutDetector, DetectStage, GridDecoder,
-                               TrackStage, WindowStage)
+from dfer_cli.pipeline import (
+    ClipClassifier,
+    ClipEmitter,
+    WindowStage,
+)
+from dfer_cli.pipeline.chain import aligned_batches
 from dfer_cli.results import ClipPrediction, TrackSummary, VideoResult
+from dfer_cli.video.sampling import WindowPlan
 
 MIN_COVERAGE = 0.5   # a clip is classified only if its face was found in at least this share of frames
 DETECT_EVERY = 2     # run the detector on every n-th grid frame; interpolate landmarks between
@@ -161,8 +165,8 @@ def predict_video(
     `video.VideoError` when the file cannot be read, and ValueError when the model's
     probabilities are not finite (a damaged checkpoint).
     """
-    from dfer_cli.video import decode as _video
-    from dfer_cli.evaluation.run import TTA_MODES
+    from dfer_cli.models.inference import TTA_MODES
+    from dfer_cli.video.live import STALL_TIMEOUT, open_video
 
     if tta not in TTA_MODES:
         raise ValueError(f"tta {tta!r}: choose one of {', '.join(TTA_MODES)}")
@@ -171,8 +175,8 @@ def predict_video(
     model, dev = _place_model(model, device)
     tm = timings if timings is not None else {}
     pre = model.preprocessing
-    duration, fps, frames = _open_source(path, stdin,
-                                         _video.STALL_TIMEOUT if stall_timeout is None else stall_timeout)
+    duration, fps, frames = open_video(path, stdin,
+                                         STALL_TIMEOUT if stall_timeout is None else stall_timeout)
     live = duration is None
     if live:
         detect_batch, batch_size = min(detect_batch, LIVE_DETECT_BATCH), min(batch_size, LIVE_BATCH_SIZE)
@@ -193,11 +197,10 @@ def predict_video(
         max_tail = max(0.0, 1.0 / fps - plan.step * plan.phase)
     else:
         max_tail = max(plan.step, 1.5 / fps if fps > 0 else 0.1)
-    decoded = GridDecoder(plan, frames, max_tail, tm)
-    cuts = CutDetector(cut_threshold) if cut_threshold is not None else None
-    batches = DetectStage(detector, max(1, int(detect_every)) * plan.slots_per_frame, max_gap,
-                          detect_batch, cuts, tm).run(decoded)
-    batches = AlignStage(int(pre.input_size), pre.template, tm, pre.detail_size).run(TrackStage(tracker).run(batches))
+    decoded, batches = aligned_batches(plan, frames, detector, tracker, size=int(pre.input_size),
+                                       template=pre.template, detail=pre.detail_size, detect_every=detect_every,
+                                       max_gap=max_gap, detect_batch=detect_batch, cut_threshold=cut_threshold,
+                                       max_tail=max_tail, timings=tm)
     steps = WindowStage(plan, tracker, str(path), duration, all_faces=all_faces, min_coverage=min_coverage,
                         faces_seen=result.faces).run(
         batches, progress=(lambda t: progress(t, duration)) if progress is not None else None)
@@ -227,22 +230,14 @@ def _video_detector(detector, detection: str, plan: WindowPlan, detect_every: in
     return detector
 
 
-def _open_source(path, stdin=None, stall_timeout=None):
-    """(duration in seconds, or None for a live input; frame rate, 0.0 when unknown; the
-    decoded frames, an iterator of `video.Frame`) for a video file or a live input."""
-    from dfer_cli.video import decode as _video
-
-    if _video.is_stream(path):
-        fps, frames = _video.open_live(path, stdin, stall_timeout)
-        return None, fps, frames
-    info = _video.probe(path)
-    duration = info.duration if info.duration > 0 else _video.scan_duration(path)
-    return duration, info.fps, _video.iter_frames(path)
-
-
 def _place_model(model, device):
-    """(model in eval mode on `device`, that torch.device); device None: where it already is."""
+    """(model folded for inference (`inference_copy`: the caller's model when it already is,
+    else a folded copy) on `device`, that torch.device); device None: where it already is."""
     import torch
+
+    from dfer_cli.models.inference import inference_copy
+
+    model = inference_copy(model)
 
     if device is not None:
         from dfer_cli.device import resolve_device

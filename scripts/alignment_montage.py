@@ -21,7 +21,7 @@ from PIL import Image
 
 def video_faces(path: str, pre, count: int, detector) -> list[np.ndarray]:
     """`count` aligned faces from frames spread over the video (largest face per frame)."""
-    from dfer_cli.faces.detect import align_face
+    from dfer_cli.faces.align import align_face
     from dfer_cli.video.decode import iter_frames, probe
 
     info = probe(path)

@@ -16,7 +16,6 @@ import argparse
 
 def average(paths: list[str]):
     """The model of the first checkpoint with the mean of all checkpoints' tensors."""
-    import torch
 
     from dfer_cli.checkpoint import load_model
 

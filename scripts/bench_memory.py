@@ -1,14 +1,18 @@
-"""Peak memory of `dfer predict` on a short and a long video: it must not grow with length.
+"""Peak memory of `dfer predict` (or `dfer prepare`) on a short and a long video: it must not
+grow with length.
 
     OMP_NUM_THREADS=1 nice -n 15 python scripts/bench_memory.py            # 10 s and 10 min
     python scripts/bench_memory.py --short 10 --long 120 --keep /tmp/bench  # other lengths, keep the videos
+    python scripts/bench_memory.py --prepare                                # dfer prepare instead
 
 Builds two 640x360 H.264 videos with PyAV from a real face clip (default
 examples/talking_head_webcam.mp4, letterboxed and looped), runs `python -m dfer_cli predict
 VIDEO --format jsonl` on each in a fresh subprocess (default model and options, records to a
 file as they stream) and prints each one's peak resident memory (the child's ru_maxrss, from
 os.wait4) and the ratio long / short. The target is a ratio <= 1.2: the predict pipeline
-holds about one window of frames and crops, whatever the video's length.
+holds about one window of frames and crops, whatever the video's length. With --prepare each
+video is put alone in a folder and `python -m dfer_cli prepare FOLDER OUT` runs on it (the
+same face stages; crops go to disk as they are made).
 """
 from __future__ import annotations
 
@@ -111,6 +115,31 @@ def run_predict(video: Path, threads: int, records: Path) -> dict:
             "clips": sum('"type": "clip"' in line for line in lines)}
 
 
+def run_prepare(video: Path, threads: int, out: Path) -> dict:
+    """Run `dfer prepare` on a folder holding only `video`, in a fresh process; its peak RSS
+    (MiB), wall time and the number of aligned crops written."""
+    import shutil
+
+    src = out.with_name(out.name + "_src")
+    shutil.rmtree(src, ignore_errors=True)
+    shutil.rmtree(out, ignore_errors=True)
+    src.mkdir(parents=True)
+    os.symlink(video.resolve(), src / video.name)
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads))
+    cmd = [sys.executable, "-m", "dfer_cli", "prepare", str(src), str(out)]
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env, cwd=ROOT)
+    _, status, usage = os.wait4(proc.pid, 0)
+    wall = time.perf_counter() - t0
+    err = proc.stderr.read().decode(errors="replace")
+    proc.stderr.close()
+    code = os.waitstatus_to_exitcode(status)
+    if code != 0:
+        raise SystemExit(f"bench_memory: dfer prepare {src} exited {code}:\n{err}")
+    crops = sum(1 for _ in (out / video.stem).glob("*.jpg")) if (out / video.stem).is_dir() else 0
+    return {"peak_mib": usage.ru_maxrss / 1024.0, "wall_s": wall, "clips": crops}
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--short", type=float, default=10.0, help="seconds of the short video (default 10)")
@@ -120,8 +149,10 @@ def main(argv=None) -> int:
                     help="a clip with a face, looped to fill the videos")
     ap.add_argument("--threads", type=int, default=1, help="torch threads of the predict runs (default 1)")
     ap.add_argument("--keep", type=Path, default=None, help="build the videos and records here and keep them")
+    ap.add_argument("--prepare", action="store_true", help="measure `dfer prepare` instead of `dfer predict`")
     args = ap.parse_args(argv)
 
+    unit = "crops" if args.prepare else "clips"
     with tempfile.TemporaryDirectory() as tmp:
         work = args.keep or Path(tmp)
         work.mkdir(parents=True, exist_ok=True)
@@ -135,11 +166,14 @@ def main(argv=None) -> int:
                 else:
                     build_video(video, seconds, args.fps, args.source)
                 print(f"built {video.name} ({seconds:g} s) in {time.perf_counter() - t0:.0f} s", flush=True)
-            row = run_predict(video, args.threads, work / f"bench_{int(seconds)}s.jsonl")
+            if args.prepare:
+                row = run_prepare(video, args.threads, work / f"prepared_{int(seconds)}s")
+            else:
+                row = run_predict(video, args.threads, work / f"bench_{int(seconds)}s.jsonl")
             rows.append((label, seconds, row))
-            print(f"{label}: {seconds:g} s video, {row['clips']} clips, {row['wall_s']:.0f} s wall, "
+            print(f"{label}: {seconds:g} s video, {row['clips']} {unit}, {row['wall_s']:.0f} s wall, "
                   f"peak RSS {row['peak_mib']:.1f} MiB", flush=True)
-    print(f"\n{'video':>8} {'seconds':>8} {'clips':>6} {'wall s':>8} {'peak RSS MiB':>13}")
+    print(f"\n{'video':>8} {'seconds':>8} {unit:>6} {'wall s':>8} {'peak RSS MiB':>13}")
     for label, seconds, row in rows:
         print(f"{label:>8} {seconds:8g} {row['clips']:6d} {row['wall_s']:8.0f} {row['peak_mib']:13.1f}")
     ratio = rows[1][2]["peak_mib"] / rows[0][2]["peak_mib"]

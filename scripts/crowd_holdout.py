@@ -34,8 +34,9 @@ def main() -> None:
 
     import torch
 
-    from dfer_cli.calibration import dataset_logits, held_out_with_votes, log_probs, recorded_holdouts, temperature_of
+    from dfer_cli.calibration import log_probs, temperature_of
     from dfer_cli.checkpoint import load_model
+    from dfer_cli.evaluation.calibrate import dataset_logits, held_out_with_votes, recorded_holdouts
     from dfer_cli.metrics import VoteScores
 
     if args.threads:

@@ -28,10 +28,11 @@ def main() -> None:
     import numpy as np
     import torch
 
-    from dfer_cli.video import decode as video
     from dfer_cli.checkpoint import load_model
-    from dfer_cli.faces.detect import FaceDetector, align_face
+    from dfer_cli.faces.align import align_face
+    from dfer_cli.faces.detect import FaceDetector
     from dfer_cli.preprocess import frames_to_tensor, zoom_template
+    from dfer_cli.video import decode as video
 
     torch.set_num_threads(args.threads)
     frames = [f.rgb for i, f in enumerate(video.iter_frames(args.video)) if i % args.every == 0]

@@ -34,7 +34,8 @@ import os
 def split_of(model):
     """(recipe, training samples, held-out samples) of the run that made ``model``."""
     from dfer_cli.data import scan
-    from dfer_cli.train.loop import TrainConfig, holdout_split
+    from dfer_cli.train.config import TrainConfig
+    from dfer_cli.train.setup import holdout_split
 
     if "recipe" not in model.provenance:
         raise SystemExit(f"{model.checkpoint_path}: no training recipe in its provenance (not written by dfer "
@@ -46,7 +47,7 @@ def split_of(model):
                       seed=recipe.seed)
     kept, held = holdout_split(samples, recipe.holdout, recipe.split_seed)
     if recipe.holdout_unseen:  # the run validated on these only
-        from dfer_cli.train.loop import unseen_held_out
+        from dfer_cli.train.setup import unseen_held_out
 
         held, _ = unseen_held_out(kept, held)
     return recipe, kept, held

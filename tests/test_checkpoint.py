@@ -8,11 +8,10 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from dfer_cli import __version__
-from dfer_cli.checkpoint import (
-    CheckpointError, load_model, load_state_partial, read_checkpoint, save_checkpoint,
-)
+from dfer_cli.checkpoint import CheckpointError, load_model, read_checkpoint, save_checkpoint
 from dfer_cli.labels import CLASSES
 from dfer_cli.models import create_model
+from dfer_cli.models.transfer import load_state_partial
 from dfer_cli.preprocess import Preprocessing
 
 TINY = dict(input_size=32, num_frames=4, dim=16, heads=2, depth=1)

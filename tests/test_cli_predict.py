@@ -18,8 +18,9 @@ from synth import face_image, make_video
 from typer.testing import CliRunner
 
 from dfer_cli.cli.main import app
-from dfer_cli.cli.predict import collect_inputs, output_paths
+from dfer_cli.cli.output import output_paths
 from dfer_cli.labels import CLASSES
+from dfer_cli.video.inputs import collect_inputs
 
 OPTS = ["--window", "1.0", "--stride", "0.5", "--threads", "1", "--device", "cpu"]
 

@@ -3,10 +3,10 @@ from __future__ import annotations
 
 import json
 
+from test_train import make_dataset
 from typer.testing import CliRunner
 
 from dfer_cli.cli.main import app
-from test_train import make_dataset
 
 runner = CliRunner()
 TINY = ["--model-opt", "dim=32", "--model-opt", "depth=1", "--model-opt", "heads=2", "--input-size", "32",
@@ -133,7 +133,7 @@ def test_prepare_cli_names_a_bad_video_once_and_a_file_src(tmp_path):
 
 def test_recipe_paper_is_recorded_explicit_flags_win_and_a_random_trunk_is_warned_once(tmp_path):
     from dfer_cli.checkpoint import read_metadata
-    from dfer_cli.train.loop import RANDOM_TRUNK_WARNING
+    from dfer_cli.train.setup import RANDOM_TRUNK_WARNING
 
     data = make_dataset(tmp_path / "data", per_class=2, val_per_class=1)
     out = tmp_path / "paper"

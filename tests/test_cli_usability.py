@@ -316,8 +316,8 @@ def test_models_shows_each_checkpoints_recipe_window_and_sampling(tmp_path, monk
 
     import torch
 
-    from dfer_cli.cli import models as cli_models
     from dfer_cli.checkpoint import save_checkpoint
+    from dfer_cli.cli import models as cli_models
     from dfer_cli.labels import CLASSES
     from dfer_cli.models import create_model
     from dfer_cli.preprocess import Preprocessing

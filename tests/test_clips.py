@@ -3,28 +3,33 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from dfer_cli.video.sampling import WindowPlan, sample_on_grid, segment_indices
+from dfer_cli.video.sampling import WindowPlan, frame_indices, sample_on_grid
 
 
-def test_segment_indices_test_mode_takes_segment_centres():
-    assert segment_indices(160, 16) == [5 + 10 * i for i in range(16)]
-    assert segment_indices(16, 16) == list(range(16))
+def uniform(n, t, rng=None):
+    return frame_indices(n, t, "uniform", rng).tolist()
 
 
-def test_segment_indices_repeat_short_clips():
-    idx = segment_indices(5, 16)
+def test_uniform_sampling_at_test_time_takes_segment_centres():
+    assert uniform(160, 16) == [5 + 10 * i for i in range(16)]
+    assert uniform(16, 16) == list(range(16))
+    assert uniform(10, 4) == [1, 3, 6, 8]   # segments of 2.5 frames: centres 1.25, 3.75, 6.25, 8.75
+
+
+def test_uniform_sampling_repeats_frames_of_short_clips():
+    idx = uniform(5, 16)
     assert len(idx) == 16 and sorted(idx) == idx and set(idx) == set(range(5))
-    assert segment_indices(1, 16) == [0] * 16
+    assert uniform(1, 16) == [0] * 16
 
 
-def test_segment_indices_train_mode_random_within_each_segment():
+def test_uniform_sampling_in_training_is_random_within_each_segment():
     rng = np.random.default_rng(0)
-    draws = [segment_indices(160, 16, train=True, rng=rng) for _ in range(50)]
+    draws = [uniform(160, 16, rng) for _ in range(50)]
     for idx in draws:
         assert all(10 * i <= v < 10 * (i + 1) for i, v in enumerate(idx))
     assert len({tuple(d) for d in draws}) > 1  # offsets vary
     with pytest.raises(ValueError):
-        segment_indices(0, 16)
+        uniform(0, 16)
 
 
 def test_window_plan_defaults():

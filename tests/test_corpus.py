@@ -24,8 +24,9 @@ from synth import face_image, make_video
 from typer.testing import CliRunner
 
 from dfer_cli.cli.main import app
-from dfer_cli.corpus.run import (ManifestWriter, parse_shard, plan_corpus, read_manifests, result_name,
-                             run_corpus, shard_of)
+from dfer_cli.corpus.plan import parse_shard, plan_corpus, result_name, shard_of
+from dfer_cli.corpus.run import run_corpus
+from dfer_cli.corpus.store import ManifestWriter, read_manifests
 
 OPTS = ["--window", "1.0", "--stride", "0.5", "--threads", "1", "--device", "cpu"]
 N_FACES, N_BLANK = 6, 2
@@ -36,7 +37,7 @@ def corpus(tmp_path_factory):
     """The corpus folder; videos are 1.5 s (12 frames at 8 fps)."""
     from PIL import Image
 
-    from dfer_cli.corpus.run import input_key, shard_of
+    from dfer_cli.corpus.plan import input_key, shard_of
 
     base = tmp_path_factory.mktemp("corpus")
     # shards come from a hash of each video's absolute path, so a corpus in an unlucky
@@ -258,7 +259,7 @@ def test_result_file_is_what_predict_prints_for_the_video(clean, ckpt, corpus):
     video = str(corpus / "a" / "face1.mp4")
     r = invoke([video, "-w", str(ckpt), *OPTS, "-f", "jsonl"])
     assert r.exit_code == 0, r.output
-    from dfer_cli.corpus.run import input_key
+    from dfer_cli.corpus.plan import input_key
 
     assert (out / result_name(input_key(video), "jsonl")).read_text() == r.stdout
 
@@ -364,7 +365,7 @@ def test_csv_and_json_result_files(ckpt, corpus, tmp_path):
         direct = invoke([str(video), "-w", str(ckpt), *OPTS, "-f", fmt]).stdout
         files = results(out)
         assert len(files) == 2 and all(n.endswith("." + fmt) for n in files)
-        from dfer_cli.corpus.run import input_key
+        from dfer_cli.corpus.plan import input_key
 
         text = files[result_name(input_key(str(video)), fmt)]
         assert text == direct
@@ -402,7 +403,7 @@ def test_shared_classifier_merges_the_batches_of_waiting_threads_and_splits_the_
 
     import torch
 
-    from dfer_cli.corpus.run import SharedClassifier
+    from dfer_cli.corpus.shared import SharedClassifier
 
     model = _Rows()
     shared = SharedClassifier(model, max_batch=100, max_wait=60.0)  # merge only when every member waits
@@ -440,7 +441,7 @@ def test_shared_classifier_caps_a_pass_at_max_batch_and_hands_errors_to_every_ca
 
     import torch
 
-    from dfer_cli.corpus.run import SharedClassifier
+    from dfer_cli.corpus.shared import SharedClassifier
 
     model = _Rows()
     shared = SharedClassifier(model, max_batch=5, max_wait=60.0)
@@ -475,6 +476,7 @@ def test_videos_in_flight_share_batches_and_give_the_records_of_one_video_at_a_t
     here; CUDA is where it pays): the same result files as the one-at-a-time reference, up to
     the last rounded digit of a probability (a one-clip batch takes another kernel on CPU)."""
     from dfer_cli.corpus import run as corpus_mod
+    from dfer_cli.corpus import shared as corpus_shared
 
     _, ref = clean
     made = []
@@ -485,7 +487,7 @@ def test_videos_in_flight_share_batches_and_give_the_records_of_one_video_at_a_t
             made.append(self)
 
     monkeypatch.setattr(corpus_mod, "SharedClassifier", Watched)
-    monkeypatch.setattr(corpus_mod, "SHARE_WAIT", 5.0)  # a busy machine still merges
+    monkeypatch.setattr(corpus_shared, "SHARE_WAIT", 5.0)  # a busy machine still merges
     out = tmp_path / "out"
     s = run_corpus([str(corpus)], out, weights=ckpt, recursive=True, threads=1, device="cpu", window=1.0,
                    stride=0.5, batch_size=2, videos_in_flight=3)
@@ -512,7 +514,7 @@ def test_videos_in_flight_share_batches_and_give_the_records_of_one_video_at_a_t
 
 
 def test_videos_in_flight_and_precision_are_checked_before_any_work(ckpt, corpus, tmp_path):
-    from dfer_cli.corpus.run import CorpusError
+    from dfer_cli.corpus.errors import CorpusError
 
     for kw, needle in (({"videos_in_flight": 0}, "videos_in_flight 0: must be at least 1"),
                        ({"precision": "fp8"}, "precision fp8: expected one of fp16, bf16, fp32")):

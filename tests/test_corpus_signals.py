@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 from synth import face_image, interrupt_when, make_video
 
-from dfer_cli.corpus.run import read_manifests, remove_stale_temps, write_result
+from dfer_cli.corpus.store import read_manifests, remove_stale_temps, write_result
 
 try:
     import pty
@@ -204,14 +204,14 @@ def test_a_new_run_removes_what_a_sigkilled_run_left(ckpt, small_corpus, tmp_pat
     child = subprocess.Popen([sys.executable, "-c", (
         "import os, sys, time\n"
         "from pathlib import Path\n"
-        "import dfer_cli.corpus.run as c\n"
+        "import dfer_cli.corpus.store as c\n"
         "os.fsync = lambda fd: (print('writing', flush=True), time.sleep(600))\n"
         f"c.write_result(Path({str(out / 'x-000000000000.jsonl')!r}), 'half of a result')\n")],
         stdout=subprocess.PIPE, text=True, env=ENV)
     try:
         assert child.stdout.readline() == "writing\n"
         left = hidden(out)
-        assert len(left) == 1 and left[0].startswith(".x-000000000000.jsonl.dfer-") and left[0].endswith(".tmp")
+        assert len(left) == 1 and left[0].startswith(".x-000000000000.jsonl.dfer-") and left[0].endswith(".tmp.jsonl")
         # a file that another process, still running, is writing now: kept
         live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
         try:
@@ -219,7 +219,7 @@ def test_a_new_run_removes_what_a_sigkilled_run_left(ckpt, small_corpus, tmp_pat
             keep.write_text("being written")
             child.send_signal(signal.SIGKILL)
             child.wait()
-            old = out / ".z-2.jsonl.k3j_9x.tmp.jsonl"  # the older unnamed kind, two hours old
+            old = out / ".z-2.jsonl.dfer-00000000-1-abc.tmp"  # another host's, two hours old
             old.write_text("old")
             os.utime(old, (time.time() - 7200, time.time() - 7200))
             r = subprocess.run(DFER + [str(small_corpus / "blank.mp4"), "-w", str(ckpt), *OPTS,

@@ -7,12 +7,13 @@ import cv2
 import numpy as np
 import pytest
 import torch
+from synth import make_video
 
-from dfer_cli.data import ClipDataset, Sample, scan
+from dfer_cli.data import ClipDataset, scan
+from dfer_cli.data.base import Sample
 from dfer_cli.data.transforms import Augment, ClipTransform, crop_matrix, motion_matrices, warp
 from dfer_cli.labels import CLASSES
 from dfer_cli.preprocess import Preprocessing, frames_to_tensor
-from synth import make_video
 
 
 def _still(path, value: int, size: int = 48) -> None:

@@ -9,17 +9,18 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from test_train import TINY, make_dataset, still_config
 from typer.testing import CliRunner
 
 from dfer_cli.checkpoint import load_model, read_checkpoint, read_metadata, save_checkpoint
 from dfer_cli.cli.main import app
-from dfer_cli.train.distill import Teachers
 from dfer_cli.labels import CLASSES
-from dfer_cli.train.losses import distillation_loss, teacher_probabilities
 from dfer_cli.models import create_model
 from dfer_cli.preprocess import Preprocessing
-from dfer_cli.train.loop import TrainConfig, train
-from test_train import TINY, make_dataset, still_config
+from dfer_cli.train.config import TrainConfig
+from dfer_cli.train.distill import Teachers
+from dfer_cli.train.loop import train
+from dfer_cli.train.losses import distillation_loss, teacher_probabilities
 
 
 def reference_kd(student: np.ndarray, teacher_p: np.ndarray, T: float) -> float:

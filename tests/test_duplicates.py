@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import cv2
 import numpy as np
+from synth import face_image
 
 from dfer_cli.data.duplicates import dhash, file_hashes, nearest_distances, unseen_mask
-from synth import face_image
 
 
 def _face48() -> np.ndarray:

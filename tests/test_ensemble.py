@@ -9,17 +9,18 @@ import cv2
 import numpy as np
 import pytest
 import torch
-from typer.testing import CliRunner
-
-from dfer_cli.checkpoint import CheckpointError, load_model, read_metadata, save_checkpoint, with_num_frames
-from dfer_cli.cli.main import app
-from dfer_cli.labels import CLASSES
-from dfer_cli.train.losses import shift_prior
-from dfer_cli.models import create_model
-from dfer_cli.models.ensemble import Ensemble, combine, resampling_matrix
-from dfer_cli.preprocess import Preprocessing
 from synth import face_image, make_video
 from test_train import TINY
+from typer.testing import CliRunner
+
+from dfer_cli.checkpoint import CheckpointError, load_model, read_metadata, save_checkpoint
+from dfer_cli.cli.main import app
+from dfer_cli.labels import CLASSES
+from dfer_cli.models import create_model
+from dfer_cli.models.ensemble import Ensemble, combine, resampling_matrix
+from dfer_cli.models.transfer import with_num_frames
+from dfer_cli.preprocess import Preprocessing
+from dfer_cli.train.losses import shift_prior
 
 
 def _member(path, size, frames=1, seed=0, classes=CLASSES, grayscale=True, detail=None, provenance=None):

@@ -7,12 +7,13 @@ import json
 import shutil
 
 import pytest
+from test_data import make_dfew
 from typer.testing import CliRunner
 
 from dfer_cli.cli.main import app
-from dfer_cli.evaluation.run import _selection_from_provenance, describe_selection, selected_on_split
-from dfer_cli.train.loop import TrainConfig, train
-from test_data import make_dfew
+from dfer_cli.evaluation.selection import _selection_from_provenance, describe_selection, selected_on_split
+from dfer_cli.train.config import TrainConfig
+from dfer_cli.train.loop import train
 
 runner = CliRunner()
 

@@ -5,16 +5,25 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from test_data import make_dfew
 
 from dfer_cli.checkpoint import load_model, save_checkpoint
 from dfer_cli.data import ClipDataset, scan
-from dfer_cli.evaluation.run import (FoldResult, FoldSummary, evaluate_checkpoint, evaluate_folds, format_pm,
-                               plot_confusion, predict_dataset, remap_to_classes, score)
+from dfer_cli.evaluation.plots import plot_confusion
+from dfer_cli.evaluation.run import (
+    FoldResult,
+    FoldSummary,
+    evaluate_checkpoint,
+    evaluate_folds,
+    format_pm,
+    predict_dataset,
+    remap_to_classes,
+    score,
+)
 from dfer_cli.labels import CLASSES
 from dfer_cli.metrics import Scores
 from dfer_cli.models import create_model
 from dfer_cli.preprocess import Preprocessing
-from test_data import make_dfew
 
 TINY = dict(dim=32, depth=1, heads=2, num_frames=4, input_size=16)
 
@@ -61,7 +70,7 @@ def test_multi_clip_average_is_mean_of_softmax(tmp_path):
 
 
 def test_remap_to_checkpoint_class_order():
-    from dfer_cli.data import Sample
+    from dfer_cli.data.base import Sample
 
     samples = [Sample("a", CLASSES.index("happy"), "image"), Sample("b", CLASSES.index("fear"), "image"),
                Sample("c", CLASSES.index("sad"), "image")]
@@ -103,7 +112,7 @@ def test_score_from_probabilities():
 def test_flip_tta_averages_the_mirrored_clip():
     import torch
 
-    from dfer_cli.evaluation.run import clip_probs
+    from dfer_cli.models.inference import clip_probs
 
     class LeftRight(torch.nn.Module):
         """Logits from the brightness of the left and right halves: mirror-sensitive."""
@@ -125,7 +134,7 @@ def test_flip_tta_averages_the_mirrored_clip():
 
 
 def test_a_still_repeated_in_time_runs_the_trunk_once_with_the_same_logits():
-    from dfer_cli.evaluation.run import clip_logits
+    from dfer_cli.models.inference import clip_logits
 
     torch.manual_seed(0)
     model = create_model("logo_former", dim=32, depth=1, heads=2, input_size=32, num_frames=4).eval()

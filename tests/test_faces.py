@@ -3,7 +3,8 @@ import numpy as np
 import pytest
 from synth import face_image
 
-from dfer_cli.faces.detect import FaceDetector, align_face, alignment_matrix, template_points
+from dfer_cli.faces.align import align_face, alignment_matrix, template_points
+from dfer_cli.faces.detect import FaceDetector
 from dfer_cli.preprocess import DEFAULT_TEMPLATE, zoom_template
 
 

@@ -2,9 +2,9 @@
 frames: the real face of tests/data/face_smile.png (credited there) cut out and pasted on a
 plain background, moved from frame to frame with numpy."""
 import cv2
-from PIL import Image
 import numpy as np
 import pytest
+from PIL import Image
 from synth import face_image, paste
 
 from dfer_cli.faces.detect import Detection, FaceDetector
@@ -188,6 +188,7 @@ def test_refined_boxes_are_mapped_back_from_the_detection_copy(full, patch):
 def test_predict_video_with_keyframe_detection_keeps_the_clips(tmp_path, full):
     """The same clips as with full scans, each clip's mean face box within a few pixels."""
     from synth import make_video, tiny_model
+
     from dfer_cli.predict import predict_video
 
     frames = [np.roll(np.asarray(Image.fromarray(face_image()).resize((240, 136))), 2 * i, axis=1)

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from dfer_cli.train.losses import compact_loss
 from dfer_cli.models import create_model
+from dfer_cli.train.losses import compact_loss
 
 SIZE, FRAMES = 32, 16
 

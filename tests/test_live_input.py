@@ -7,9 +7,10 @@ import threading
 
 import numpy as np
 import pytest
-
 from synth import make_video, slow_fifo_writer
-from dfer_cli.video.decode import VideoError, is_stream, iter_stream_frames
+
+from dfer_cli.video.decode import VideoError
+from dfer_cli.video.live import is_stream, iter_stream_frames
 
 
 def _ts(tmp_path, frames=20, fps=10.0, name="clip.ts"):

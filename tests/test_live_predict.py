@@ -14,10 +14,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from synth import face_image, make_video, slow_fifo_writer
+
+from dfer_cli.video.inputs import PrefixedReader, looks_like_video, sniff_stdin
 from dfer_cli.video.sampling import OPEN_END, WindowPlan
-from dfer_cli.cli.predict import PrefixedReader, looks_like_video, sniff_stdin
 
 OPTS = ["--window", "1.0", "--stride", "0.5", "--threads", "1", "--device", "cpu", "-f", "jsonl"]
 

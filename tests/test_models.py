@@ -317,49 +317,56 @@ def test_folded_trunk_gives_the_eval_maps(stem, layers):
     assert isinstance(trunk.bn1, torch.nn.BatchNorm2d) and torch.equal(trunk(x), before)  # original untouched
 
 
-def test_inference_runs_the_folded_trunk_and_training_the_batchnorm_one():
+def test_folding_for_inference_is_an_explicit_step_with_the_eval_outputs():
+    from dfer_cli.models.inference import fold_for_inference, inference_copy
+
     model = create_model("logo_former", input_size=48, num_frames=4)
     for m in model.backbone.modules():
         if isinstance(m, torch.nn.BatchNorm2d):
             m.running_var.fill_(3.0)
-    frames = torch.randn(5, 3, 48, 48)
+            m.running_mean.fill_(0.2)
     model.eval()
-    with torch.enable_grad():                   # eval mode with autograd on: the trainable trunk
-        plain = model.frame_features(frames)
-    assert plain.requires_grad and "_folded_trunk" not in model.__dict__
-    with torch.inference_mode():                # predict, eval and corpus runs: the folded one
-        fast = model.frame_features(frames)
-        clip = model(frames[:4][None])          # (1, 4, 3, 48, 48) through trunk_features
-        want = model.forward_head(model.forward_tokens(model.backbone(frames[:4])[None]))
-    assert "_folded_trunk" in model.__dict__
-    assert torch.allclose(fast, plain.detach(), atol=1e-4, rtol=1e-4)
-    assert torch.allclose(clip, want, atol=1e-4, rtol=1e-4)
-    model.train()
-    with torch.no_grad():                       # training mode keeps BatchNorm's batch statistics
-        assert not torch.allclose(model.frame_features(frames), plain.detach(), atol=1e-2)
+    x = torch.randn(2, 4, 3, 48, 48)
+    with torch.inference_mode():
+        want = model(x)
+        assert not model.folded and model.backbone.layer1[0].bn1.__class__ is torch.nn.BatchNorm2d  # no hidden switch
+    folded = inference_copy(model)
+    assert folded is not model and not model.folded and folded.folded          # the caller's model is left alone
+    assert inference_copy(folded) is folded
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in folded.backbone.modules())
+    assert not any(p.requires_grad for p in folded.parameters())
+    with torch.inference_mode():
+        assert torch.allclose(folded(x), want, atol=1e-4, rtol=1e-4)
+    with pytest.raises(RuntimeError, match="folded for inference"):
+        folded.train()
+    assert fold_for_inference(model) is model and model.folded                 # in place when asked
 
 
-def test_folded_trunk_is_kept_until_the_trunk_changes():
-    model = create_model("logo_former", input_size=48, num_frames=4).eval()
-    first = model.inference_frame_features()
-    assert model.inference_frame_features() is first            # a batch of videos folds once
-    assert "_folded_trunk" not in "".join(model.state_dict())   # not saved with the weights
-    with torch.no_grad():
-        model.backbone.layer1[0].bn1.running_var.mul_(4.0)      # as a training step would
-    x = torch.randn(2, 3, 48, 48)
-    again = model.inference_frame_features()
-    assert again is not first
-    with torch.no_grad():
-        assert torch.allclose(again(x), model.frame_features(x), atol=1e-4, rtol=1e-4)
-        assert not torch.allclose(first(x), model.frame_features(x), atol=1e-4, rtol=1e-4)
+def test_weights_changed_after_folding_change_the_outputs_nothing_is_cached():
+    from dfer_cli.models.inference import fold_for_inference
+
+    model = fold_for_inference(create_model("logo_former", input_size=48, num_frames=4))
+    x = torch.randn(1, 4, 3, 48, 48)
+    with torch.inference_mode():
+        before = model(x).clone()
+    conv = model.backbone.layer1[0].conv1
+    conv.weight.data.mul_(0.0)                       # edited through .data, as weight averaging does
+    with torch.inference_mode():
+        after = model(x)
+        assert not torch.allclose(after, before, atol=1e-4)
+        assert torch.equal(after, model.forward_head(model.forward_tokens(model.backbone(x[0])[None])))
 
 
-def test_a_model_made_under_inference_mode_still_runs_folded():
-    with torch.inference_mode():  # e.g. weights converted inside inference_mode: no version counters
-        model = create_model("logo_former", input_size=48, num_frames=4).eval()
-        x = torch.randn(1, 4, 3, 48, 48)
-        assert model(x).shape == (1, model.config.num_classes)
-        assert model.inference_frame_features() is model.inference_frame_features()
+def test_a_folded_model_cannot_be_saved(tmp_path):
+    from dfer_cli.checkpoint import save_checkpoint
+    from dfer_cli.models.inference import fold_for_inference
+    from dfer_cli.preprocess import Preprocessing
+
+    model = fold_for_inference(create_model("logo_former", input_size=48, num_frames=4))
+    with pytest.raises(ValueError, match="folded for inference"):
+        save_checkpoint(tmp_path / "m.safetensors", model, classes=[str(i) for i in range(7)],
+                        preprocessing=Preprocessing(input_size=48, num_frames=4))
+    assert not (tmp_path / "m.safetensors").exists()
 
 
 def test_trunk_pool_is_the_mean_of_the_projected_trunk_maps():
@@ -437,7 +444,7 @@ def test_trunk_width_reaches_the_model_and_its_checkpoint(tmp_path):
     from dfer_cli.checkpoint import load_model, save_checkpoint
     from dfer_cli.labels import CLASSES
     from dfer_cli.preprocess import Preprocessing
-    from dfer_cli.train.loop import parse_model_opts
+    from dfer_cli.train.config import parse_model_opts
 
     assert parse_model_opts(["trunk_width=32"], POOL) == {"trunk_width": 32}
     assert get_config(POOL).trunk_width == 64  # ResNet-18's own width unless asked

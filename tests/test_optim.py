@@ -1,8 +1,8 @@
 """SAM: one step on a quadratic equals the closed form; state round-trips."""
 import copy
 
-import torch
 import pytest
+import torch
 
 from dfer_cli.train.optim import SAM
 
@@ -47,6 +47,28 @@ def test_closure_step_equals_two_step_api():
         o2.second_step()
     assert torch.allclose(w1, w2)
     assert not torch.allclose(w1, torch.tensor([0.3, 0.7]))
+
+
+def test_closure_step_zeroes_the_gradients_before_each_pass():
+    """A closure that only computes and back-propagates (as training's does): the update
+    uses the gradient at the ascent point alone, not that plus the gradient at w."""
+    w0 = torch.tensor([1.0, -2.0])
+    w = torch.nn.Parameter(w0.clone())
+    w.grad = torch.tensor([5.0, 5.0])        # left over from elsewhere: must not count
+    lr, rho = 0.1, 0.05
+    opt = SAM([w], torch.optim.SGD, rho=rho, lr=lr)
+
+    def closure():
+        loss = _loss(w)
+        loss.backward()
+        return loss
+
+    first = opt.step(closure)
+    g = A @ w0
+    w_adv = w0 + rho * g / g.norm()
+    assert torch.allclose(first, _loss(w0))
+    assert torch.allclose(w.detach(), w0 - lr * (A @ w_adv), atol=1e-6)
+    assert w.grad is None                    # zeroed after the update too
 
 
 def test_state_dict_round_trip_keeps_momentum():
@@ -149,7 +171,8 @@ def test_frozen_bn_stats_keeps_batch_normalisation_in_training_mode():
 def test_sam_around_adamw_matches_closed_form():
     """`--optimizer sam-adamw`: AdamW's first step, written out (bias-corrected moments of
     the gradient taken at the ascent point, decoupled weight decay), from w0."""
-    from dfer_cli.train.loop import TrainConfig, _build_optimizer
+    from dfer_cli.train.config import TrainConfig
+    from dfer_cli.train.setup import build_optimizer
 
     # chosen so that the ascent step flips the sign of the first gradient component: Adam's
     # first step is about lr * sign(g), so only then does it matter where g was taken
@@ -157,7 +180,7 @@ def test_sam_around_adamw_matches_closed_form():
     w = torch.nn.Parameter(w0.clone())
     lr, rho, wd, eps = 0.1, 0.5, 0.05, 1e-8
     cfg = TrainConfig(optimizer="sam-adamw", lr=lr, rho=rho, weight_decay=wd)
-    opt = _build_optimizer([w], cfg)
+    opt = build_optimizer([w], cfg)
     assert isinstance(opt, SAM) and isinstance(opt.base_optimizer, torch.optim.AdamW)
     _loss(w).backward()
     opt.first_step(zero_grad=True)

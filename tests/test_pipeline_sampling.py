@@ -5,8 +5,8 @@ import pytest
 from synth import make_video, tiny_model
 
 import dfer_cli
-from dfer_cli.video.sampling import WindowPlan
 from dfer_cli.faces.detect import Detection
+from dfer_cli.video.sampling import WindowPlan
 
 
 class StillFaceDetector:

@@ -4,13 +4,23 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from dfer_cli.video.sampling import WindowPlan
 from dfer_cli.faces.detect import Detection
-from dfer_cli.pipeline import (ClipEmitter, ClipJob, CutDetector, DetectStage, FrameBatch, GridDecoder, GridFrame,
-                               TrackStage, WindowStage, interpolate_faces)
+from dfer_cli.faces.track import IoUTracker
+from dfer_cli.pipeline import (
+    ClipEmitter,
+    ClipJob,
+    CutDetector,
+    DetectStage,
+    FrameBatch,
+    GridDecoder,
+    GridFrame,
+    TrackStage,
+    WindowStage,
+    interpolate_faces,
+)
 from dfer_cli.pipeline.frames import AlignedFace
 from dfer_cli.results import ClipPrediction
-from dfer_cli.faces.track import IoUTracker
+from dfer_cli.video.sampling import WindowPlan
 
 
 def frame(index, time, colour=100, size=(24, 32)):
@@ -238,21 +248,15 @@ def test_classifier_runs_the_trunk_once_per_face_and_matches_the_whole_model(tta
     trunk sees each of the 8 distinct faces once (twice with flip), the probabilities are the
     whole model's on each clip, and faces before the bound leave the cache."""
     import torch
-
     from synth import tiny_model
-    from dfer_cli.evaluation.run import clip_probs
+
+    from dfer_cli.models.inference import clip_probs
     from dfer_cli.pipeline import ClipClassifier
     from dfer_cli.preprocess import frames_to_tensor
 
     model = tiny_model(num_frames=4)
     seen = []
-    folded = model.inference_frame_features     # the classifier's trunk: BatchNorm folded in
-
-    def counting_trunk():
-        trunk = folded()
-        return lambda x: (seen.append(x.shape[0]), trunk(x))[1]
-
-    model.inference_frame_features = counting_trunk
+    model.backbone.register_forward_pre_hook(lambda m, args: seen.append(args[0].shape[0]))
     rng = np.random.default_rng(0)
     faces = {k: rng.integers(0, 256, (32, 32, 3), dtype=np.uint8) for k in range(8)}   # grid slot -> face
     firsts = [0, 2, 4]
@@ -274,8 +278,8 @@ def test_classifier_runs_the_trunk_once_per_face_and_matches_the_whole_model(tta
 
 def test_classifier_cache_keeps_only_faces_a_later_clip_can_use():
     import torch
-
     from synth import tiny_model
+
     from dfer_cli.pipeline import ClipClassifier
 
     model = tiny_model(num_frames=4)
@@ -287,7 +291,7 @@ def test_classifier_cache_keeps_only_faces_a_later_clip_can_use():
 
 
 def test_align_stage_crops_each_located_face_with_the_models_detail_size():
-    from dfer_cli.faces.detect import align_face
+    from dfer_cli.faces.align import align_face
     from dfer_cli.pipeline import AlignStage
     from dfer_cli.preprocess import DEFAULT_TEMPLATE
 

@@ -7,8 +7,8 @@ import pytest
 from synth import DATA_DIR, face_image, make_video, moving_blobs, paste, tiny_model
 
 import dfer_cli
-from dfer_cli.video.sampling import WindowPlan
 from dfer_cli.labels import CLASSES
+from dfer_cli.video.sampling import WindowPlan
 
 
 @pytest.fixture(scope="module")
@@ -197,14 +197,14 @@ def test_face_seen_only_at_the_end_gets_a_classified_clip(tmp_path, model):
     from dfer_cli.render import annotate_video
 
     out = annotate_video(path, tmp_path / "late.annotated.mp4", res)
-    src, ann = _decode(path), _decode(out)
+    src, ann = decode_frames(path), decode_frames(out)
     assert len(src) == len(ann) == 44
     diff = [np.abs(a.astype(int) - b.astype(int)).max(axis=2) for a, b in zip(src, ann)]
     assert all((d > 80).sum() == 0 for d in diff[:32]), [int((d > 80).sum()) for d in diff[:32]]
     assert all((d > 80).sum() > 50 for d in diff[33:44])
 
 
-def _decode(path):
+def decode_frames(path):
     import av
 
     with av.open(str(path)) as c:

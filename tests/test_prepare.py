@@ -5,11 +5,11 @@ import json
 
 import numpy as np
 import pytest
+from synth import make_video
 
 from dfer_cli.data import scan
-from dfer_cli.faces.detect import Detection
 from dfer_cli.data.prepare import prepare, read_manifest
-from synth import make_video
+from dfer_cli.faces.detect import Detection
 
 
 class BlobDetector:

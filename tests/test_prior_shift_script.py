@@ -9,11 +9,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from test_train import make_dataset, still_config
 
 from dfer_cli.checkpoint import load_model
 from dfer_cli.metrics import Scores, confusion_matrix
 from dfer_cli.train.loop import train
-from test_train import make_dataset, still_config
 
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "prior_shift.py"
 

@@ -9,10 +9,16 @@ import pytest
 from synth import make_video
 
 from dfer_cli.labels import CLASSES
-from dfer_cli.render import (PALETTE, annotate_video, plot_format, plot_suffixes, plot_timeline, track_timelines,
-                              video_container)
+from dfer_cli.render import (
+    PALETTE,
+    annotate_video,
+    plot_format,
+    plot_suffixes,
+    plot_timeline,
+    track_timelines,
+    video_container,
+)
 from dfer_cli.results import ClipPrediction, TrackSummary, VideoResult
-
 
 ROOT = Path(__file__).resolve().parents[1]
 

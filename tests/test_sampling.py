@@ -8,11 +8,12 @@ import json
 import numpy as np
 import pytest
 import torch
-
-from dfer_cli.data import ClipDataset, Sample
-from dfer_cli.data.sampling import check_sampling, frame_indices
-from dfer_cli.preprocess import Preprocessing
 from test_data import _frames
+
+from dfer_cli.data import ClipDataset
+from dfer_cli.data.base import Sample
+from dfer_cli.preprocess import Preprocessing
+from dfer_cli.video.sampling import check_sampling, frame_indices
 
 
 class _Fixed:
@@ -97,7 +98,8 @@ def test_checkpoint_keeps_its_sampling_and_older_files_mean_uniform(tmp_path):
     from safetensors import safe_open
     from safetensors.torch import save_file
 
-    from dfer_cli.checkpoint import CheckpointError, load_model, read_metadata, with_num_frames
+    from dfer_cli.checkpoint import CheckpointError, load_model, read_metadata
+    from dfer_cli.models.transfer import with_num_frames
 
     ck = _tiny_checkpoint(tmp_path / "seg.safetensors", "segments8x2")
     assert read_metadata(ck)["sampling"] == "segments8x2"
@@ -120,9 +122,10 @@ def test_checkpoint_keeps_its_sampling_and_older_files_mean_uniform(tmp_path):
 
 
 def test_evaluation_samples_frames_as_the_checkpoint_was_trained(tmp_path, monkeypatch):
+    from test_data import make_dfew
+
     import dfer_cli.data as data
     from dfer_cli.evaluation.run import evaluate_checkpoint
-    from test_data import make_dfew
 
     root = make_dfew(tmp_path / "DFEW")
     used = []

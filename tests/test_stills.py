@@ -11,13 +11,19 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from dfer_cli.data import Sample
+from dfer_cli.data.base import Sample
 from dfer_cli.data.stills import (
-    StillAugment, StillBatches, affine_theta, erase_mask, images_to_tensor, normalise,
+    StillAugment,
+    StillBatches,
+    affine_theta,
+    erase_mask,
+    images_to_tensor,
+    normalise,
 )
-from dfer_cli.train.losses import logit_adjustment
 from dfer_cli.preprocess import Preprocessing, frames_to_tensor
-from dfer_cli.train.loop import EpochSampler, holdout_split
+from dfer_cli.train.batches import EpochSampler
+from dfer_cli.train.losses import logit_adjustment
+from dfer_cli.train.setup import holdout_split
 
 
 def warp(img: torch.Tensor, angle=0.0, zoom=1.0, tx=0.0, ty=0.0, flip=1.0, size=None) -> torch.Tensor:

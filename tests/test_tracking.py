@@ -1,10 +1,16 @@
 import numpy as np
 
-from dfer_cli.faces.track import IoUTracker, frame_signature, is_cut, iou, main_track, track_frames
+from dfer_cli.faces.track import IoUTracker, frame_signature, iou, is_cut, main_track
 
 
 def box(cx, cy, s=40):
     return [cx - s / 2, cy - s / 2, cx + s / 2, cy + s / 2]
+
+
+def track_frames(times, boxes_per_frame):
+    """Ids per frame and the tracks, from one tracker fed a whole sequence."""
+    tracker = IoUTracker()
+    return [tracker.update(t, boxes) for t, boxes in zip(times, boxes_per_frame)], tracker.tracks
 
 
 def test_iou_values():

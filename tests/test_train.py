@@ -16,7 +16,10 @@ import pytest
 import torch
 
 from dfer_cli.checkpoint import load_model, read_checkpoint
-from dfer_cli.train.loop import TrainConfig, batch_sizes, describe_batches, holdout_split, lr_at, parse_model_opts, train
+from dfer_cli.train.batches import batch_sizes, describe_batches, lr_at
+from dfer_cli.train.config import TrainConfig, parse_model_opts
+from dfer_cli.train.loop import train
+from dfer_cli.train.setup import holdout_split
 
 TINY = {"dim": 32, "depth": 1, "heads": 2, "dropout": 0.1, "drop_path": 0.1}
 REPO = Path(__file__).resolve().parents[1]
@@ -302,7 +305,7 @@ def test_holdout_validates_on_part_of_train(data, tmp_path):
 
 
 def test_holdout_seed_holds_out_the_same_images_whatever_the_run_seed(data, tmp_path):
-    from dfer_cli.train.loop import load_datasets
+    from dfer_cli.train.setup import load_datasets
 
     def held(**kw):
         _, val, prov = load_datasets(still_config(data, tmp_path / "x", **kw))
@@ -426,13 +429,30 @@ def test_sam_updates_batchnorm_statistics_once_per_step(data, tmp_path):
     assert counts and set(counts.values()) == {2}, counts
 
 
+def test_training_steps_through_sam_step_with_the_model_for_its_batchnorm(data, tmp_path, monkeypatch):
+    """Training takes each SAM update through `SAM.step` (whose gradient zeroing and frozen
+    BatchNorm statistics tests/test_optim.py checks), handing it the model."""
+    from dfer_cli.train.optim import SAM
+
+    calls = []
+    real = SAM.step
+
+    def spy(self, closure=None, *, model=None):
+        calls.append(model)
+        return real(self, closure, model=model)
+
+    monkeypatch.setattr(SAM, "step", spy)
+    train(tiny_config(data, tmp_path / "run", epochs=1, limit=12, optimizer="sam"), progress=False)
+    assert len(calls) == 2 and all(isinstance(m, torch.nn.Module) for m in calls)   # 12 clips in batches of 6
+
+
 def test_sam_adamw_with_cutmix_takes_both_passes_on_the_same_mixed_batch(data, tmp_path, monkeypatch):
     """`--optimizer sam-adamw --cutmix 1`: every step runs the model twice on one batch (the
     batch is mixed once, before the step), the loss is finite and the weights move."""
     import dfer_cli.train.loop as train_mod
 
     seen, initial = [], {}
-    build = train_mod._build_model
+    build = train_mod.setup_model
 
     def spying_build(*args, **kw):
         model = build(*args, **kw)
@@ -440,7 +460,7 @@ def test_sam_adamw_with_cutmix_takes_both_passes_on_the_same_mixed_batch(data, t
         model.register_forward_pre_hook(lambda m, inp: seen.append(inp[0].detach().clone()) if m.training else None)
         return model
 
-    monkeypatch.setattr(train_mod, "_build_model", spying_build)
+    monkeypatch.setattr(train_mod, "setup_model", spying_build)
     out = tmp_path / "run"
     train(still_config(data, out, optimizer="sam-adamw", nesterov=False, lr=1e-3, weight_decay=0.05, cutmix=1.0,
                        epochs=1, holdout=0.0, val_split=None, limit=16), progress=False)
@@ -471,7 +491,7 @@ def test_resume_rebuilds_the_model_the_run_was_saved_with(data, tmp_path):
 
 
 def test_recipes_dfer_is_the_config_defaults_and_paper_pins_the_papers_settings():
-    from dfer_cli.train.loop import PAPER_STATED, RECIPES, recipe_values
+    from dfer_cli.train.config import PAPER_STATED, RECIPES, recipe_values
 
     defaults = TrainConfig()
     assert {k: getattr(defaults, k) for k in RECIPES["dfer"]} == RECIPES["dfer"]
@@ -505,7 +525,7 @@ def dataclasses_asdict_without(cfg, *drop):
 
 
 def test_detail_size_is_recorded_in_the_preprocessing_only_below_the_input_size():
-    from dfer_cli.train.loop import TrainConfig
+    from dfer_cli.train.config import TrainConfig
 
     assert TrainConfig(input_size=80, detail_size=48).preprocessing().detail_size == 48
     assert TrainConfig(input_size=48, detail_size=48).preprocessing().detail_size is None  # nothing to reduce
@@ -528,12 +548,12 @@ def test_resume_takes_an_explicit_precision_and_keeps_the_runs_own_on_auto(data,
 
 
 def test_fp32_training_on_cpu_keeps_the_trunk_channels_last_with_the_same_numbers(data, tmp_path):
-    from dfer_cli.train.loop import _build_model, _Reporter, trunk_channels_last
+    from dfer_cli.train.setup import Reporter, setup_model, trunk_channels_last
 
     assert trunk_channels_last("fp32", torch.device("cpu")) and trunk_channels_last("bf16", torch.device("cuda"))
     assert not trunk_channels_last("fp32", torch.device("cuda"))
     torch.manual_seed(0)
-    model = _build_model(still_config(data, tmp_path / "m"), False, torch.device("cpu"), _Reporter(False, 1), False)
+    model = setup_model(still_config(data, tmp_path / "m"), False, torch.device("cpu"), Reporter(False, 1), False)
     assert model.backbone.conv1.weight.is_contiguous(memory_format=torch.channels_last)
     # one training step from the same weights on the same batch, NHWC against NCHW trunk
     plain = type(model)(model.config, model.model_name)
@@ -549,7 +569,7 @@ def test_fp32_training_on_cpu_keeps_the_trunk_channels_last_with_the_same_number
 
 
 def test_native_bf16_is_read_from_the_cpu_flags_hinted_for_auto_fp32_and_its_absence_warned_for_bf16(monkeypatch):
-    from dfer_cli.train import loop as tr
+    from dfer_cli.train import setup as tr
 
     amd = "processor\t: 0\nflags\t\t: fpu sse2 avx2 avx512f avx512_bf16 avx512bw\n"
     intel = "flags\t\t: fpu avx2 avx512f amx_bf16 amx_tile\n"

@@ -61,8 +61,7 @@ def test_one_frame_video(tmp_path):
     p = make_video(tmp_path / "one.mp4", frames=1, size=(32, 32))
     frames = list(video.iter_frames(p))
     assert len(frames) == 1 and frames[0].time == 0.0
-    times, arr = video.read_frames(p)
-    assert arr.shape == (1, 32, 32, 3)
+    assert frames[0].rgb.shape == (32, 32, 3)
 
 
 def test_truncated_stream_keeps_decoded_frames_and_warns_once(tmp_path):

@@ -15,7 +15,7 @@ import torch
 from typer.testing import CliRunner
 
 from dfer_cli.cli.main import app
-from dfer_cli.data import ClipDataset, Sample, scan
+from dfer_cli.data import ClipDataset, scan
 from dfer_cli.data.votes import attach_votes, read_vote_tables, read_votes
 from dfer_cli.labels import CLASSES
 from dfer_cli.preprocess import Preprocessing
@@ -139,23 +139,24 @@ def test_targets_are_the_vote_shares_renormalised_over_the_seven_classes(tmp_pat
 
 
 def test_soft_cross_entropy_of_training_matches_a_hand_computation():
-    from dfer_cli.train.loop import TrainConfig, _build_loss
+    from dfer_cli.train.config import TrainConfig
+    from dfer_cli.train.setup import build_loss
 
     logits = torch.tensor([[2.0, 0.0, -1.0, 0.5, 0.0, 0.0, 1.0]])
     shares = torch.tensor([[0.6, 0.0, 0.3, 0.0, 0.1, 0.0, 0.0]])
     z = [2.0, 0.0, -1.0, 0.5, 0.0, 0.0, 1.0]
     log_z = math.log(sum(math.exp(v) for v in z))
     want = -(0.6 * (2.0 - log_z) + 0.3 * (-1.0 - log_z) + 0.1 * (0.0 - log_z))
-    loss = _build_loss(TrainConfig(loss="ce", votes=["v.csv"]), None)
+    loss = build_loss(TrainConfig(loss="ce", votes=["v.csv"]), None)
     assert float(loss(logits, shares)) == pytest.approx(want, rel=1e-6)
-    smoothed = _build_loss(TrainConfig(loss="ce", label_smoothing=0.1), None)
+    smoothed = build_loss(TrainConfig(loss="ce", label_smoothing=0.1), None)
     target = [0.9 * s + 0.1 / 7 for s in [0.6, 0.0, 0.3, 0.0, 0.1, 0.0, 0.0]]
     want_ls = -sum(t * (v - log_z) for t, v in zip(target, z))
     assert float(smoothed(logits, shares)) == pytest.approx(want_ls, rel=1e-6)
 
 
 def test_votes_refuse_the_compact_loss_with_one_line():
-    from dfer_cli.train.loop import TrainConfig
+    from dfer_cli.train.config import TrainConfig
 
     with pytest.raises(ValueError, match="add --loss ce"):
         TrainConfig(data_root="x", loss="compact", votes=["v.csv"]).validate()
@@ -188,8 +189,7 @@ def _example():
 
 
 def test_kl_nll_calibration_error_and_ece_match_loops_written_out():
-    from dfer_cli.metrics import (mean_kl, plurality_nll, top_label_ece, unique_plurality,
-                                  vote_share_calibration_error)
+    from dfer_cli.metrics import mean_kl, plurality_nll, top_label_ece, unique_plurality, vote_share_calibration_error
 
     votes, probs = _example()
     eps = 1e-12
@@ -275,7 +275,7 @@ def _tiny_still_model():
 
 def test_temperature_round_trip_through_save_load_export_and_predict_probabilities(tmp_path):
     from dfer_cli.checkpoint import CheckpointError, load_model, read_metadata, save_checkpoint
-    from dfer_cli.evaluation.run import clip_logits, clip_probs
+    from dfer_cli.models.inference import clip_logits, clip_probs
 
     m = _tiny_still_model()
     m.calibration = {"method": "temperature", "temperature": 2.5, "fitted_on": "test"}
@@ -306,7 +306,7 @@ def test_temperature_round_trip_through_save_load_export_and_predict_probabiliti
 
 
 def test_train_with_votes_calibrate_on_the_holdout_then_eval_against_votes_and_recompute_from_predictions(tmp_path):
-    from dfer_cli.metrics import mean_kl, uar, confusion_matrix, vote_share_calibration_error
+    from dfer_cli.metrics import confusion_matrix, mean_kl, uar, vote_share_calibration_error
 
     root, votes = _votes_dataset(tmp_path)
     runner = CliRunner()

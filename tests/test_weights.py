@@ -8,6 +8,7 @@ import os
 import pytest
 from typer.testing import CliRunner
 
+from dfer_cli import download as D
 from dfer_cli import weights as W
 from dfer_cli.cli.main import app
 
@@ -59,7 +60,7 @@ def test_download_verifies_and_installs_into_cache(dirs, published):
     _, cache = dirs
     blob, _ = published
     seen = []
-    path = W.download_weights("demo", progress=lambda done, total: seen.append(done))
+    path = D.download_weights("demo", progress=lambda done, total: seen.append(done))
     assert path == cache / "demo.safetensors" and path.read_bytes() == blob
     assert seen[-1] == len(blob)
     assert W.find_weights("demo") == path
@@ -70,24 +71,24 @@ def test_download_rejects_wrong_sha256(dirs, published, monkeypatch):
     _, cache = dirs
     _, entry = published
     monkeypatch.setitem(W.KNOWN, "demo", W.KnownWeights("demo", "", entry.url, "0" * 64))
-    with pytest.raises(W.DownloadError, match="does not match"):
-        W.download_weights("demo")
+    with pytest.raises(D.DownloadError, match="does not match"):
+        D.download_weights("demo")
     assert not cache.exists() or not any(cache.iterdir())
 
 
 def test_download_refuses_unpublished_and_unknown(dirs):
-    with pytest.raises(W.DownloadError, match="not published"):
-        W.download_weights(W.DEFAULT_WEIGHTS)
-    with pytest.raises(W.DownloadError, match="unknown weights name 'nope'"):
-        W.download_weights("nope")
+    with pytest.raises(D.DownloadError, match="not published"):
+        D.download_weights(W.DEFAULT_WEIGHTS)
+    with pytest.raises(D.DownloadError, match="unknown weights name 'nope'"):
+        D.download_weights("nope")
 
 
 def test_download_network_failure_is_one_line(dirs, published, monkeypatch, tmp_path):
     _, entry = published
     gone = (tmp_path / "server" / "gone.safetensors").as_uri()
     monkeypatch.setitem(W.KNOWN, "demo", W.KnownWeights("demo", "", gone, entry.sha256))
-    with pytest.raises(W.DownloadError, match="download failed") as e:
-        W.download_weights("demo")
+    with pytest.raises(D.DownloadError, match="download failed") as e:
+        D.download_weights("demo")
     assert "\n" not in str(e.value)
 
 

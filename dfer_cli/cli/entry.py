@@ -1,7 +1,6 @@
 """The `dfer` command's first module: it imports nothing heavy itself, so that Ctrl-C during
 start-up (the imports of the CLI, torch, the model) ends with one line and exit 130 rather
 than a KeyboardInterrupt traceback."""
-import sys
 
 
 def main() -> None:

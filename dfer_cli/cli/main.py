@@ -6,9 +6,10 @@ form no cycle.
 """
 from __future__ import annotations
 
-from dfer_cli.cli import models as cli_models
-from dfer_cli.cli import predict as cli_predict
-from dfer_cli.cli import train as cli_train  # noqa: F401  (importing registers the commands)
+# Importing a command module registers its commands, in this order in --help.
+# isort: off
+from dfer_cli.cli import models, predict, train, evaluate, prepare, weights  # noqa: F401
+# isort: on
 from dfer_cli.cli.app import PROG, app, fail  # noqa: F401  (the app, as `dfer_cli.cli.main.app` for callers)
 
 

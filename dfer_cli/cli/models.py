@@ -149,11 +149,18 @@ def models_cmd(
         _end(problems, named)
         return
     from rich.console import Console
+
+    console = Console()
+    _print_models(console, report)
+    _print_checkpoints(console, ckpts, named, bool(problems))
+    _end(problems, named)
+
+
+def _print_models(console, report: dict) -> None:
     from rich.table import Table
 
     from dfer_cli.models.backbone import grid_size
 
-    console = Console()
     t = Table(title=f"dfer models (paper config: 112 px, {report['clip_frames']} frames per clip)")
     for col in ("model", "params (M)", "GFLOPs", "attention GFLOPs", "of which QK/AV"):
         t.add_column(col, justify="left" if col == "model" else "right", no_wrap=True)
@@ -182,6 +189,11 @@ def models_cmd(
     console.print("FLOPs counted by torch.utils.flop_counter on the meta device; "
                   "1 multiply-add = 2 FLOPs; the ResNet-18 trunk is "
                   f"{report['models'][0]['backbone_gflops']:.1f} GFLOPs of each total.")
+
+
+def _print_checkpoints(console, ckpts: list[dict], named: bool, problems: bool) -> None:
+    from rich.table import Table
+
     c = Table(title="checkpoints" + ("" if named else " installed (dfer weights list)"), title_justify="left")
     for col in ("checkpoint", "model", "recipe", "window used", "frames", "sampling", "input px"):
         c.add_column(col, no_wrap=col != "checkpoint")
@@ -205,7 +217,6 @@ def models_cmd(
                               highlight=False, markup=False)
     elif not problems:
         console.print("no checkpoints installed (`dfer weights list`)", highlight=False, markup=False)
-    _end(problems, named)
 
 
 def _end(problems: list[str], named: bool) -> None:

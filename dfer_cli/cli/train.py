@@ -1,7 +1,6 @@
-"""`dfer` commands: train, eval, prepare (registered on the app of dfer_cli.cli.app by dfer_cli.cli.main).
+"""`dfer train` (registered on the app of dfer_cli.cli.app by dfer_cli.cli.main).
 
-These functions only parse flags and format output; the work is in dfer_cli.train.loop,
-dfer_cli.evaluation.run and dfer_cli.data.prepare.
+These functions only parse flags and format output; the work is in dfer_cli.train.loop.
 """
 from __future__ import annotations
 
@@ -12,16 +11,15 @@ from typing import List, Optional
 
 import typer
 
-from dfer_cli.cli.app import FORMAT_HELP, JSON_ALIAS_HELP, DferCommand, app, fail, output_format, require_finite
-from dfer_cli.weights import DEFAULT_WEIGHTS
+from dfer_cli.cli.app import DferCommand, app, fail
 
-_DATASET_HELP = "Dataset layout: folder (ROOT/SPLIT/CLASS/CLIP), dfew, ferv39k, afew."
+DATASET_HELP = "Dataset layout: folder (ROOT/SPLIT/CLASS/CLIP), dfew, ferv39k, afew."
 
 
 def _r(text: str, name: str) -> dict:
     """help= and show_default= of a flag a --recipe sets: the help text, and as default the
     recipes' values for it ("112, from --recipe" or "cosine (--recipe dfer), ... (--recipe paper)")."""
-    from dfer_cli.train.loop import RECIPES
+    from dfer_cli.train.config import RECIPES
 
     vals = {r: RECIPES[r][name] for r in RECIPES}
     show = {r: ("model config's" if v is None else f"{v:g}" if isinstance(v, float) else str(v)) for r, v in vals.items()}
@@ -32,7 +30,7 @@ def _r(text: str, name: str) -> dict:
     return {"help": text, "show_default": default}
 
 
-def _parse_template(text: str) -> list:
+def parse_template(text: str) -> list:
     from dfer_cli.preprocess import TEMPLATES
 
     if text.strip().lower() in TEMPLATES:
@@ -46,7 +44,7 @@ def _parse_template(text: str) -> list:
 
 @app.command("train", cls=DferCommand)
 def train_cmd(
-    dataset: str = typer.Option("folder", "--dataset", help=_DATASET_HELP),
+    dataset: str = typer.Option("folder", "--dataset", help=DATASET_HELP),
     data_root: Optional[str] = typer.Option(None, "--data-root", envvar="DFER_DATA_ROOT",
                                             help="Dataset root folder."),
     split: str = typer.Option("train", "--split", help="Training split (folder layout: sub-folder name)."),
@@ -149,7 +147,8 @@ def train_cmd(
     """Train a model. --recipe dfer (dfer's defaults) or paper: SAM, lr 1e-3, batch 32, 100 epochs,
     16 frames at 112 px, compact loss; paper also samples 8 segments x 2 consecutive frames.
     Explicit flags override the recipe. Works the same under torchrun (DDP)."""
-    from dfer_cli.train.loop import TrainConfig, parse_model_opts, recipe_values, train
+    from dfer_cli.train.config import TrainConfig, parse_model_opts, recipe_values
+    from dfer_cli.train.loop import train
 
     try:
         opts = parse_model_opts(model_opt, model)
@@ -175,7 +174,7 @@ def train_cmd(
             val_split=_resolve_val_split(val_split, holdout), holdout=holdout, holdout_seed=holdout_seed,
             holdout_unseen=holdout_unseen, fold=fold, votes=list(votes),
             limit=limit, val_limit=val_limit, model=model, model_opts=opts,
-            grayscale=grayscale, template=_parse_template(template) if template else None,
+            grayscale=grayscale, template=parse_template(template) if template else None,
             template_scale=template_scale, detail_size=detail_size, init=init, freeze_backbone=freeze_backbone,
             motion=motion, rotate=rotate, zoom=zoom, shift=shift,
             erase=erase, mixup=mixup, cutmix=cutmix, nesterov=nesterov,
@@ -185,7 +184,7 @@ def train_cmd(
             test_clips=test_clips, output=output, log_every=log_every, **recipe_kw)
         if not resume:
             cfg.validate()
-        _check_dataset_and_device(dataset, device)
+        check_dataset_and_device(dataset, device)
     except (ValueError, TypeError) as exc:
         fail(str(exc), 2)
     try:
@@ -208,7 +207,7 @@ def _resolve_val_split(val_split: str, holdout: float) -> str | None:
     return v
 
 
-def _check_dataset_and_device(dataset: str, device: str) -> None:
+def check_dataset_and_device(dataset: str, device: str) -> None:
     """Raise ValueError (a usage error) for an unknown --dataset or an unavailable --device."""
     from dfer_cli.data import DATASETS
     from dfer_cli.device import resolve_device
@@ -221,311 +220,9 @@ def _check_dataset_and_device(dataset: str, device: str) -> None:
         raise ValueError(f"--device: {exc}") from None
 
 
-def _print_report(report) -> None:
+def print_data_report(report) -> None:
     if report is not None and report.problems:
         for line in report.summary().splitlines():
             typer.echo(f"dfer: {line}", err=True)
 
 
-@app.command("eval", cls=DferCommand)
-def eval_cmd(
-    weights: Optional[str] = typer.Option(None, "--weights", "-w", metavar="NAME|PATH|RUN_DIR",
-                                          help="Checkpoint name or .safetensors path, or a run folder (its --which "
-                                          "checkpoint); with --split 5-fold, a run folder holding fold1..fold5/.",
-                                          show_default=DEFAULT_WEIGHTS),
-    dataset: str = typer.Option("folder", "--dataset", help=_DATASET_HELP),
-    data_root: Optional[str] = typer.Option(None, "--data-root", envvar="DFER_DATA_ROOT", help="Dataset root folder."),
-    split: str = typer.Option("val", "--split", help="Split to score (folder: sub-folder name; DFEW/FERV39K: "
-                              "test; AFEW: val), or 5-fold for a DFEW run's five fold checkpoints."),
-    fold: Optional[int] = typer.Option(None, "--fold", min=1, max=5, help="DFEW fold 1..5."),
-    which: str = typer.Option("best", "--which", help="Of a run folder (each fold's with --split 5-fold): best or "
-                              "last checkpoint. A best selected on the split being scored is never used: its "
-                              "run's last is scored instead, and the output says so."),
-    batch_size: int = typer.Option(16, "--batch-size", help="Clips per model forward pass."),
-    test_clips: int = typer.Option(1, "--test-clips", help="Clips per sample at shifted segment positions, averaged."),
-    tta: str = typer.Option("none", "--tta", metavar="none|flip", help="Test-time augmentation: none | flip "
-                            "(average with the mirrored clip; twice the model cost)."),
-    limit: Optional[int] = typer.Option(None, "--limit", help="Score a random subset of N samples."),
-    workers: int = typer.Option(0, "--workers", help="DataLoader worker processes."),
-    threads: Optional[int] = typer.Option(None, "--threads", metavar="N", help="torch CPU threads.",
-                                          show_default="torch's choice"),
-    device: str = typer.Option("auto", "--device", help="auto | cpu | cuda[:N] | mps."),
-    fmt: Optional[str] = typer.Option(None, "--format", "-f", metavar="table|json", help=FORMAT_HELP,
-                                      show_default="table"),
-    as_json: bool = typer.Option(False, "--json", help=JSON_ALIAS_HELP),
-    plot: Optional[str] = typer.Option(None, "--plot", metavar="IMAGE", help="Write a confusion-matrix PNG here "
-                                       "(5-fold: the sum of the folds' matrices); with --votes beside the "
-                                       "reliability diagram against the vote shares."),
-    votes: List[str] = typer.Option([], "--votes", metavar="CSV", help="Also score against raters' votes (FER+'s "
-                                    "CSV, or 'file' plus one column per class; repeatable): plurality accuracy "
-                                    "and UAR, NLL, mean KL(votes || model), vote-share calibration error, ECE."),
-    predictions: Optional[str] = typer.Option(None, "--predictions", metavar="CSV", help="Write one row per "
-                                              "sample here: path, label and one probability column per class."),
-) -> None:
-    """Score a checkpoint: WAR (accuracy), UAR (mean per-class recall), per-class recall and
-    the confusion matrix; --split 5-fold gives the DFEW per-fold table with mean ± std.
-
-    Exit status: 0 scored, 1 a missing or unusable checkpoint, run folder or data root (named,
-    with the fix), 2 usage error (a bad or missing flag).
-    """
-    fmt = output_format(fmt, as_json)
-    as_json = fmt == "json"
-    if not data_root:
-        fail("no data: pass --data-root DIR (or set DFER_DATA_ROOT)", 2)
-    if which not in ("best", "last"):
-        fail(f"--which {which!r}: choose best or last", 2)
-    if tta not in ("none", "flip"):
-        fail(f"--tta {tta!r}: choose none or flip", 2)
-    if split == "5-fold":
-        if votes or predictions:
-            fail("--votes and --predictions score one checkpoint on one split; leave them out with --split 5-fold", 2)
-        if dataset != "dfew":
-            fail("--split 5-fold is the DFEW protocol: pass --dataset dfew", 2)
-        if not weights:
-            fail("--split 5-fold needs --weights RUN_DIR, the folder holding fold1/ .. fold5/", 2)
-    try:
-        _check_dataset_and_device(dataset, device)
-    except ValueError as exc:
-        fail(str(exc), 2)
-    _check_eval_paths(weights, which, split, data_root)
-    import torch
-
-    from dfer_cli.checkpoint import CheckpointError
-    from dfer_cli.device import resolve_device
-    from dfer_cli.evaluation.run import evaluate_folds, evaluate_split, format_pm, plot_confusion, run_checkpoint
-    from dfer_cli.metrics import reliability_bins
-    from dfer_cli.metrics import Scores
-
-    if threads:
-        torch.set_num_threads(threads)
-    dev = resolve_device(device)
-    kw = dict(batch_size=batch_size, test_clips=test_clips, limit=limit, device=dev, workers=workers, tta=tta)
-    try:
-        if split == "5-fold":
-            summary = evaluate_folds(weights, data_root, which=which, **kw)
-            substituted = [f.fold for f in summary.folds if f.checkpoint is not None and f.checkpoint.note]
-            if substituted:
-                typer.echo(f"dfer: fold {', '.join(map(str, substituted))}: {which}.safetensors was selected on the "
-                           "test fold being scored; scoring last.safetensors instead (docs/training.md, "
-                           "'No model selection on the scored split')", err=True)
-            if as_json:
-                typer.echo(json.dumps(summary.to_dict(), indent=2))
-            else:
-                _fold_table(summary, format_pm)
-            if plot:
-                total = sum(f.scores.confusion for f in summary.folds)
-                _write_plot(plot_confusion, Scores(summary.folds[0].scores.classes, total), plot,
-                            title=f"DFEW 5-fold  UAR {format_pm(*summary.stat('uar'))}  "
-                                  f"WAR {format_pm(*summary.stat('war'))}")
-            return
-        for v in votes:
-            if not os.path.isfile(v):
-                fail(f"--votes {v}: no such file; give a CSV with a 'file' column and one column per class", 1)
-        chosen = []
-        ev = evaluate_split(run_checkpoint(weights or DEFAULT_WEIGHTS, which), dataset, data_root,
-                            split, fold=fold, on_choice=chosen.append, votes=votes or None, **kw)
-        scores, report = ev.scores, ev.report
-    except CheckpointError as exc:
-        fail(str(exc), 1)
-    except (ValueError, FileNotFoundError) as exc:
-        fail(str(exc), 1)
-    _print_report(report)
-    choice = chosen[0]
-    if choice.note:
-        typer.echo(f"dfer: {choice.note}", err=True)
-    vote_dict = _clean_json(ev.vote_scores.to_dict()) if ev.vote_scores is not None else None
-    if as_json:
-        out = {"weights": weights or DEFAULT_WEIGHTS, "dataset": dataset, "split": split,
-               "fold": fold, "checkpoint": choice.to_dict(), "skipped": report.counts(),
-               "temperature": ev.temperature, **scores.to_dict()}
-        if vote_dict is not None:
-            out["votes"] = vote_dict
-        typer.echo(json.dumps(out, indent=2))
-    else:
-        _scores_table(scores, f"{choice.path} on {dataset} {split}" + (f" fold {fold}" if fold else ""),
-                      caption=f"checkpoint: {choice.describe()}")
-        if vote_dict is not None:
-            _vote_table(vote_dict, ev.classes, ev.temperature)
-    if predictions:
-        from dfer_cli.evaluation.run import write_predictions
-
-        try:
-            write_predictions(ev, predictions)
-        except OSError as exc:
-            fail(f"--predictions {predictions}: could not write it ({exc.strerror or exc}); choose a writable path", 1)
-    if plot:
-        rel = reliability_bins(ev.vote_scores.votes, ev.vote_scores.probs) if ev.vote_scores is not None else None
-        _write_plot(plot_confusion, scores, plot, reliability=rel)
-
-
-def _check_eval_paths(weights: Optional[str], which: str, split: str, data_root: str) -> None:
-    """Exit 1 with one line naming the path and the fix when --weights names a file or folder
-    that is not there (or a run folder without the checkpoint asked for), or --data-root is
-    not a folder: before torch and the model are loaded. Weights names (no path separator,
-    no .safetensors) are looked up later, with their own message."""
-    from pathlib import Path
-
-    from dfer_cli.weights import looks_like_path
-
-    if weights is not None and (split == "5-fold" or looks_like_path(weights) or os.path.isdir(weights)):
-        p = Path(weights).expanduser()
-        if split == "5-fold":
-            if not p.is_dir():
-                fail(f"--weights {weights}: no such run folder; --split 5-fold needs the folder holding fold1/ .. "
-                     f"fold5/ (train each fold with --fold K --output {weights}/foldK)", 1)
-        elif not p.exists():
-            fail(f"--weights {weights}: no such file or folder; pass a .safetensors checkpoint, a run folder "
-                 "written by `dfer train --output`, or a name from `dfer weights list`", 1)
-        elif p.is_dir() and not (p / f"{which}.safetensors").is_file():
-            other = "last" if which == "best" else "best"
-            fix = (f"add --which {other} (it has {other}.safetensors)" if (p / f"{other}.safetensors").is_file()
-                   else "pass a run folder written by `dfer train --output`, or a .safetensors checkpoint")
-            fail(f"--weights {weights}: a folder without {which}.safetensors; {fix}", 1)
-    if not Path(data_root).expanduser().is_dir():
-        what = "not a folder" if Path(data_root).expanduser().exists() else "no such folder"
-        fail(f"--data-root {data_root}: {what}; pass the dataset's root folder (or set DFER_DATA_ROOT)", 1)
-
-
-def _write_plot(plot_confusion, scores, path: str, **kw) -> None:
-    """Write the confusion-matrix image (its folder is created); a path that cannot be
-    written is one line and exit 1, after the scores have been printed."""
-    from pathlib import Path
-
-    try:
-        Path(path).expanduser().parent.mkdir(parents=True, exist_ok=True)
-        plot_confusion(scores, str(Path(path).expanduser()), **kw)
-    except (OSError, ValueError) as exc:
-        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc).splitlines()[0]
-        fail(f"--plot {path}: could not write the confusion matrix ({reason}); choose a writable .png path", 1)
-
-
-def _clean_json(d):
-    """NaN -> None, recursively (JSON has no NaN)."""
-    if isinstance(d, dict):
-        return {k: _clean_json(v) for k, v in d.items()}
-    if isinstance(d, list):
-        return [_clean_json(v) for v in d]
-    if isinstance(d, float) and d != d:
-        return None
-    return d
-
-
-def _vote_table(v: dict, classes, temperature: float) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
-    def pct(x):
-        return "n/a" if x is None else f"{100 * x:.2f}"
-
-    table = Table(title=f"against the raters' votes ({v['samples']} samples with votes, {v['unique_plurality']} "
-                        "with a single plurality)",
-                  caption=f"probabilities at temperature {temperature:g}")
-    table.add_column("score")
-    table.add_column("value", justify="right")
-    for c in classes:
-        table.add_row(f"plurality recall {c} %", pct(v["plurality_recall"][c]))
-    table.add_section()
-    table.add_row("plurality accuracy %", pct(v["plurality_accuracy"]))
-    table.add_row("plurality UAR %", pct(v["plurality_uar"]))
-    table.add_row("NLL of the plurality (nats)", f"{v['nll']:.4f}")
-    table.add_row("mean KL(votes || model) (nats)", f"{v['mean_kl']:.4f}")
-    table.add_row("vote-share calibration error", f"{v['vote_share_calibration_error']:.4f}")
-    table.add_row("top-label ECE", f"{v['top_label_ece']:.4f}")
-    Console().print(table)
-
-
-def _scores_table(scores, title: str, caption: str | None = None) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
-    table = Table(title=title, caption=caption)
-    table.add_column("class")
-    table.add_column("samples", justify="right")
-    table.add_column("recall %", justify="right")
-    for i, c in enumerate(scores.classes):
-        r = scores.recall[c]
-        table.add_row(c, str(int(scores.confusion[i].sum())), "n/a" if r != r else f"{100 * r:.2f}")
-    table.add_section()
-    table.add_row("UAR", "", f"{100 * scores.uar:.2f}")
-    table.add_row("WAR (accuracy)", str(scores.count), f"{100 * scores.war:.2f}")
-    Console().print(table)
-
-
-def _fold_table(summary, format_pm) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
-    table = Table(title="DFEW 5-fold")
-    for col in ("fold", "samples", "UAR %", "WAR %", "checkpoint"):
-        table.add_column(col, justify="left" if col == "checkpoint" else "right")
-    for f in summary.folds:
-        table.add_row(str(f.fold), str(f.scores.count), f"{100 * f.scores.uar:.2f}", f"{100 * f.scores.war:.2f}",
-                      f.checkpoint.describe() if f.checkpoint is not None else f.weights)
-    table.add_section()
-    table.add_row("mean ± sample std", "", format_pm(*summary.stat("uar")), format_pm(*summary.stat("war")), "")
-    Console().print(table)
-
-
-@app.command("prepare", cls=DferCommand)
-def prepare_cmd(
-    src: str = typer.Argument(..., help="Folder of raw videos (any depth), e.g. the AFEW root."),
-    dst: str = typer.Argument(..., help="Output folder: one aligned frame folder per video, same tree."),
-    size: int = typer.Option(112, "--size", help="Side of the aligned face crops in pixels."),
-    template: Optional[str] = typer.Option(None, "--template", help="Alignment template: a name (default, "
-                                           "fer2013) or 10 numbers x,y for eyes, nose, mouth corners in unit crop "
-                                           "coordinates; use the one you will train with (as train --template)."),
-    template_scale: float = typer.Option(1.0, "--template-scale", help="Zoom the alignment template "
-                                         "(<1 = more margin); use the value you will train with."),
-    fps: Optional[float] = typer.Option(None, "--fps", help="Sample this many frames per second.",
-                                       show_default="every frame"),
-    detect_size: int = typer.Option(640, "--detect-size", help="Detect on a copy at most this many pixels wide."),
-    min_face: float = typer.Option(0.1, "--min-face", help="Smallest face kept: fraction of the shorter side "
-                                   "(<= 1), or pixels (> 1)."),
-    min_score: float = typer.Option(0.9, "--min-score", min=0.0, max=1.0,
-                                    help="Smallest MTCNN detection confidence (0..1) a face is kept with."),
-    threads: Optional[int] = typer.Option(None, "--threads", metavar="N", help="torch CPU threads.",
-                                          show_default="torch's choice"),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="No per-video progress lines on stderr."),
-) -> None:
-    """Detect, track and align the main face of every video under SRC once, writing frame
-    folders to DST for training (resumable; DST/manifest.jsonl records each video)."""
-    from dfer_cli.preprocess import DEFAULT_TEMPLATE, zoom_template
-    from dfer_cli.data.prepare import prepare
-
-    require_finite({"--min-face": min_face, "--min-score": min_score})
-    if min_face <= 0:
-        fail(f"--min-face {min_face}: must be > 0 (a fraction <= 1 or pixels > 1)", 2)
-    try:
-        tpl = tuple(tuple(p) for p in _parse_template(template)) if template else DEFAULT_TEMPLATE
-    except ValueError as exc:
-        fail(str(exc), 2)
-
-    if threads:
-        import torch
-        torch.set_num_threads(threads)
-
-    def reason(res) -> str:
-        # the library's error names the video's full path; the line names it already
-        full = os.path.join(src, res.video) + ": "
-        return res.error[len(full):] if res.error.startswith(full) else res.error
-
-    def report(res, k, total):
-        if not quiet:
-            extra = f": {reason(res)}" if res.error else f" ({res.faces}/{res.frames} frames)"
-            typer.echo(f"[{k}/{total}] {res.status} {res.video}{extra}", err=True)
-
-    try:
-        results = prepare(src, dst, size=size, template=zoom_template(tpl, template_scale), fps=fps,
-                          detector_options={"detect_size": detect_size, "min_face": min_face,
-                                            "min_score": min_score}, on_video=report)
-    except ValueError as exc:
-        fail(str(exc), 1)
-    counts: dict[str, int] = {}
-    for r in results:
-        counts[r.status] = counts.get(r.status, 0) + 1
-    typer.echo(json.dumps({"output": dst, **counts}))
-    failed = [r for r in results if r.status == "failed"]
-    for r in failed:
-        typer.echo(f"dfer: failed {os.path.join(src, r.video)}: {reason(r)}", err=True)
-    if failed:
-        raise typer.Exit(1)

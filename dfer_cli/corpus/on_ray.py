@@ -21,7 +21,8 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Callable, Optional
 
-from dfer_cli.corpus.run import CorpusError, process_video
+from dfer_cli.corpus.errors import CorpusError
+from dfer_cli.corpus.work import process_video
 from dfer_cli.messages import one_line, printable
 
 try:
@@ -38,14 +39,9 @@ class CorpusWorker:
     """One Ray actor: a model in memory, one video per `run` call."""
 
     def __init__(self, ckpt: str, device: str, threads: int, predict: Optional[Callable]):
-        import torch
+        from dfer_cli.models.inference import load_for_inference
 
-        from dfer_cli.checkpoint import load_model
-        from dfer_cli.device import resolve_device
-
-        torch.set_num_threads(threads)
-        self.device = resolve_device(device)
-        self.model = load_model(ckpt, device=self.device)
+        self.model, self.device = load_for_inference(ckpt, device, threads)
         self.predict = predict
         self.name = f"ray:{ray.util.get_node_ip_address()}:{os.getpid()}"
         self.incarnation = f"{self.name}/{uuid.uuid4().hex}"  # new each time Ray restarts the actor
@@ -144,83 +140,101 @@ def _drive(jobs, actors: list, incarnations: list, new_actor: Callable, fmt: str
     to: a new incarnation means the worker died with the video on it, which counts as an
     attempt; the same one means the video never ran there, and it is sent again as it was.
     `actors` is updated in place when an actor that is gone for good is replaced."""
-    queue = deque(_Video(j) for j in jobs)
-    pending: dict = {}   # ref -> (kind, actor index, video, ping start)
-    later: list = []     # (when, actor index, video, tries, ping start): pings to send again
-    gone = getattr(ray.exceptions, "ActorDiedError", ())
+    _Driver(jobs, actors, incarnations, new_actor, fmt, opts, record, retries, log).loop()
 
-    def run(i: int, video: _Video) -> None:
-        video.sent_to = incarnations[i]
-        pending[actors[i].run.remote(video.job.path, video.job.key, fmt, opts)] = ("run", i, video, 0, 0.0)
 
-    def ping(i: int, video: _Video, tries: int, since: float) -> None:
-        pending[actors[i].ready.remote()] = ("ping", i, video, tries, since)
+class _Driver:
+    """The state of `_drive`: videos queued, calls in flight (ref -> (kind, actor index,
+    video, ping tries, ping start)) and pings to send again later ((when, actor index,
+    video, tries, ping start))."""
 
-    def finish(i: int, video: _Video, outcome: dict) -> None:
+    def __init__(self, jobs, actors, incarnations, new_actor, fmt, opts, record, retries, log):
+        self.queue = deque(_Video(j) for j in jobs)
+        self.actors, self.incarnations, self.new_actor = actors, incarnations, new_actor
+        self.fmt, self.opts, self.record, self.retries, self.log = fmt, opts, record, retries, log
+        self.pending: dict = {}
+        self.later: list = []
+
+    def loop(self) -> None:
+        for i in range(len(self.actors)):
+            if self.queue:
+                self.run(i, self.queue.popleft())
+        while self.pending or self.later:
+            now = time.monotonic()
+            for item in [x for x in self.later if x[0] <= now]:
+                self.later.remove(item)
+                self.ping(*item[1:])
+            for kind, i, video, tries, since in self.pending.values():
+                if kind == "ping" and now - since > RESTART_TIMEOUT:
+                    raise CorpusError(f"a Ray worker did not come back within {RESTART_TIMEOUT:g} s after "
+                                      f"failing on {video.job.path} ({video.reason})")
+            if not self.pending:
+                time.sleep(max(0.0, min(x[0] for x in self.later) - now))
+                continue
+            wait = min([x[0] - now for x in self.later] + [5.0])
+            done, _ = ray.wait(list(self.pending), num_returns=1, timeout=max(0.0, wait))
+            if done:
+                kind, i, video, tries, since = self.pending.pop(done[0])
+                if kind == "run":
+                    self.ran(done[0], i, video)
+                else:
+                    self.pinged(done[0], i, video, tries, since)
+
+    def run(self, i: int, video: _Video) -> None:
+        video.sent_to = self.incarnations[i]
+        ref = self.actors[i].run.remote(video.job.path, video.job.key, self.fmt, self.opts)
+        self.pending[ref] = ("run", i, video, 0, 0.0)
+
+    def ping(self, i: int, video: _Video, tries: int, since: float) -> None:
+        self.pending[self.actors[i].ready.remote()] = ("ping", i, video, tries, since)
+
+    def finish(self, i: int, video: _Video, outcome: dict) -> None:
         outcome["attempts"] = video.attempt
         if video.errors:
             outcome["retried_after"] = video.errors
-        record(video.job, outcome, outcome.pop("worker", "ray"))
-        if queue:
-            run(i, queue.popleft())
+        self.record(video.job, outcome, outcome.pop("worker", "ray"))
+        if self.queue:
+            self.run(i, self.queue.popleft())
 
-    for i in range(len(actors)):
-        if queue:
-            run(i, queue.popleft())
-    while pending or later:
-        now = time.monotonic()
-        for item in [x for x in later if x[0] <= now]:
-            later.remove(item)
-            ping(*item[1:])
-        for kind, i, video, tries, since in pending.values():
-            if kind == "ping" and now - since > RESTART_TIMEOUT:
-                raise CorpusError(f"a Ray worker did not come back within {RESTART_TIMEOUT:g} s after "
-                                  f"failing on {video.job.path} ({video.reason})")
-        if not pending:
-            time.sleep(max(0.0, min(x[0] for x in later) - now))
-            continue
-        wait = min([x[0] - now for x in later] + [5.0])
-        done, _ = ray.wait(list(pending), num_returns=1, timeout=max(0.0, wait))
-        if not done:
-            continue
-        kind, i, video, tries, since = pending.pop(done[0])
-        if kind == "run":
-            try:
-                outcome = ray.get(done[0])
-            except ray.exceptions.RayActorError as e:  # died, or never ran: ask the actor
-                video.reason = _death_reason(e)
-                ping(i, video, 0, time.monotonic())
-                continue
-            except ray.exceptions.RayError as e:
-                cause = getattr(e, "cause", None) or e
-                outcome = {"status": "failed", "seconds": None, "error": one_line(cause, video.job.key, video.job.path)}
-            finish(i, video, outcome)
-            continue
+    def ran(self, ref, i: int, video: _Video) -> None:
         try:
-            incarnations[i] = ray.get(done[0])
+            outcome = ray.get(ref)
+        except ray.exceptions.RayActorError as e:  # died, or never ran: ask the actor
+            video.reason = _death_reason(e)
+            self.ping(i, video, 0, time.monotonic())
+            return
+        except ray.exceptions.RayError as e:
+            cause = getattr(e, "cause", None) or e
+            outcome = {"status": "failed", "seconds": None, "error": one_line(cause, video.job.key, video.job.path)}
+        self.finish(i, video, outcome)
+
+    def pinged(self, ref, i: int, video: _Video, tries: int, since: float) -> None:
+        gone = getattr(ray.exceptions, "ActorDiedError", ())
+        try:
+            self.incarnations[i] = ray.get(ref)
         except ray.exceptions.RayActorError as e:
             if gone and isinstance(e, gone):
-                actors[i] = new_actor()  # gone for good (not restartable): a new actor takes its place
-            later.append((time.monotonic() + min(0.5 * 2 ** tries, 10.0), i, video, tries + 1, since))
-            continue
-        if incarnations[i] == video.sent_to:  # the same worker: the video did not kill it
+                self.actors[i] = self.new_actor()  # gone for good (not restartable): a new actor takes its place
+            self.later.append((time.monotonic() + min(0.5 * 2 ** tries, 10.0), i, video, tries + 1, since))
+            return
+        if self.incarnations[i] == video.sent_to:  # the same worker: the video did not kill it
             video.bounces += 1
             if video.bounces < MAX_BOUNCES:
-                run(i, video)
+                self.run(i, video)
             else:
-                finish(i, video, {"status": "failed", "seconds": None,
-                                  "error": f"Ray failed to run it {MAX_BOUNCES} times in a row: {video.reason}"})
-            continue
+                self.finish(i, video, {"status": "failed", "seconds": None,
+                                       "error": f"Ray failed to run it {MAX_BOUNCES} times in a row: {video.reason}"})
+            return
         video.bounces = 0
         video.errors = video.errors + [video.reason]
-        if video.attempt <= retries:
-            log(f"dfer: a worker died on {printable(video.job.path)} ({video.reason}); trying again "
-                f"(attempt {video.attempt + 1} of {retries + 1})")
+        if video.attempt <= self.retries:
+            self.log(f"dfer: a worker died on {printable(video.job.path)} ({video.reason}); trying again "
+                     f"(attempt {video.attempt + 1} of {self.retries + 1})")
             video.attempt += 1
-            run(i, video)
+            self.run(i, video)
         else:
-            finish(i, video, {"status": "failed", "seconds": None,
-                              "error": f"the worker died on each of {video.attempt} attempts: {video.reason}"})
+            self.finish(i, video, {"status": "failed", "seconds": None,
+                                   "error": f"the worker died on each of {video.attempt} attempts: {video.reason}"})
 
 
 def run_ray(jobs, ckpt, fmt: str, opts: dict, record: Callable, *, address: str = "local",

@@ -13,88 +13,17 @@ file are used as they are (resized to the input size), never re-detected. Raw vi
 from __future__ import annotations
 
 import os
-import re
-from dataclasses import dataclass, field
-from pathlib import Path
 
 import cv2
 import numpy as np
 
+from dfer_cli.data.base import DataReport, Sample, list_frames
+from dfer_cli.data.transforms import Augment, ClipTransform
 from dfer_cli.labels import CLASSES
 from dfer_cli.preprocess import Preprocessing
-from dfer_cli.data.sampling import DEFAULT_SAMPLING, check_sampling, frame_indices
-from dfer_cli.data.transforms import Augment, ClipTransform
+from dfer_cli.video.sampling import DEFAULT_SAMPLING, check_sampling, frame_indices
 
-IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
-VIDEO_EXTS = {".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv", ".flv"}
 DATASETS = ("folder", "dfew", "ferv39k", "afew")
-
-
-@dataclass
-class Sample:
-    path: str     # a frame folder, an image file or a video file
-    label: int    # index into the dataset's class list (dfer's CLASSES order)
-    kind: str     # "frames" | "image" | "video"
-    votes: tuple | None = None  # raters' votes per class (data/votes.py); the target is their shares
-
-
-@dataclass
-class DataReport:
-    """What an adapter skipped, and why: (reason, path) pairs, counted by reason."""
-
-    root: str
-    problems: list[tuple[str, str]] = field(default_factory=list)
-
-    def add(self, reason: str, path: str | os.PathLike) -> None:
-        self.problems.append((reason, str(path)))
-
-    def counts(self) -> dict[str, int]:
-        out: dict[str, int] = {}
-        for reason, _ in self.problems:
-            out[reason] = out.get(reason, 0) + 1
-        return out
-
-    def summary(self, max_paths: int = 3) -> str:
-        """Multi-line text: one line per reason with its count and a few example paths."""
-        lines = []
-        for reason, n in sorted(self.counts().items()):
-            paths = [p for r, p in self.problems if r == reason][:max_paths]
-            more = f" (+{n - len(paths)} more)" if n > len(paths) else ""
-            lines.append(f"{n} skipped: {reason}: {', '.join(paths)}{more}")
-        return "\n".join(lines)
-
-
-def natural_key(name: str):
-    """Sort key that orders 'frame2' before 'frame10'."""
-    return [int(s) if s.isdigit() else s.lower() for s in re.split(r"(\d+)", name)]
-
-
-def list_frames(folder: str | os.PathLike) -> list[str]:
-    """Image files of a frame folder in natural order."""
-    names = [n for n in os.listdir(folder) if os.path.splitext(n)[1].lower() in IMAGE_EXTS]
-    return [os.path.join(folder, n) for n in sorted(names, key=natural_key)]
-
-
-def clip_kind(path: str | os.PathLike) -> str | None:
-    """'frames' for a directory, 'image' / 'video' by extension, None otherwise."""
-    p = Path(path)
-    if p.is_dir():
-        return "frames"
-    ext = p.suffix.lower()
-    if ext in IMAGE_EXTS:
-        return "image"
-    if ext in VIDEO_EXTS:
-        return "video"
-    return None
-
-
-def segment_indices(num_available: int, num_frames: int, rng: np.random.Generator | None = None) -> np.ndarray:
-    """Indices of `num_frames` frames out of `num_available` (segment sampling of the
-    papers, from :func:`dfer_cli.video.sampling.segment_indices`): a random frame per segment when
-    `rng` is given (training), the segment centres otherwise."""
-    from dfer_cli.video.sampling import segment_indices as seg
-
-    return np.asarray(seg(num_available, num_frames, train=rng is not None, rng=rng), dtype=int)
 
 
 def read_image(path: str, grayscale: bool) -> np.ndarray:
@@ -125,7 +54,7 @@ class ClipDataset:
     or process, and a resumed run sees the same data as an uninterrupted one. Call
     :meth:`set_epoch` before each epoch. With ``test_clips > 1`` (evaluation only) an item
     is (K, T, 3, S, S): K clips at evenly shifted segment positions, for averaging.
-    ``sampling`` chooses the frames of a clip (:mod:`dfer_cli.data.sampling`: ``uniform``,
+    ``sampling`` chooses the frames of a clip (:mod:`dfer_cli.video.sampling`: ``uniform``,
     one frame per segment, or ``segments8x2``, two consecutive frames from each of 8).
     Still images are decoded once and kept in memory (``cache_images``).
     """

@@ -11,9 +11,8 @@ from __future__ import annotations
 
 import os
 
-from dfer_cli.data import VIDEO_EXTS, DataReport, Sample, list_frames, natural_key
+from dfer_cli.data.base import VIDEO_EXTS, DataReport, Sample, list_frames, natural_key
 from dfer_cli.labels import CLASSES, canonical
-
 
 # split -> accepted folder names, official first; compared case-insensitively
 SPLIT_FOLDERS = {"train": ("Train_AFEW", "Train"), "val": ("Val_AFEW", "Val")}

@@ -15,7 +15,7 @@ from __future__ import annotations
 import csv
 import os
 
-from dfer_cli.data import DataReport, Sample, list_frames
+from dfer_cli.data.base import DataReport, Sample, list_frames
 from dfer_cli.labels import CLASSES, dfew_label
 
 SPLIT_DIRS = {"train": ("train(single-labeled)", "train"), "test": ("test(single-labeled)", "test")}

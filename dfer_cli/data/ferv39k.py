@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 import re
 
-from dfer_cli.data import DataReport, Sample, list_frames
+from dfer_cli.data.base import DataReport, Sample, list_frames
 from dfer_cli.labels import CLASSES, canonical
 
 

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import os
 
+from dfer_cli.data.base import DataReport, Sample, clip_kind, list_frames, natural_key
 from dfer_cli.labels import CLASSES, canonical
-from dfer_cli.data import DataReport, Sample, clip_kind, list_frames, natural_key
 
 
 def scan_folder(root: str, split: str) -> tuple[list[Sample], DataReport]:

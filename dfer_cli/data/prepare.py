@@ -8,7 +8,7 @@ adapter reads, and ``<split>/<class>/<video>`` into the ``folder`` layout.
 Per video: decode (optionally at ``fps`` frames per second), detect faces with the
 pipeline's MTCNN (:class:`dfer_cli.faces.detect.FaceDetector`), link them over time with the IoU
 tracker (cuts end tracks), keep the main track (largest face area summed over time), align
-each of its faces with the 5 landmarks onto the template (:func:`dfer_cli.faces.detect.align_face`).
+each of its faces with the 5 landmarks onto the template (:func:`dfer_cli.faces.align.align_face`).
 
 Resumable: a clip is written to ``<name>.partial/`` and renamed when complete, and
 ``DST/manifest.jsonl`` gets one record per video (``ok`` / ``no_face`` / ``failed`` with the
@@ -24,10 +24,11 @@ import time
 from dataclasses import dataclass
 
 import cv2
-import numpy as np
 
-from dfer_cli.data import VIDEO_EXTS, natural_key
+from dfer_cli.data.base import VIDEO_EXTS, natural_key
 from dfer_cli.preprocess import DEFAULT_TEMPLATE
+
+DETECT_EVERY = 2  # as predict: the detector on every 2nd frame, landmarks interpolated between
 
 MANIFEST = "manifest.jsonl"
 
@@ -78,63 +79,55 @@ def read_manifest(dst: str) -> dict[str, dict]:
 
 
 def prepare_video(path: str, out_dir: str, detector, *, size: int = 112, template=DEFAULT_TEMPLATE,
-                  fps: float | None = None, batch: int = 16, quality: int = 95) -> tuple[int, int]:
+                  fps: float | None = None, batch: int = 8, quality: int = 95,
+                  detect_every: int = DETECT_EVERY) -> tuple[int, int]:
     """Align the main face track of one video into `out_dir` (written via a ``.partial``
-    folder and renamed). Returns (frames considered, faces written); 0 faces writes nothing."""
-    from dfer_cli.faces.detect import align_face
-    from dfer_cli.faces.track import IoUTracker, frame_signature, is_cut, main_track
-    from dfer_cli.video.decode import iter_frames
+    folder and renamed). Returns (frames considered, faces written); 0 faces writes nothing.
 
+    The frames go through predict's face stages (`pipeline.chain.aligned_batches`) on a grid
+    at `fps` (default: the video's own rate): detection on every `detect_every`-th frame,
+    IoU tracking with cuts, landmarks interpolated in between, alignment. Every track's crops
+    go to disk as they are made (``.partial/<track>/``), so memory does not grow with the
+    video; at the end the main track's folder (largest face area summed over time) is kept."""
+    from dfer_cli.faces.track import IoUTracker, main_track
+    from dfer_cli.pipeline.chain import aligned_batches
+    from dfer_cli.video.live import open_video
+    from dfer_cli.video.sampling import WindowPlan
+
+    duration, video_fps, frames = open_video(path)
+    rate = fps or video_fps or 25.0
+    # a grid at `rate` whose slots fall on frame times (k / rate), every slot used: windows of
+    # at least two slots (num_frames 2) one slot apart
+    plan = WindowPlan(duration, window=1.0, stride=1.0 / rate, num_frames=2, sampling="segments8x2", fps=rate)
     tracker = IoUTracker()
-    per_frame: list[tuple[list[int], list[np.ndarray]]] = []  # (track ids, aligned crops) per frame
-    pending: list = []
-    prev_sig = None
-    next_t = 0.0
-    considered = 0
-
-    def flush():
-        nonlocal prev_sig
-        if not pending:
-            return
-        dets = detector.detect([f.rgb for f in pending])
-        for frame, faces in zip(pending, dets):
-            sig = frame_signature(frame.rgb)
-            if is_cut(prev_sig, sig):
-                tracker.cut()
-            prev_sig = sig
-            ids = tracker.update(frame.time, [d.box for d in faces])
-            crops = [align_face(frame.rgb, d.landmarks, size, template) for d in faces]
-            per_frame.append((ids, crops))
-        pending.clear()
-
-    for frame in iter_frames(path):
-        if fps and frame.time + 1e-6 < next_t:
-            continue
-        next_t = frame.time + 1.0 / fps if fps else 0.0
-        considered += 1
-        pending.append(frame)
-        if len(pending) >= batch:
-            flush()
-    flush()
-
-    main = main_track(tracker.tracks)
-    if main is None:
-        return considered, 0
     partial = out_dir + ".partial"
     shutil.rmtree(partial, ignore_errors=True)
     os.makedirs(partial)
-    written = 0
-    for ids, crops in per_frame:
-        for tid, crop in zip(ids, crops):
-            if tid == main:
-                written += 1
-                cv2.imwrite(os.path.join(partial, f"{written:05d}.jpg"), cv2.cvtColor(crop, cv2.COLOR_RGB2BGR),
+    written: dict[int, int] = {}
+    considered = 0
+    _, batches = aligned_batches(plan, frames, detector, tracker, size=size, template=template,
+                                 detect_every=detect_every, detect_batch=batch, max_tail=1.0 / rate)
+    for b in batches:
+        for gf in b.frames:
+            considered += 1
+            for tid, face in gf.faces.items():
+                written[tid] = written.get(tid, 0) + 1
+                folder = os.path.join(partial, str(tid))
+                if written[tid] == 1:
+                    os.makedirs(folder)
+                cv2.imwrite(os.path.join(folder, f"{written[tid]:05d}.jpg"), cv2.cvtColor(face.crop, cv2.COLOR_RGB2BGR),
                             [cv2.IMWRITE_JPEG_QUALITY, quality])
-                break
+    main = main_track(tracker.tracks)
+    if main is None or not written.get(main):
+        shutil.rmtree(partial, ignore_errors=True)
+        return considered, 0
+    kept = partial + ".main"
+    os.replace(os.path.join(partial, str(main)), kept)
+    shutil.rmtree(partial)
     if os.path.isdir(out_dir):
         shutil.rmtree(out_dir)
-    os.replace(partial, out_dir)
-    return considered, written
+    os.replace(kept, out_dir)
+    return considered, written[main]
 
 
 def prepare(src: str, dst: str, *, size: int = 112, template=DEFAULT_TEMPLATE, fps: float | None = None,
@@ -177,6 +170,7 @@ def prepare(src: str, dst: str, *, size: int = 112, template=DEFAULT_TEMPLATE, f
                     res = PrepareResult(rel, out_rel, "ok" if faces else "no_face", n, faces)
                 except Exception as exc:  # noqa: BLE001 -- one bad video must not stop the batch
                     shutil.rmtree(out_dir + ".partial", ignore_errors=True)
+                    shutil.rmtree(out_dir + ".partial.main", ignore_errors=True)
                     res = PrepareResult(rel, out_rel, "failed", error=str(exc).splitlines()[0] if str(exc) else
                                         type(exc).__name__)
                 rec = res.to_record()

@@ -8,7 +8,7 @@ call (rotation, zoom, shift, flip), then random erasing and optional mixup/cutmi
 (B, C, S, S) tensors.
 
 Randomness comes from a ``torch.Generator`` seeded with (seed, epoch), and the order from
-:class:`dfer_cli.train.loop.EpochSampler`, so a resumed run draws exactly the batches an
+:class:`dfer_cli.train.batches.EpochSampler`, so a resumed run draws exactly the batches an
 uninterrupted run would.
 """
 from __future__ import annotations
@@ -129,7 +129,7 @@ class StillBatches:
     Iterating yields ``(x, y)`` with x (B, T, 3, S, S) float32 -- each still repeated over
     the T = ``pre.num_frames`` frames -- and y either int64 labels (B,) or, for a mixed batch
     or when ``labels`` are vote shares (N, C), float soft targets (B, C). ``set_epoch`` before each epoch; ``order`` gives the sample
-    order of the epoch (an :class:`~dfer_cli.train.loop.EpochSampler`), ``sizes`` the batch sizes.
+    order of the epoch (an :class:`~dfer_cli.train.batches.EpochSampler`), ``sizes`` the batch sizes.
     """
 
     def __init__(self, images, labels, pre: Preprocessing, aug: StillAugment, *, seed: int,

@@ -102,23 +102,6 @@ def is_cut(sig_a: np.ndarray | None, sig_b: np.ndarray, threshold: float = CUT_T
     return float(np.abs(sig_a - sig_b).sum() / 6.0) > threshold  # 3 channels, L1 of each <= 2
 
 
-def track_frames(times: Sequence[float], boxes_per_frame: Sequence[Sequence],
-                 signatures: Sequence[np.ndarray] | None = None,
-                 iou_threshold: float = IOU_THRESHOLD, max_gap: float = MAX_GAP,
-                 cut_threshold: float | None = CUT_THRESHOLD) -> tuple[list[list[int]], list[Track]]:
-    """Offline convenience: track a whole sequence. Returns ids per frame (parallel to
-    boxes_per_frame) and the tracks (ranked by `main_track`)."""
-    tracker = IoUTracker(iou_threshold, max_gap)
-    out, prev = [], None
-    for i, (t, boxes) in enumerate(zip(times, boxes_per_frame)):
-        if signatures is not None:
-            if is_cut(prev, signatures[i], cut_threshold):
-                tracker.cut()
-            prev = signatures[i]
-        out.append(tracker.update(t, boxes))
-    return out, tracker.tracks
-
-
 def main_track(tracks: Sequence[Track]) -> int | None:
     """Id of the largest / most persistent track: the greatest sum of detected face areas
     (a face seen twice as long, or twice as large, counts twice as much)."""

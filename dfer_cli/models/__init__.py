@@ -7,7 +7,13 @@
 from __future__ import annotations
 
 from dfer_cli.models.former import (
-    Former, FormerConfig, JointConfig, LogoFormerConfig, SpaceOnlyConfig, STTConfig, TrunkPoolConfig,
+    Former,
+    FormerConfig,
+    JointConfig,
+    LogoFormerConfig,
+    SpaceOnlyConfig,
+    STTConfig,
+    TrunkPoolConfig,
 )
 
 # name -> (config class, one-line description)

@@ -132,14 +132,6 @@ def padded_grid(grid: Grid, window: Grid) -> Grid:
     return tuple(-(-g // w) * w for g, w in zip(grid, window))  # type: ignore[return-value]
 
 
-def num_windows(grid: Grid, window: Grid) -> int:
-    """How many windows tile ``grid`` (after padding)."""
-    n = 1
-    for g, w in zip(grid, window):
-        n *= -(-g // w)
-    return n
-
-
 def pad_to_windows(x: torch.Tensor, grid: Grid, window: Grid) -> tuple[torch.Tensor, torch.Tensor]:
     """Zero-pad tokens (B, N, D) on the far side of each dimension up to whole windows.
 

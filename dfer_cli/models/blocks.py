@@ -15,7 +15,11 @@ import torch
 from torch import nn
 
 from dfer_cli.models.attention import (
-    GlobalPooledAttention, Grid, JointAttention, LocalWindowAttention, SpaceAttention,
+    GlobalPooledAttention,
+    Grid,
+    JointAttention,
+    LocalWindowAttention,
+    SpaceAttention,
     TimeAttention,
 )
 

@@ -46,8 +46,15 @@ from dataclasses import asdict, dataclass, fields
 import torch
 from torch import nn
 
-from dfer_cli.models.backbone import (LAYERS, STEMS, WIDTH, ResNetTrunk, check_width, fold_batchnorm, grid_size,
-                                      load_backbone_weights)
+from dfer_cli.models.backbone import (
+    LAYERS,
+    STEMS,
+    WIDTH,
+    ResNetTrunk,
+    check_width,
+    grid_size,
+    load_backbone_weights,
+)
 from dfer_cli.models.blocks import BLOCK_KINDS, Block
 
 POOL = "pool"  # the block kind of trunk_pool: no blocks, mean over all tokens
@@ -178,6 +185,7 @@ class Former(nn.Module):
         g = grid_size(c.input_size, c.stem, c.trunk_layers)
         self.grid_hw = (g, g)
         self.window = c.effective_window()  # the window actually used: clamped to the grid
+        self.folded = False                  # set by models.inference.fold_for_inference
 
         self.backbone = ResNetTrunk(c.stem, c.trunk_layers, c.trunk_width)
         if c.backbone_weights:
@@ -233,28 +241,14 @@ class Former(nn.Module):
     def frame_features(self, frames: torch.Tensor) -> torch.Tensor:
         """Frames (N, 3, S, S), any N -> trunk maps (N, 256, g, g). The trunk sees one frame
         at a time (in eval mode), so a frame shared by overlapping clips needs it only once.
-        For inference (eval mode, autograd off: ``torch.no_grad`` / ``inference_mode``) it
-        runs the trunk with BatchNorm folded in (``inference_frame_features``): the same
-        maps to float rounding, about 1.7x faster on CPU."""
-        if not self.training and not torch.is_grad_enabled() and frames.device.type != "meta":
-            return self.inference_frame_features()(frames)
+        (`models.inference.fold_for_inference` makes this trunk faster for inference.)"""
         return self.backbone(frames)
 
-    def inference_frame_features(self) -> nn.Module:
-        """A module that does what ``frame_features`` does in eval mode, faster: the trunk
-        with its BatchNorm folded into the convolutions, channels_last
-        (``backbone.fold_batchnorm``). Frames (N, 3, S, S) -> maps (N, 256, g, g), equal to
-        float rounding. Kept on the model and made again when any trunk tensor has been moved
-        or changed in place since (training steps, ``.to(device)``), so a batch of videos folds
-        the trunk once (about 50 ms on 2 CPU cores)."""
-        # a tensor's _version counts its in-place changes; data_ptr changes when it is moved.
-        # Tensors made under inference_mode have no version counter (and cannot be trained).
-        key = tuple((t.data_ptr(), -1 if t.is_inference() else t._version)
-                    for t in self.backbone.state_dict(keep_vars=True).values())
-        cached = self.__dict__.get("_folded_trunk")  # not a registered submodule: no state_dict entry
-        if cached is None or cached[0] != key:
-            cached = self.__dict__["_folded_trunk"] = (key, fold_batchnorm(self.backbone))
-        return cached[1]
+    def train(self, mode: bool = True):
+        if mode and self.folded:
+            raise RuntimeError("this model was folded for inference (its BatchNorm is merged into the "
+                               "convolutions); load the checkpoint again to train it")
+        return super().train(mode)
 
     def forward_tokens(self, f: torch.Tensor) -> torch.Tensor:
         """Trunk maps (B, T, 256, g, g), T <= num_frames -> [CLS] features (B, dim).

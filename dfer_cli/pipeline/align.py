@@ -9,7 +9,7 @@ from __future__ import annotations
 import time
 from typing import Iterable, Iterator
 
-from dfer_cli.faces import detect as _faces
+from dfer_cli.faces.align import align_face
 from dfer_cli.pipeline.frames import AlignedFace, FrameBatch
 
 
@@ -30,8 +30,7 @@ class AlignStage:
         for batch in batches:
             t0 = time.perf_counter()
             for gf in batch.frames:
-                gf.faces = {tid: AlignedFace(_faces.align_face(gf.frame.rgb, lm, self.size, self.template,
-                                                               self.detail), box)
+                gf.faces = {tid: AlignedFace(align_face(gf.frame.rgb, lm, self.size, self.template, self.detail), box)
                             for tid, lm, box in gf.located}
             self.timings["align"] += time.perf_counter() - t0
             yield batch

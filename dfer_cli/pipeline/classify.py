@@ -14,9 +14,9 @@ face is in two clips). For a model that splits into a per-frame trunk and a clip
 trunk runs once per aligned face: its maps are kept by the face's (track, grid slot) key
 until the window stage's bound has passed that slot, and each clip's head reads them from
 there. In eval mode the trunk treats frames independently, so the probabilities are those
-of the whole model on the clip (to float rounding). Under inference_mode, dfer's Former
-models run their trunk with BatchNorm folded into the convolutions (the same maps to float
-rounding, about 1.7x faster on CPU; `Former.frame_features`).
+of the whole model on the clip (to float rounding). `predict_video` hands this stage a model
+folded for inference (`models.inference.fold_for_inference`: the trunk's BatchNorm merged
+into its convolutions, the same maps to float rounding, about 1.7x faster on CPU).
 """
 from __future__ import annotations
 
@@ -116,7 +116,7 @@ class ClipClassifier:
         Raises ValueError when they are not finite (a damaged checkpoint)."""
         import torch
 
-        from dfer_cli.evaluation.run import clip_probs
+        from dfer_cli.models.inference import clip_probs
         from dfer_cli.preprocess import frames_to_tensor
 
         pre = self.model.preprocessing

@@ -27,9 +27,9 @@ from typing import Callable, Iterable, Iterator
 
 import numpy as np
 
-from dfer_cli.video.sampling import WindowPlan, track_windows
 from dfer_cli.pipeline.frames import AlignedFace, FrameBatch, GridFrame
 from dfer_cli.results import ClipPrediction
+from dfer_cli.video.sampling import WindowPlan, track_windows
 
 NO_BOUND = 10**12   # the bound once the video is done: every clip may go
 

@@ -11,6 +11,7 @@ weights w + e. Run the second forward under :func:`frozen_bn_stats`.
 """
 from __future__ import annotations
 
+import contextlib
 from contextlib import contextmanager
 
 import torch
@@ -104,21 +105,21 @@ class SAM(torch.optim.Optimizer):
             self.zero_grad()
 
     def step(self, closure=None, *, model: nn.Module | None = None):
-        """Full SAM update; `closure` must zero the grads, compute the loss and call
-        backward, and is called once more at the perturbed weights -- with the BatchNorm
-        running statistics of ``model`` frozen when it is given (see ``frozen_bn_stats``)."""
+        """Full SAM update. `closure()` computes the loss at the current weights and calls
+        backward on it; it is called twice, at w and at w + e, with the gradients zeroed
+        before each call (so it need not zero them), and the second time with the BatchNorm
+        running statistics of ``model`` frozen when it is given (see ``frozen_bn_stats``).
+        Returns the first call's value."""
         if closure is None:
             raise ValueError("SAM.step needs a closure (or call first_step/second_step)")
         closure = torch.enable_grad()(closure)
-        loss = closure()
+        self.zero_grad(set_to_none=True)
+        out = closure()
         self.first_step(zero_grad=True)
-        if model is None:
+        with frozen_bn_stats(model) if model is not None else contextlib.nullcontext():
             closure()
-        else:
-            with frozen_bn_stats(model):
-                closure()
-        self.second_step()
-        return loss
+        self.second_step(zero_grad=True)
+        return out
 
     def state_dict(self):
         return self.base_optimizer.state_dict()

@@ -9,10 +9,7 @@ relative to the stream's start time, so the first frame is at (about) 0. Rotatio
 from __future__ import annotations
 
 import math
-import os
-import stat
 import struct
-import sys
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -95,7 +92,7 @@ def _open(path):
     try:
         container = av.open(str(p), metadata_errors="ignore")
     except av.error.FFmpegError as e:
-        raise VideoError(f"{path}: cannot be read as a video ({_reason(e)}); it is not a video "
+        raise VideoError(f"{path}: cannot be read as a video ({error_reason(e)}); it is not a video "
                          "or it is truncated/corrupt: re-export or re-copy it") from None
     if not container.streams.video:
         container.close()
@@ -103,181 +100,7 @@ def _open(path):
     return container, container.streams.video[0]
 
 
-# How much of a live input FFmpeg reads before the first frame is decoded: its defaults
-# (5 MB, 5 s) would hold a slow stream's first records back by seconds.
-LIVE_PROBE = {"probesize": "262144", "analyzeduration": "1000000"}
-
-# Inputs that are streams rather than files: read once, in order, with no size or duration known.
-STREAM_SCHEMES = ("rtsp", "rtsps", "rtmp", "rtmps", "http", "https", "udp", "tcp", "srt", "rtp")
-
-
-def is_stream(spec) -> bool:
-    """Whether an input names a live stream rather than a video file: ``-`` (standard
-    input), a URL FFmpeg opens (``rtsp://``, ``http://``, ``udp://`` ...), a named pipe
-    (FIFO) or a character device such as a webcam (``/dev/video0``).
-
-    A stream is decoded once, as it arrives: it is never probed ahead, and its duration is
-    unknown until it ends.
-    """
-    if isinstance(spec, str):
-        if spec == "-":
-            return True
-        scheme = spec.split("://", 1)[0].lower() if "://" in spec else ""
-        if scheme in STREAM_SCHEMES:
-            return True
-    try:
-        mode = os.stat(spec).st_mode
-    except (OSError, ValueError, TypeError):
-        return False
-    return stat.S_ISFIFO(mode) or stat.S_ISCHR(mode)
-
-
-def open_stream(spec, stdin=None):
-    """Open a live input (see :func:`is_stream`): (container, video stream).
-
-    ``-`` reads the binary standard input (``stdin``: a binary file object, default
-    ``sys.stdin.buffer``); it must be a streamable container (MPEG-TS, Matroska/WebM, FLV,
-    NUT, fragmented MP4 ...: a plain MP4 keeps its index at the end, which a pipe cannot
-    seek to). A character device is opened with FFmpeg's video4linux2 input. Raises
-    VideoError naming the input and the fix.
-    """
-    import av
-
-    name = "standard input" if spec == "-" else str(spec)
-    try:
-        if spec == "-":
-            source = stdin if stdin is not None else sys.stdin.buffer
-            container = av.open(source, mode="r", metadata_errors="ignore", options=LIVE_PROBE)
-        else:
-            device = os.path.exists(spec) and stat.S_ISCHR(os.stat(spec).st_mode)
-            container = av.open(str(spec), mode="r", format="v4l2" if device else None,
-                                metadata_errors="ignore", options=LIVE_PROBE)
-    except av.error.FFmpegError as e:
-        hint = ("pipe a streamable container (e.g. ffmpeg ... -f mpegts -), not a plain MP4"
-                if spec == "-" else "check that the address or device is right and reachable")
-        raise VideoError(f"{name}: cannot be opened as a video stream ({_reason(e)}); {hint}") from None
-    if not container.streams.video:
-        container.close()
-        raise VideoError(f"{name}: has no video stream (audio or data only); send video")
-    return container, container.streams.video[0]
-
-
-def iter_stream_frames(spec, stdin=None) -> Iterator[Frame]:
-    """Decode a live input (see :func:`is_stream`) as it arrives, yielding `Frame`s with PTS
-    times in seconds from the stream's first frame. Memory holds one frame at a time.
-
-    Raises VideoError when it cannot be opened or yields no frame. Data that stops
-    decoding part-way ends the stream with one TruncatedVideoWarning, as for files.
-    """
-    return open_live(spec, stdin)[1]
-
-
-STALL_TIMEOUT = 30.0  # seconds without a frame after which a live input is taken as ended
-
-
-def open_live(spec, stdin=None, stall_timeout: float | None = STALL_TIMEOUT) -> tuple[float, Iterator[Frame]]:
-    """Open a live input (see :func:`is_stream`): (the frame rate the stream states, 0.0 when
-    it states none; its frames as :func:`iter_stream_frames` yields them).
-
-    FFmpeg opens and reads the input in a thread of its own, handing frames over through a
-    short queue: a read that blocks (a pipe whose writer stalls, a server that keeps the
-    connection open and sends nothing) blocks that thread only, so Ctrl-C and SIGTERM reach
-    the caller within a fraction of a second. When no frame arrives for `stall_timeout`
-    seconds (None or 0: wait for ever) the stream is taken as ended there, with one
-    TruncatedVideoWarning saying so."""
-    name = "standard input" if spec == "-" else str(spec)
-    feed = _LiveFeed(lambda: open_stream(spec, stdin), name)
-    kind, value = feed.get(stall_timeout)
-    if kind == "stalled":
-        feed.stop.set()
-        raise VideoError(f"{name}: no video arrived for {value:g} s, so there is nothing to decode; "
-                         "check the source, or wait longer with --stall-timeout")
-    return value, feed.frames(stall_timeout)
-
-
-class _LiveFeed:
-    """A daemon thread that opens a live input and decodes it, and the short queue its results
-    come through to the reading thread: ("open", fps), ("frame", Frame), ("warning",
-    TruncatedVideoWarning), ("error", exception), ("end", None)."""
-
-    def __init__(self, opener, name: str):
-        import queue
-        import threading
-
-        self.name, self.q = name, queue.Queue(maxsize=4)
-        self.stop = threading.Event()
-        self.n, self.last_time = 0, None
-        threading.Thread(target=self._run, args=(opener,), name=f"dfer-live {name}", daemon=True).start()
-
-    def _put(self, item) -> bool:
-        import queue
-
-        while not self.stop.is_set():
-            try:
-                self.q.put(item, timeout=0.25)
-                return True
-            except queue.Full:
-                continue
-        return False
-
-    def _run(self, opener) -> None:
-        try:
-            container, stream = opener()
-            if not self._put(("open", float(stream.average_rate or stream.guessed_rate or 0.0))):
-                container.close()
-                return
-            for frame in _decode(self.name, container, stream, emit=lambda w: self._put(("warning", w))):
-                if not self._put(("frame", frame)):
-                    return
-            self._put(("end", None))
-        except BaseException as e:  # noqa: BLE001 -- raised again in the reading thread
-            self._put(("error", e))
-
-    def get(self, stall_timeout):
-        """The next (kind, value), waiting in slices so that signals reach the reading thread;
-        ("stalled", seconds) when nothing came for `stall_timeout` seconds. Raises what the
-        feed raised; re-issues its warnings here."""
-        import queue
-        import time
-
-        limit = stall_timeout if stall_timeout and stall_timeout > 0 else None
-        start = time.monotonic()
-        while True:
-            try:
-                kind, value = self.q.get(timeout=0.25)
-            except queue.Empty:
-                if limit is not None and time.monotonic() - start > limit:
-                    return "stalled", limit
-                continue
-            if kind == "error":
-                self.stop.set()
-                raise value
-            if kind == "warning":
-                warnings.warn(value, stacklevel=3)
-                continue
-            return kind, value
-
-    def frames(self, stall_timeout) -> Iterator[Frame]:
-        try:
-            while True:
-                kind, value = self.get(stall_timeout)
-                if kind == "stalled":
-                    decoded = self.last_time or 0.0
-                    warnings.warn(TruncatedVideoWarning(
-                        f"{self.name}: no data for {value:g} s, so the stream is taken as ended there "
-                        f"(--stall-timeout); {self.n} frame(s) decoded, {decoded:.2f} s",
-                        self.name, self.n, decoded, 0.0), stacklevel=2)
-                    return
-                if kind == "end":
-                    return
-                self.n += 1
-                self.last_time = value.time
-                yield value
-        finally:
-            self.stop.set()
-
-
-def _reason(e: Exception) -> str:
+def error_reason(e: Exception) -> str:
     msg = getattr(e, "strerror", None) or str(e)
     return msg.split(":")[-1].strip() if msg else type(e).__name__
 
@@ -344,96 +167,114 @@ def iter_frames(path) -> Iterator[Frame]:
     decoded duration and the fix.
     """
     container, stream = _open(path)
-    return _decode(path, container, stream)
+    return decode_frames(path, container, stream)
 
 
-def _decode(path, container, stream, emit=None) -> Iterator[Frame]:
+def decode_frames(path, container, stream, emit=None) -> Iterator[Frame]:
     """`container`'s frames of `stream` (see :func:`iter_frames`); a TruncatedVideoWarning
     goes to `emit` when given (another thread re-issues it), else to ``warnings.warn``."""
     import av
 
-    tb = stream.time_base
-    start_pts = stream.start_time or 0
-    fps = float(stream.average_rate or stream.guessed_rate or 0.0) or 25.0
-    n, last_time, warned = 0, None, False
-    header_duration = (float(stream.duration * tb) if (stream.duration and tb)
-                       else (container.duration or 0) / 1_000_000)
-
-    def truncated(message: str, stacklevel: int) -> None:
-        decoded = (last_time or 0.0) + 1.0 / fps
-        report = TruncatedVideoWarning(
-            f"{path}: {message}; {n} frame(s) decoded, {decoded:.2f} s"
-            + (f" of {header_duration:.2f} s" if header_duration > 0 else "")
-            + ": the file was cut short or is damaged, re-copy or re-export it for the rest",
-            str(path), n, decoded, header_duration)
-        if emit is not None:
-            emit(report)
-        else:
-            warnings.warn(report, stacklevel=stacklevel)
-
-    def warn(err):
-        nonlocal warned
-        if not warned:
-            warned = True
-            at = f"{last_time:.2f} s" if last_time is not None else "the start"
-            truncated(f"truncated or corrupt video data after {at} ({_reason(err)})", 4)
-
-    def frames_of(packet):
-        try:
-            return stream.decode(packet) if packet is not None else stream.decode()
-        except av.error.EOFError:
-            return []  # decoder already flushed
-        except av.error.FFmpegError as e:
-            if n == 0:
-                raise
-            warn(e)
-            return []
-
+    run = _Decoding(path, container, stream, emit)
     try:
-        packets = container.demux(stream)
+        for packet in run.packets():
+            for af in run.frames_of(packet):
+                frame = run.timed(af)
+                if frame is not None:
+                    yield frame
+    except av.error.FFmpegError as e:
+        raise VideoError(f"{path}: video data cannot be decoded ({error_reason(e)}); "
+                         "the file is corrupt or uses an unsupported codec") from None
+    finally:
+        container.close()
+    run.finish()
+
+
+class _Decoding:
+    """The state of one pass over a stream: frames decoded, the last time, and whether damage
+    was reported (once). Damaged data after the first frame ends the video with a warning;
+    before it, it is an error."""
+
+    def __init__(self, path, container, stream, emit):
+        self.path, self.stream, self.emit = path, stream, emit
+        self.tb = stream.time_base
+        self.start_pts = stream.start_time or 0
+        self.fps = float(stream.average_rate or stream.guessed_rate or 0.0) or 25.0
+        self.n, self.last_time, self.warned = 0, None, False
+        self.header_duration = (float(stream.duration * self.tb) if (stream.duration and self.tb)
+                                else (container.duration or 0) / 1_000_000)
+        self.container = container
+
+    def packets(self):
+        """The stream's packets, then None (flush the decoder)."""
+        import av
+
+        packets = self.container.demux(self.stream)
         while True:
             try:
                 packet = next(packets)
             except StopIteration:
                 packet = None
             except av.error.FFmpegError as e:  # demuxer hit damaged/truncated data
-                if n == 0:
+                if self.n == 0:
                     raise
-                warn(e)
+                self.warn(e)
                 packet = None
-            for af in frames_of(packet):
-                if af.pts is not None and tb is not None:
-                    t = float((af.pts - start_pts) * tb)
-                else:  # no timestamp from the container: step from the previous frame
-                    t = 0.0 if last_time is None else last_time + 1.0 / fps
-                if last_time is not None and t <= last_time:
-                    continue  # duplicate or out-of-order timestamp: keep times strictly increasing
-                frame = Frame(n, t, af, _display_rotation(af))
-                n, last_time = n + 1, t
-                yield frame
+            yield packet
             if packet is None:
-                break
-    except av.error.FFmpegError as e:
-        raise VideoError(f"{path}: video data cannot be decoded ({_reason(e)}); "
-                         "the file is corrupt or uses an unsupported codec") from None
-    finally:
-        container.close()
-    if n == 0:
-        raise VideoError(f"{path}: no frame could be decoded; the file is corrupt, truncated "
-                         "or uses an unsupported codec")
-    if not warned and header_duration > 0 and last_time is not None \
-            and last_time + 3.0 / fps < header_duration - 0.5:
-        truncated(f"truncated: frames end at {last_time:.2f} s", 3)
+                return
 
+    def frames_of(self, packet):
+        import av
 
-def read_frames(path) -> tuple[np.ndarray, np.ndarray]:
-    """Decode a whole (short) video into memory: (times (N,), frames (N, H, W, 3) uint8).
-    For long videos use `iter_frames`, which streams."""
-    times, frames = [], []
-    for f in iter_frames(path):
-        times.append(f.time)
-        frames.append(f.rgb)
-    return np.asarray(times, dtype=np.float64), np.stack(frames)
+        try:
+            return self.stream.decode(packet) if packet is not None else self.stream.decode()
+        except av.error.EOFError:
+            return []  # decoder already flushed
+        except av.error.FFmpegError as e:
+            if self.n == 0:
+                raise
+            self.warn(e)
+            return []
+
+    def timed(self, af) -> Frame | None:
+        """The decoded frame with its time in seconds, or None for a duplicate or
+        out-of-order timestamp (times stay strictly increasing)."""
+        if af.pts is not None and self.tb is not None:
+            t = float((af.pts - self.start_pts) * self.tb)
+        else:  # no timestamp from the container: step from the previous frame
+            t = 0.0 if self.last_time is None else self.last_time + 1.0 / self.fps
+        if self.last_time is not None and t <= self.last_time:
+            return None
+        frame = Frame(self.n, t, af, _display_rotation(af))
+        self.n, self.last_time = self.n + 1, t
+        return frame
+
+    def finish(self) -> None:
+        if self.n == 0:
+            raise VideoError(f"{self.path}: no frame could be decoded; the file is corrupt, truncated "
+                             "or uses an unsupported codec")
+        if not self.warned and self.header_duration > 0 and self.last_time is not None \
+                and self.last_time + 3.0 / self.fps < self.header_duration - 0.5:
+            self.truncated(f"truncated: frames end at {self.last_time:.2f} s", 4)
+
+    def warn(self, err) -> None:
+        if not self.warned:
+            self.warned = True
+            at = f"{self.last_time:.2f} s" if self.last_time is not None else "the start"
+            self.truncated(f"truncated or corrupt video data after {at} ({error_reason(err)})", 5)
+
+    def truncated(self, message: str, stacklevel: int) -> None:
+        decoded = (self.last_time or 0.0) + 1.0 / self.fps
+        report = TruncatedVideoWarning(
+            f"{self.path}: {message}; {self.n} frame(s) decoded, {decoded:.2f} s"
+            + (f" of {self.header_duration:.2f} s" if self.header_duration > 0 else "")
+            + ": the file was cut short or is damaged, re-copy or re-export it for the rest",
+            str(self.path), self.n, decoded, self.header_duration)
+        if self.emit is not None:
+            self.emit(report)
+        else:
+            warnings.warn(report, stacklevel=stacklevel)
 
 
 def scan_duration(path) -> float:

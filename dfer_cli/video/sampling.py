@@ -1,19 +1,31 @@
-"""Which frames make a clip.
+"""Which frames make a clip: every frame-index and window scheme, for training and prediction.
 
-Training/evaluation (frame folders): `segment_indices` picks `num_frames` frames from
-equal segments, a random offset per segment when training and the segment centre when
-testing, repeating frames when fewer are available (as in the DFEW/FERV39K papers).
+A clip's frames (`frame_indices`, the ``--sampling`` schemes; `run_indices` does the work):
+
+- ``uniform`` (dfer's default): the clip is cut into ``num_frames`` equal segments and one
+  frame is taken from each -- a random one in training, the one at ``shift`` (0.5: the
+  centre) at test time -- repeating frames when fewer are available (as in the DFEW/FERV39K
+  papers).
+- ``segments8x2`` (Former-DFER's scheme, which STT and LOGO-Former train and test with): the
+  clip is cut into 8 equal segments and a run of 2 *consecutive* frames is taken from each,
+  8 x 2 = 16 frames, the run's start random within its segment in training and at the
+  segment centre at test time. Taking pairs keeps a little frame-to-frame motion in every
+  segment, which one frame per segment loses.
+
+Both are one rule with continuous segment boundaries, so every frame can be drawn and the
+result only depends on the clip length: for a run of ``L`` frames (1 for uniform) there are
+``n - L + 1`` possible starts, split into ``S`` segments of length ``seg = (n - L + 1) / S``;
+segment ``k`` starts its run at ``floor(k * seg + u * seg)`` with ``u`` uniform in [0, 1)
+(training) or ``u = shift`` (test). A clip of one frame gives that frame 16 times.
 
 Prediction (videos): `WindowPlan` lays sliding windows over time (seconds). All sample
 times lie on one grid, so overlapping windows share frames: a video is decoded once, in
 order, and only grid frames are converted, detected and aligned. How a window samples the
-grid follows the frame sampling the model was trained with (`dfer_cli.data.sampling`):
-``uniform`` takes `num_frames` uniformly spaced times (the grid step is `window /
-num_frames` and a window is exactly `num_frames` grid slots); ``segments8x2`` runs the grid
-at the video's frame rate, so a window spans about `window * fps` slots, and takes 8 runs
-of 2 consecutive slots, one from the centre of each of 8 equal segments (the test-time
-choice of `data.sampling.frame_indices`), i.e. pairs of consecutive video frames as in
-training.
+grid follows the frame sampling the model was trained with: ``uniform`` takes `num_frames`
+uniformly spaced times (the grid step is `window / num_frames` and a window is exactly
+`num_frames` grid slots); ``segments8x2`` runs the grid at the video's frame rate, so a
+window spans about `window * fps` slots, and takes the test-time `frame_indices` of that
+span, i.e. pairs of consecutive video frames as in training.
 `sample_on_grid` maps the grid onto a stream of timestamped frames (nearest frame by PTS).
 `track_windows` lays windows on one face track's own span of grid slots (what
 `predict_video` uses, so that a face that is in view for half a window gets a clip even
@@ -28,28 +40,51 @@ from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 
+SAMPLINGS = ("uniform", "segments8x2")
+DEFAULT_SAMPLING = "uniform"
+RUN_LENGTH = 2  # consecutive frames per segment in segments8x2
 
-def segment_indices(num_available: int, num_frames: int = 16, train: bool = False,
-                    rng: np.random.Generator | None = None) -> list[int]:
-    """Indices (into 0..num_available-1, non-decreasing) of `num_frames` frames of a clip.
 
-    The clip is cut into `num_frames` equal segments; one frame is taken from each: a random
-    one when `train` (with `rng`, default a fresh generator), the middle one otherwise. With
-    fewer frames than `num_frames`, frames repeat (each segment is shorter than a frame).
-    """
+def check_sampling(sampling: str, num_frames: int | None = None) -> None:
+    """Raise ValueError (one line, naming the fix) for an unknown scheme, or a clip length
+    that ``segments8x2`` cannot make (it needs an even number of frames; 16 = 8 x 2)."""
+    if sampling not in SAMPLINGS:
+        raise ValueError(f"--sampling {sampling!r}: choose one of {', '.join(SAMPLINGS)}")
+    if sampling == "segments8x2" and num_frames is not None and num_frames % RUN_LENGTH:
+        raise ValueError(f"--sampling segments8x2 takes pairs of consecutive frames, so the clip length must be "
+                         f"even (16 = 8 segments x 2); got {num_frames} frames: use --frames 16 or --sampling uniform")
+
+
+def run_indices(num_available: int, segments: int, run: int, rng: np.random.Generator | None = None,
+                shift: float = 0.5) -> np.ndarray:
+    """Indices of ``segments * run`` frames: ``run`` consecutive frames from each of
+    ``segments`` equal segments of the possible run starts (see the module docstring).
+    ``rng`` given: a random start per segment (training); otherwise the start at ``shift``
+    (0 <= shift < 1) of each segment."""
     if num_available < 1:
-        raise ValueError("segment_indices: a clip needs at least one frame")
-    if num_frames < 1:
-        raise ValueError("segment_indices: num_frames must be >= 1")
-    seg = num_available / num_frames  # segment length in frames (may be < 1)
-    starts = np.arange(num_frames) * seg
-    if train:
-        rng = rng if rng is not None else np.random.default_rng()
-        pos = starts + rng.random(num_frames) * seg
-    else:
-        pos = starts + seg / 2.0
-    idx = np.minimum(np.floor(pos).astype(int), num_available - 1)
-    return [int(i) for i in idx]
+        raise ValueError("a clip needs at least one frame")
+    if segments < 1 or run < 1:
+        raise ValueError("segments and run must be >= 1")
+    starts_available = max(1, num_available - run + 1)
+    seg = starts_available / segments
+    u = rng.random(segments) if rng is not None else np.full(segments, float(shift))
+    starts = np.floor(np.arange(segments) * seg + u * seg).astype(int)
+    starts = np.minimum(starts, starts_available - 1)
+    idx = starts[:, None] + np.arange(run)[None, :]
+    return np.minimum(idx, num_available - 1).reshape(-1)
+
+
+def frame_indices(num_available: int, num_frames: int, sampling: str = DEFAULT_SAMPLING,
+                  rng: np.random.Generator | None = None, shift: float = 0.5) -> np.ndarray:
+    """Indices (into ``0 .. num_available - 1``) of the ``num_frames`` frames a clip uses
+    under ``sampling``: random within each segment when ``rng`` is given (training), at
+    ``shift`` of each segment otherwise (test; 0.5 = centre, other values for
+    ``--test-clips`` > 1). ``segments8x2`` at other even lengths uses ``num_frames / 2``
+    segments of 2 frames."""
+    check_sampling(sampling, num_frames)
+    if sampling == "segments8x2":
+        return run_indices(num_available, num_frames // RUN_LENGTH, RUN_LENGTH, rng, shift)
+    return run_indices(num_available, num_frames, 1, rng, shift)
 
 
 @dataclass(frozen=True)
@@ -87,8 +122,6 @@ class WindowPlan:
 
     def __init__(self, duration: float, window: float = 2.0, stride: float = 1.0, num_frames: int = 16,
                  sampling: str = "uniform", fps: float | None = None):
-        from dfer_cli.data.sampling import check_sampling, frame_indices
-
         if window <= 0 or stride <= 0:
             raise ValueError("window and stride must be positive seconds")
         if num_frames < 1:
