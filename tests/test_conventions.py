@@ -103,7 +103,8 @@ def test_colour_reaches_the_model_in_rgb_order_from_decode_through_align_and_nor
     mean, std = torch.tensor(pre.mean).view(1, 1, 3, 1, 1), torch.tensor(pre.std).view(1, 1, 3, 1, 1)
     pixels = (x * std + mean) * 255.0                                     # back to 0..255, as the crop was
     seen = pixels.mean(dim=(0, 1, 3, 4)).tolist()                         # per channel, all clips and frames
-    assert np.abs(np.array(seen) - SKIN).max() <= 8, f"the model saw the face as {np.round(seen, 1)}, painted {SKIN} (RGB)"
+    assert np.abs(np.array(seen) - SKIN).max() <= 8, \
+        f"the model saw the face as {np.round(seen, 1)}, painted {SKIN} (RGB)"
     assert [c.label for c in result.clips] == ["reddish", "reddish"]
 
 
@@ -182,7 +183,8 @@ def test_template_points_land_at_template_times_size_in_crop_pixels(size):
         got = _bilinear(crop, px, py)[:2]
         # one crop pixel is 150 / size source pixels; OpenCV's warp is exact to 1/32 of a pixel
         assert np.abs(got - (lx, ly)).max() < 0.1, \
-            f"crop pixel ({px:.2f}, {py:.2f}) shows source ({got[0]:.2f}, {got[1]:.2f}), landmark at ({lx:.2f}, {ly:.2f})"
+            f"crop pixel ({px:.2f}, {py:.2f}) shows source ({got[0]:.2f}, {got[1]:.2f}), " \
+            f"landmark at ({lx:.2f}, {ly:.2f})"
 
 
 # --------------------------------------------------------------------------- checkpoint format
@@ -247,7 +249,8 @@ def test_one_file_named_three_ways_is_one_input_in_one_shard(tmp_path, monkeypat
             owners = [k for k in range(1, n + 1)
                       if plan_corpus([(name, None)], tmp_path / "out", "jsonl", "sha", {}, shard=(k, n)).todo]
             assert owners == [shard_of(os.path.realpath(video), n)], \
-                f"{name!r} is in shards {owners} of {n}; as its resolved path it is in {shard_of(os.path.realpath(video), n)}"
+                f"{name!r} is in shards {owners} of {n}; " \
+                f"as its resolved path it is in {shard_of(os.path.realpath(video), n)}"
 
 
 # --------------------------------------------------------------------------- emit order
