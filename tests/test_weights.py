@@ -364,7 +364,8 @@ def test_cli_refuses_a_tampered_registered_checkpoint(registered, tmp_path):
         load_model("demo")
 
 
-@pytest.mark.skipif(not os.path.exists("/usr/bin/setpriv"), reason="needs setpriv")
+@pytest.mark.skipif(os.geteuid() == 0 and not os.path.exists("/usr/bin/setpriv"),
+                    reason="needs setpriv (util-linux) to run dfer as an unprivileged user")
 def test_an_unreadable_checkpoint_is_one_line_saying_so(ckpt):
     """As an unprivileged user (root reads any file): a --weights file and a registered name
     in $DFER_WEIGHTS_DIR that cannot be read say "permission denied", not "no such file" or a
