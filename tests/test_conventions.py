@@ -26,9 +26,10 @@ from typer.testing import CliRunner
 # Library internals, in one place (module paths may change when the package is reorganised).
 import dfer_cli
 from dfer_cli.checkpoint import META_KEY, CheckpointError, save_checkpoint
-from dfer_cli.cli import app
-from dfer_cli.corpus import input_key, plan_corpus, result_name, shard_of
-from dfer_cli.faces import Detection, align_face, alignment_matrix
+from dfer_cli.cli.main import app
+from dfer_cli.corpus.plan import input_key, plan_corpus, result_name, shard_of
+from dfer_cli.faces.align import align_face, alignment_matrix
+from dfer_cli.faces.detect import Detection
 from dfer_cli.labels import CLASSES
 from dfer_cli.models import create_model
 from dfer_cli.pipeline import ClipClassifier, ClipEmitter, ClipJob

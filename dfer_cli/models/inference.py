@@ -66,11 +66,15 @@ def fold_for_inference(model):
 
 
 def inference_copy(model):
-    """``model`` itself when it is already folded for inference, else a folded copy (the
-    caller's model is left as it was)."""
+    """``model`` itself when it is already folded for inference or has no dfer trunk to fold
+    (another classifier), else a folded copy (the caller's model is left as it was)."""
     import copy
 
-    return model if getattr(model, "folded", False) else fold_for_inference(copy.deepcopy(model))
+    from dfer_cli.models.former import Former
+
+    if getattr(model, "folded", False) or not any(isinstance(m, Former) for m in model.modules()):
+        return model
+    return fold_for_inference(copy.deepcopy(model))
 
 
 def load_for_inference(weights: str, device="auto", threads: int | None = None):
