@@ -97,8 +97,8 @@ def prepare_video(path: str, out_dir: str, detector, *, size: int = 112, templat
     duration, video_fps, frames = open_video(path)
     rate = fps or video_fps or 25.0
     # a grid at `rate` whose slots fall on frame times (k / rate), every slot used: windows of
-    # at least two slots (num_frames 2) one slot apart
-    plan = WindowPlan(duration, window=1.0, stride=1.0 / rate, num_frames=2, sampling="segments8x2", fps=rate)
+    # two slots (one slot per clip frame, so detect_every counts frames) one slot apart
+    plan = WindowPlan(duration, window=2.0 / rate, stride=1.0 / rate, num_frames=2, sampling="segments8x2", fps=rate)
     tracker = IoUTracker()
     partial = out_dir + ".partial"
     shutil.rmtree(partial, ignore_errors=True)

@@ -288,8 +288,6 @@ class KeyframeDetector:
         """R-Net on the proposal windows around each of the F (4,) boxes. Returns ((C, 4) square
         O-Net candidates, (C,) index of the box each belongs to), at most `max_onet` per box,
         or (None, None) when R-Net accepts no proposal of some box."""
-        import torch
-
         thresholds = self.full.mtcnn.thresholds
         sq = _mtcnn.square(np.stack(boxes).astype(np.float64))              # (F, 4)
         side = (sq[:, 2] - sq[:, 0])[:, None]                                 # (F, 1)
@@ -298,11 +296,8 @@ class KeyframeDetector:
         half = 0.5 * side * self._grid[None, :, 2]                           # (F, K)
         props = np.stack([cx - half, cy - half, cx + half, cy + half], axis=-1)  # (F, K, 4)
         n_faces, k = props.shape[:2]
-        with torch.inference_mode():
-            x, ok = _mtcnn.crops(small, props.reshape(-1, 4), 24)            # (F*K, 3, 24, 24)
-            reg, prob = self.full.mtcnn.rnet(x)
-        reg = reg.numpy().astype(np.float64).reshape(n_faces, k, 4)
-        score = np.where(ok, prob[:, 1].numpy(), 0.0).reshape(n_faces, k)
+        reg, score = self.full.mtcnn.rnet_scores(small, props.reshape(-1, 4))
+        reg, score = reg.reshape(n_faces, k, 4), score.reshape(n_faces, k)
         cands, owner = [], []
         for f in range(n_faces):  # R-Net's accepted proposals, suppressed, regressed, squared
             good = np.flatnonzero(score[f] > thresholds[1])
@@ -317,14 +312,7 @@ class KeyframeDetector:
         """O-Net on the (C, 4) square candidates of the faces `owner` (C,) names: per face (in
         order of first appearance), the best-scoring candidate's regressed box, its landmarks
         and score."""
-        import torch
-
-        with torch.inference_mode():
-            x, ok = _mtcnn.crops(small, cand, 48)                             # (C, 3, 48, 48)
-            reg, lms, prob = self.full.mtcnn.onet(x)
-        reg = reg.numpy().astype(np.float64)
-        lms = lms.numpy().astype(np.float64)                                   # (C, 10): 5 x, then 5 y
-        oscore = np.where(ok, prob[:, 1].numpy(), 0.0)
+        reg, lms, oscore = self.full.mtcnn.onet_outputs(small, cand)        # (C, 4), (C, 10), (C,)
         out: list[_Refined] = []
         for f in dict.fromkeys(owner.tolist()):
             idx = np.flatnonzero(owner == f)

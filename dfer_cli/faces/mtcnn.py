@@ -281,6 +281,24 @@ class MTCNN:
         self.rnet = _load(RNet(), "rnet").to(self.device)
         self.onet = _load(ONet(), "onet").to(self.device)
 
+    def rnet_scores(self, image: np.ndarray, boxes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """R-Net on the (N, 4) windows `boxes` of one (h, w, 3) uint8 image: (box regressions
+        (N, 4), face probabilities (N,), 0 for a window that has no pixel in the image)."""
+        with torch.inference_mode():
+            x, ok = crops(image, boxes, 24)                                   # (N, 3, 24, 24)
+            reg, prob = self.rnet(x)
+        return reg.numpy().astype(np.float64), np.where(ok, prob[:, 1].numpy(), 0.0)
+
+    def onet_outputs(self, image: np.ndarray, boxes: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """O-Net on the (N, 4) square windows `boxes` of one (h, w, 3) uint8 image: (box
+        regressions (N, 4), landmarks (N, 10) as 5 x then 5 y in window units, face
+        probabilities (N,), 0 for a window with no pixel in the image)."""
+        with torch.inference_mode():
+            x, ok = crops(image, boxes, 48)                                   # (N, 3, 48, 48)
+            reg, lms, prob = self.onet(x)
+        return (reg.numpy().astype(np.float64), lms.numpy().astype(np.float64),
+                np.where(ok, prob[:, 1].numpy(), 0.0))
+
     def scales(self, h: int, w: int) -> list[float]:
         """The pyramid: image scales at which P-Net's 12 px window meets faces of
         min_face_size, min_face_size / factor, ... up to the shorter side."""
