@@ -94,30 +94,35 @@ def loop_video(clip: Path, path: Path, seconds: float) -> Path:
             rep += 1
 
 
-def run_predict(video: Path, threads: int, records: Path) -> dict:
-    """Run `dfer predict` on `video` in a fresh process; its peak RSS (MiB), wall time and
-    record counts."""
+def measured(cmd: list[str], threads: int, stdout) -> tuple[float, float]:
+    """Run `cmd` (a dfer command) in a fresh process with `threads` torch threads, stdout to
+    `stdout`; (its peak RSS in MiB, from os.wait4, and its wall time in seconds). Exits with
+    its stderr when it fails."""
     env = dict(os.environ, OMP_NUM_THREADS=str(threads))
-    cmd = [sys.executable, "-m", "dfer_cli", "predict", str(video), "--format", "jsonl",
-           "--threads", str(threads)]
     t0 = time.perf_counter()
-    with open(records, "w") as out:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.PIPE, env=env, cwd=ROOT)
-        _, status, usage = os.wait4(proc.pid, 0)
+    proc = subprocess.Popen(cmd, stdout=stdout, stderr=subprocess.PIPE, env=env, cwd=ROOT)
+    _, status, usage = os.wait4(proc.pid, 0)
     wall = time.perf_counter() - t0
     err = proc.stderr.read().decode(errors="replace")
     proc.stderr.close()
     code = os.waitstatus_to_exitcode(status)
     if code != 0:
-        raise SystemExit(f"bench_memory: dfer predict {video} exited {code}:\n{err}")
+        raise SystemExit(f"bench_memory: {' '.join(cmd[2:])} exited {code}:\n{err}")
+    return usage.ru_maxrss / 1024.0, wall
+
+
+def run_predict(video: Path, threads: int, records: Path) -> dict:
+    """Run `dfer predict` on `video`; its peak RSS (MiB), wall time and clip records."""
+    with open(records, "w") as out:
+        peak, wall = measured([sys.executable, "-m", "dfer_cli", "predict", str(video), "--format", "jsonl",
+                               "--threads", str(threads)], threads, out)
     lines = records.read_text().splitlines()
-    return {"peak_mib": usage.ru_maxrss / 1024.0, "wall_s": wall,
-            "clips": sum('"type": "clip"' in line for line in lines)}
+    return {"peak_mib": peak, "wall_s": wall, "clips": sum('"type": "clip"' in line for line in lines)}
 
 
 def run_prepare(video: Path, threads: int, out: Path) -> dict:
-    """Run `dfer prepare` on a folder holding only `video`, in a fresh process; its peak RSS
-    (MiB), wall time and the number of aligned crops written."""
+    """Run `dfer prepare` on a folder holding only `video`; its peak RSS (MiB), wall time and
+    the number of aligned crops written."""
     import shutil
 
     src = out.with_name(out.name + "_src")
@@ -125,19 +130,10 @@ def run_prepare(video: Path, threads: int, out: Path) -> dict:
     shutil.rmtree(out, ignore_errors=True)
     src.mkdir(parents=True)
     os.symlink(video.resolve(), src / video.name)
-    env = dict(os.environ, OMP_NUM_THREADS=str(threads))
-    cmd = [sys.executable, "-m", "dfer_cli", "prepare", str(src), str(out)]
-    t0 = time.perf_counter()
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env, cwd=ROOT)
-    _, status, usage = os.wait4(proc.pid, 0)
-    wall = time.perf_counter() - t0
-    err = proc.stderr.read().decode(errors="replace")
-    proc.stderr.close()
-    code = os.waitstatus_to_exitcode(status)
-    if code != 0:
-        raise SystemExit(f"bench_memory: dfer prepare {src} exited {code}:\n{err}")
+    peak, wall = measured([sys.executable, "-m", "dfer_cli", "prepare", str(src), str(out)], threads,
+                          subprocess.DEVNULL)
     crops = sum(1 for _ in (out / video.stem).glob("*.jpg")) if (out / video.stem).is_dir() else 0
-    return {"peak_mib": usage.ru_maxrss / 1024.0, "wall_s": wall, "clips": crops}
+    return {"peak_mib": peak, "wall_s": wall, "clips": crops}
 
 
 def main(argv=None) -> int:
