@@ -545,11 +545,11 @@ def predict_cmd(
     detect_size: Optional[int] = typer.Option(None, "--detect-size", min=32,
                                               help="Detect faces on a copy scaled to at most this many pixels on the "
                                                    "longer side.", show_default="640"),
-    detection: str = typer.Option("full", "--detector", metavar="full|keyframe",
-                                  help="full: MTCNN's whole pyramid on every detected frame; keyframe: only on "
-                                       "key frames (1 s apart, at cuts and after a frame without faces), faces "
-                                       "followed between them on crops (faster when faces are in view; boxes "
-                                       "within a few %)."),
+    detection: str = typer.Option("keyframe", "--detector", metavar="keyframe|full",
+                                  help="keyframe: MTCNN's whole pyramid only on key frames (1 s apart, at cuts "
+                                       "and after a frame without faces), faces followed between them on crops "
+                                       "(boxes within a few %, the same labels on the examples); full: the whole "
+                                       "pyramid on every detected frame."),
     fmt: Optional[str] = typer.Option(None, "--format", "-f", metavar="table|json|jsonl|csv",
                                       help="Output format.",
                                       show_default="table on a terminal, else jsonl; with --output, from its suffix"),
@@ -622,7 +622,7 @@ def predict_cmd(
     from dfer_cli.corpus import corpus_command, detector_options  # --output-dir...: runs and exits when given
 
     detector = detector_options(min_face=min_face, detect_size=detect_size, min_score=min_score,
-                                detection=None if detection == "full" else detection)
+                                detection=detection)
     corpus_command(items, output_dir=output_dir, fmt=fmt, fmt_given=fmt_given, output=output, annotate=annotate,
                    plot=plot, shard=shard, force=force, ray=ray_address or ("local" if ray else None),
                    workers=workers, gpus_per_worker=gpus_per_worker, weights=weights, device=device,
