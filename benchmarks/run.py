@@ -67,7 +67,7 @@ class Setting:
 def parse_spec(spec: str, index: int) -> Setting:
     """`[LABEL=][@REV] [FLAGS...]` -> Setting."""
     label = None
-    m = re.match(r"^([A-Za-z0-9_.+:-]+)=(.*)$", spec.strip(), re.S)
+    m = re.match(r"^([^=]+?)=(.*)$", spec.strip(), re.S)
     if m and not spec.strip().startswith(("-", "@")):
         label, spec = m.group(1), m.group(2)
     words = shlex.split(spec)
