@@ -151,7 +151,7 @@ def predict_rtf(path, which: str, threads: int, key_interval: float, scan_when_e
     from dfer_cli.faces.keyframe import KEY_INTERVAL
 
     if which == "full":
-        cmd = [sys.executable, "-m", "dfer_cli", *args]
+        cmd = [sys.executable, "-m", "dfer_cli", *args, "--detector", "full"]
     elif key_interval == KEY_INTERVAL and scan_when_empty:
         cmd = [sys.executable, "-m", "dfer_cli", *args, "--detector", "keyframe"]
     else:

@@ -1,4 +1,5 @@
 import pytest
+
 # under DFER_CI=1 a skip for any reason but CUDA or root fails the test (tests/ci_skips.py)
 from ci_skips import pytest_make_collect_report, pytest_runtest_makereport  # noqa: F401
 

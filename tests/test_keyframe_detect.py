@@ -219,8 +219,45 @@ def test_predict_video_with_keyframe_detection_keeps_the_clips(tmp_path, full):
     assert len(ref.clips) >= 5
     for a, b in zip(ref.clips, got.clips):
         assert np.abs(np.subtract(a.box, b.box)).max() < 4.0, (a.box, b.box)
-    with pytest.raises(ValueError, match="detection 'fast': choose one of full, keyframe"):
+    with pytest.raises(ValueError, match="detection 'fast': choose one of auto, full, keyframe"):
         predict_video(model, path, detection="fast")
+
+
+def test_key_frames_are_the_default_for_dfers_mtcnn_only(tmp_path):
+    """detection="auto" (the default) follows faces between key frames with dfer's MTCNN
+    detector, and leaves any other detector to scan every scheduled frame."""
+    from synth import make_video, tiny_model
+
+    from dfer_cli.faces.detect import FaceDetector
+    from dfer_cli.predict import predict_video
+
+    class CountedMTCNN(FaceDetector):
+        frames = 0
+
+        def detect(self, frames):
+            self.frames += len(frames)
+            return super().detect(frames)
+
+    class Other:
+        """Not dfer's detector: MTCNN's answers through an object of another type."""
+
+        def __init__(self):
+            self.inner, self.frames = FaceDetector(), 0
+
+        def detect(self, frames):
+            self.frames += len(frames)
+            return self.inner.detect(frames)
+
+    frames = [np.roll(np.asarray(Image.fromarray(face_image()).resize((240, 136))), 2 * i, axis=1)
+              for i in range(32)]
+    path = make_video(tmp_path / "pan.mp4", frames, fps=8)
+    model = tiny_model(num_frames=8)
+    default, full_scans, other = CountedMTCNN(), CountedMTCNN(), Other()
+    predict_video(model, path, window=1.0, stride=0.5, detector=default)
+    predict_video(model, path, window=1.0, stride=0.5, detector=full_scans, detection="full")
+    predict_video(model, path, window=1.0, stride=0.5, detector=other)
+    assert full_scans.frames >= 15 and other.frames == full_scans.frames
+    assert default.frames <= 6
 
 
 def test_cli_rejects_an_unknown_detector_in_one_line(tmp_path):

@@ -143,5 +143,7 @@ def result_settings(opts: dict, fmt: str) -> dict:
             "min_face": float(opts.get("min_face", faces.MIN_FACE)),
             "detect_size": opts.get("detect_size", faces.DETECT_SIZE),
             "min_score": float(opts.get("min_score", faces.MIN_SCORE)), "tta": opts["tta"], "format": fmt,
-            # only when not the default, so that folders made before the option keep their results
-            **({"detection": opts["detection"]} if opts.get("detection", "full") != "full" else {})}
+            # only when not "full", so that folders made before the option keep their results;
+            # predict_video's default for dfer's MTCNN is "keyframe"
+            **({"detection": opts.get("detection") or "keyframe"}
+               if (opts.get("detection") or "keyframe") != "full" else {})}

@@ -4,8 +4,10 @@
 `batch_size` of them have crops (or the video is done), runs them through the model in one
 forward pass: crops (T, S, S, 3) uint8 are normalised as the checkpoint says
 (`preprocess.frames_to_tensor`), stacked to (B, T, 3, S, S) and turned into softmax
-probabilities (B, C) (`evaluate.clip_probs`, with optional flip test-time augmentation;
-half precision under autocast on CUDA). Each clip gets its probabilities rounded to 4
+probabilities (B, C) (`models.inference.clip_probs`, with optional flip test-time augmentation;
+under autocast in `autocast_dtype`, which `predict_video` chooses from its precision
+(`device.autocast_dtype`: by default float16 on CUDA, bfloat16 on a CPU that computes in it
+natively)). Each clip gets its probabilities rounded to 4
 places, its label (argmax) and confidence. Jobs without crops pass through unclassified.
 
 Overlapping windows share frames (at the default 2 s window and 1 s stride every aligned
@@ -33,11 +35,18 @@ class ClipClassifier:
     """model: a classifier with `.preprocessing` and `.classes` (as from `load_model`), in
     eval mode on `device` (a torch.device). batch_size: clips per forward pass. tta:
     "none" or "flip". name: how to name the checkpoint in the error about non-finite
-    probabilities. `timings["model"]` accumulates the seconds spent in the model."""
+    probabilities. `timings["model"]` accumulates the seconds spent in the model. autocast_dtype:
+    the dtype the forward passes run in under autocast (None: float32; default: float16 on
+    CUDA, float32 elsewhere; `device.autocast_dtype` chooses by precision and CPU)."""
 
     def __init__(self, model, device, batch_size: int = 8, tta: str = "none", name: str | None = None,
-                 timings: dict | None = None):
+                 timings: dict | None = None, autocast_dtype="default"):
+        import torch
+
         self.model, self.device, self.batch_size, self.tta = model, device, max(1, int(batch_size)), tta
+        if autocast_dtype == "default":
+            autocast_dtype = torch.float16 if device.type == "cuda" else None
+        self.autocast_dtype = autocast_dtype
         self.classes = list(model.classes)
         self.name = getattr(model, "checkpoint_path", None) or name
         self.timings = timings if timings is not None else {}
@@ -76,6 +85,13 @@ class ClipClassifier:
         self.timings["model"] += time.perf_counter() - t0
         return [(job.first, job.clip) for job in jobs]
 
+    def autocast(self):
+        """The autocast context of the forward passes (off for float32)."""
+        import torch
+
+        on = self.autocast_dtype is not None and self.device.type in ("cuda", "cpu")
+        return torch.autocast(self.device.type if on else "cpu", dtype=self.autocast_dtype, enabled=on)
+
     def shared_probabilities(self, jobs: list[ClipJob]) -> np.ndarray:
         """As `probabilities`, for jobs with `keys`: the trunk runs only on faces not in the
         cache, the head on every clip."""
@@ -91,7 +107,7 @@ class ClipClassifier:
                 if (*key, False) not in self.cache:
                     new.setdefault(tuple(key), crop)
         with torch.inference_mode():
-            with torch.autocast("cuda", dtype=torch.float16, enabled=self.device.type == "cuda"):
+            with self.autocast():
                 if new:
                     frames = frames_to_tensor(np.stack(list(new.values())), self.model.preprocessing)
                     frames = frames.to(self.device)                               # (N, 3, S, S)
@@ -122,7 +138,7 @@ class ClipClassifier:
         pre = self.model.preprocessing
         batch = torch.stack([frames_to_tensor(c, pre) for c in crops]).to(self.device)  # (B, T, 3, S, S)
         with torch.inference_mode():
-            with torch.autocast("cuda", dtype=torch.float16, enabled=self.device.type == "cuda"):
+            with self.autocast():
                 probs = clip_probs(self.model, batch, self.tta).cpu().numpy()  # (B, C)
         if not np.isfinite(probs).all():
             raise ValueError(f"the model gave non-finite probabilities (NaN/Inf); its checkpoint "
