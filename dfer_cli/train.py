@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from dfer_cli.device import cpu_has_native_bf16
 from dfer_cli.fsutil import atomic_write_text
 from dfer_cli.labels import CLASSES
 from dfer_cli.preprocess import DEFAULT_TEMPLATE, Preprocessing, zoom_template
@@ -552,23 +553,6 @@ def resolve_precision(precision: str, device) -> str:
     if precision == "fp16" and device.type != "cuda":
         raise ValueError("--precision fp16 needs a CUDA device; use --precision bf16 on CPU")
     return precision
-
-
-def cpu_has_native_bf16(cpuinfo: str | None = None) -> bool:
-    """Whether this CPU computes in bfloat16 natively (x86 AVX512-BF16 or AMX-BF16, read from
-    /proc/cpuinfo; False where that cannot be read). Only there is ``--precision bf16``
-    faster than fp32 on the CPU; elsewhere PyTorch emulates it and it is several times slower."""
-    if cpuinfo is None:
-        try:
-            with open("/proc/cpuinfo") as f:
-                cpuinfo = f.read()
-        except OSError:
-            return False
-    flags = set()
-    for line in cpuinfo.splitlines():
-        if line.startswith("flags"):
-            flags.update(line.partition(":")[2].split())
-    return bool(flags & {"avx512_bf16", "amx_bf16"})
 
 
 def precision_note(requested: str, used: str, device) -> str:
