@@ -26,7 +26,7 @@ test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
 bench: $(STAMP)
-	$(BIN)/python benchmarks/pipeline.py
+	$(BIN)/python benchmarks/run.py
 
 # Rebuilds weights/logo_former_fer2013.safetensors as its model card says, from scratch: five
 # networks on grey 48 px FER2013 faces, each trained once on the FER+ crowd's vote shares
