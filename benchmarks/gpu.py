@@ -252,10 +252,7 @@ def part_corpus(args) -> dict:
                 measure()
             except Exception as e:  # noqa: BLE001
                 errors.append(f"{name}: {type(e).__name__}: {str(e)[:400]}")
-        out["ok"] = not errors
-        if errors:
-            out["error"] = "; ".join(errors)
-        return out
+        return _finished(out, errors)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
@@ -402,12 +399,17 @@ def part_training(args) -> dict:
             errors.append(f"dfer train: {type(e).__name__}: {str(e)[:400]}")
         if "steps" in out and "loader" in out:
             out["fed"] = (out["loader"]["clips_per_s"] or 0.0) >= out["steps"]["clips_per_s"]
-        out["ok"] = not errors
-        if errors:
-            out["error"] = "; ".join(errors)
-        return out
+        return _finished(out, errors)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _finished(out: dict, errors: list[str]) -> dict:
+    """A part's figures with its verdict: ok, or the errors of the measurements that failed."""
+    out["ok"] = not errors
+    if errors:
+        out["error"] = "; ".join(errors)
+    return out
 
 
 RUNNERS = {"tests": part_tests, "agreement": part_agreement, "corpus": part_corpus, "training": part_training}
