@@ -12,10 +12,10 @@ each pulling from the one before), memory bounded by one window:
     GridDecoder (decode) -> DetectStage (detect) -> TrackStage (track) -> AlignStage (align)
       -> WindowStage (window) -> ClipClassifier (classify) -> ClipEmitter (emit: on_clip)
 
-`clips.WindowPlan` lays the sampling grid (16 samples per window, or 8 x 2 consecutive
+`video.sampling.WindowPlan` lays the sampling grid (16 samples per window, or 8 x 2 consecutive
 video frames for a segments8x2 model); only grid frames are converted, detected (every
 `detect_every`-th, landmarks interpolated between), tracked and aligned. Windows are laid
-on each face track's own span (`clips.track_windows`), classified in batches and handed to
+on each face track's own span (`video.sampling.track_windows`), classified in batches and handed to
 `on_clip` in time order (start, then track) as soon as no earlier clip can still come.
 docs/architecture.md describes each stage.
 """
@@ -124,7 +124,7 @@ def predict_video(
     `.classes`; its `.sampling`, "uniform" when absent). window / stride: clip length and hop
     in seconds; each clip holds `preprocessing.num_frames` frames, spaced uniformly in its
     window or, for a model trained with sampling "segments8x2", 8 pairs of consecutive video
-    frames from the centres of 8 equal segments (`clips.WindowPlan`). Windows start where
+    frames from the centres of 8 equal segments (`video.sampling.WindowPlan`). Windows start where
     each face track starts and end-align to where it ends (see the module docstring).
     all_faces: report every face track; by default only the main face of each window is
     reported, the largest / most persistent track in view (greatest accumulated face area)
@@ -143,12 +143,12 @@ def predict_video(
     disables). min_coverage: share of a clip's frames that must show the face for it to be
     classified; otherwise the clip is reported with label None and a status.
     detector: any object with `detect(frames) -> list[list[Detection]]` like
-    `faces.FaceDetector` (default: a cached FaceDetector with the options above).
+    `faces.detect.FaceDetector` (default: a cached FaceDetector with the options above).
     detection: "full" runs that detector (MTCNN's whole pyramid) on every scheduled frame;
     "keyframe" runs it on key frames only (about one a second, and after cuts) and follows
     the faces in between with MTCNN's last two networks on crops around their last boxes
     (`faces.keyframe.KeyframeDetector`: cheaper, boxes within a few % of full scans);
-    "auto" (default): "keyframe" with dfer's MTCNN (`faces.FaceDetector`, the default
+    "auto" (default): "keyframe" with dfer's MTCNN (`faces.detect.FaceDetector`, the default
     detector), "full" with any other detector.
     timings: optional dict that receives seconds spent per stage (decode, detect, align, model).
     tta: "flip" averages each clip's probabilities with its mirror image's (twice the model
@@ -162,15 +162,15 @@ def predict_video(
     `result.faces` where each track's face was seen (for `render.annotate_video`).
 
     Live input: `path` "-" (standard input, or the binary file `stdin`), a URL FFmpeg opens,
-    a named pipe or a device (`video.is_stream`) is decoded once as it arrives, with no
+    a named pipe or a device (`video.live.is_stream`) is decoded once as it arrives, with no
     duration known: windows go on until it ends, each clip reaches `on_clip` about as soon as
     its window has been read (detection and the model run in small batches,
     `LIVE_DETECT_BATCH` / `LIVE_BATCH_SIZE`), and `progress(t, None)` has no total. A live
-    input that sends no frame for `stall_timeout` seconds (default `video.STALL_TIMEOUT`; 0:
+    input that sends no frame for `stall_timeout` seconds (default `video.live.STALL_TIMEOUT`; 0:
     wait for ever) is taken as ended there, with a TruncatedVideoWarning.
 
     A video without faces gives a VideoResult with no clips and no tracks. Raises
-    `video.VideoError` when the file cannot be read, and ValueError when the model's
+    `video.decode.VideoError` when the file cannot be read, and ValueError when the model's
     probabilities are not finite (a damaged checkpoint).
     """
     from dfer_cli.models.inference import TTA_MODES

@@ -188,7 +188,7 @@ class _Audio:
 
     Packets are read from a second demuxer on the same file, one at a time, and written
     before the first video frame that follows them, so the output is interleaved and
-    memory does not grow. Times are shifted like the video's (`video.iter_frames` counts
+    memory does not grow. Times are shifted like the video's (`video.decode.iter_frames` counts
     from the video stream's start); audio before that start is left out.
     """
 

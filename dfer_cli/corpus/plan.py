@@ -83,7 +83,7 @@ def corpus_done(out_dir, keys: set, model_sha256: str, settings: dict) -> int:
 
 def plan_corpus(items: Sequence[tuple[str, Optional[str]]], out_dir, fmt: str, model_sha256: str,
                 settings: dict, *, shard: Optional[tuple[int, int]] = None, force: bool = False) -> Plan:
-    """Split `items` ((path, error) pairs from `cli_predict.collect_inputs`) into what this
+    """Split `items` ((path, error) pairs from `video.inputs.collect_inputs`) into what this
     run must do and what OUT already has. Inputs resolving to the same file count once."""
     done: dict[tuple, set] = {}
     if not force:

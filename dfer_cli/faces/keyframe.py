@@ -5,9 +5,9 @@ propose face windows; R-Net and O-Net then only look at small 24x24 and 48x48 cr
 windows. Between two frames a tracked face moves little, so its last box is a far better
 proposal than a whole-frame scan. `KeyframeDetector` therefore
 
-* runs the full detector (`faces.FaceDetector`, the reference) on *key frames*: the first
+* runs the full detector (`faces.detect.FaceDetector`, the reference) on *key frames*: the first
   frame, every `key_every`-th frame it is given (or every `key_interval` seconds when frame
-  times are passed), and every frame that follows a shot cut (`tracking.is_cut` on colour
+  times are passed), and every frame that follows a shot cut (`faces.track.is_cut` on colour
   histograms of consecutive frames);
 * on every other frame *refines* each face of the previous frame: a small grid of square
   windows around its last box (shifted and scaled, like the overlapping proposals P-Net
@@ -24,7 +24,7 @@ scripts/bench_detect.py, leaving such frames to the next key frame missed the fa
 frames. Faceless video therefore costs as much as full scans. A new face that appears beside
 a followed one without a cut is found at the next key frame (within `key_every` frames).
 
-Boxes, landmarks and scores come out as `faces.Detection`s in source-frame pixels, clipped and
+Boxes, landmarks and scores come out as `faces.detect.Detection`s in source-frame pixels, clipped and
 filtered by `min_score` and `min_face` as `FaceDetector.detect` does, best score first: the
 class is a drop-in `detector=` for `predict.predict_video`. It is stateful (it remembers the
 faces of the last frame it saw): call `reset()` before each new video (a change of frame
@@ -167,7 +167,7 @@ class KeyframeDetector:
         order (successive calls continue the same video), best score first.
 
         times: optional (N,) frame times in seconds; then key frames are `key_interval` seconds
-        apart, else `key_every` frames apart. Returns one list of `faces.Detection` per frame
+        apart, else `key_every` frames apart. Returns one list of `faces.detect.Detection` per frame
         (empty when no face): box (4,) x1, y1, x2, y2 and landmarks (5, 2) in the frames' own
         pixels, score the O-Net probability, as `FaceDetector.detect` returns them.
         """

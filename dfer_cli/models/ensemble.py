@@ -68,7 +68,7 @@ def area_matrix(dst: int, src: int) -> np.ndarray:
 
 def upsampling_matrix(dst: int, src: int) -> np.ndarray:
     """The (dst, src) matrix of the bilinear resize that makes a ``src`` px still (or a
-    face reduced to ``src`` px, ``faces.align_face``) the model's ``dst`` px input
+    face reduced to ``src`` px, ``faces.align.align_face``) the model's ``dst`` px input
     (``data.transforms.warp``); built by warping one unit row per source pixel."""
     from dfer_cli.data.transforms import crop_matrix, warp
 

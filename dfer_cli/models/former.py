@@ -35,7 +35,7 @@ Position embeddings, two choices made on purpose:
   samples that many per window), so T < num_frames comes only from a checkpoint whose
   preprocessing asks for fewer frames than its config holds, or from direct calls. To make
   a model take another clip length for good, resize it deliberately:
-  ``checkpoint.with_num_frames`` (``dfer weights export --frames``) resizes ``pos_time``
+  ``models.transfer.with_num_frames`` (``dfer weights export --frames``) resizes ``pos_time``
   along T. A clip with more than num_frames frames is refused.
 """
 from __future__ import annotations

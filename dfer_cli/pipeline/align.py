@@ -2,7 +2,7 @@
 
 `AlignStage` crops every (track, landmarks, box) a frame has into an `AlignedFace`: a
 similarity transform of the 5 landmarks onto the template, at the model's input size
-(`faces.align_face`). Frames are aligned once, however many grid slots they serve.
+(`faces.align.align_face`). Frames are aligned once, however many grid slots they serve.
 """
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """Decode stage: a video's frames on the sampling grid, streamed.
 
-`GridDecoder` decodes the video once, in order (`video.iter_frames`, PTS times), pairs
-each grid time of a `clips.WindowPlan` with its nearest frame (`clips.sample_on_grid`) and
+`GridDecoder` decodes the video once, in order (`video.decode.iter_frames`, PTS times), pairs
+each grid time of a `video.sampling.WindowPlan` with its nearest frame (`video.sampling.sample_on_grid`) and
 yields `(grid slot, Frame)` for the slots some window can use, converting those frames
 to RGB. Only the previous frame is held.
 """
@@ -14,7 +14,7 @@ from dfer_cli.video.sampling import WindowPlan, sample_on_grid
 
 
 class GridDecoder:
-    """Iterable of `(k, frame)`: grid slot k and the `video.Frame` sampled there (its
+    """Iterable of `(k, frame)`: grid slot k and the `video.decode.Frame` sampled there (its
     `.rgb`, (H, W, 3) uint8, already converted), in order of k.
 
     frames: the decoded frames (default: `video.iter_frames(path)`); plan: the sampling
@@ -38,7 +38,7 @@ class GridDecoder:
     @classmethod
     def open(cls, path, plan: WindowPlan, max_tail: float | None = None,
              timings: dict | None = None) -> "GridDecoder":
-        """A GridDecoder over the video file at `path` (raises `video.VideoError` when it
+        """A GridDecoder over the video file at `path` (raises `video.decode.VideoError` when it
         cannot be opened)."""
         from dfer_cli.video import decode as video
 

@@ -17,7 +17,7 @@ detected so that every frame has a detection on both sides.
 
 The detector is any object with `detect(frames) -> list[list[Detection]]`: a list of
 (H, W, 3) uint8 RGB frames of one size in, per frame the faces found (objects with `.box`
-(4,) and `.landmarks` (5, 2) in source pixels) out, like `faces.FaceDetector`.
+(4,) and `.landmarks` (5, 2) in source pixels) out, like `faces.detect.FaceDetector`.
 """
 from __future__ import annotations
 

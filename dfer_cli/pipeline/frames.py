@@ -27,7 +27,7 @@ class AlignedFace:
 class GridFrame:
     """One distinct decoded frame on the sampling grid.
 
-    frame: the `video.Frame` (index, time, rgb (H, W, 3) uint8). slots: the grid indices it
+    frame: the `video.decode.Frame` (index, time, rgb (H, W, 3) uint8). slots: the grid indices it
     serves, several when the video is slower than the grid. The rest is filled in by the
     stages: cut (a scene cut happens just before it), detect (the detector runs on it),
     detections ([faces.Detection] when detected), tracked ([(track id, Detection)]),

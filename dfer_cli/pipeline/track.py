@@ -1,6 +1,6 @@
 """Track stage: face track ids, landmarks between detections, scene cuts.
 
-`TrackStage` links each detected frame's faces to tracks (`tracking.IoUTracker`: IoU
+`TrackStage` links each detected frame's faces to tracks (`faces.track.IoUTracker`: IoU
 matching, a track survives `max_gap` seconds unseen, a cut ends every track), then gives
 every frame of the batch its located faces: the detections themselves on detected
 frames, and on the frames between two detections the landmarks and box of each track
@@ -24,7 +24,7 @@ from dfer_cli.pipeline.frames import FrameBatch, GridFrame
 class CutDetector:
     """`cut(rgb) -> bool`: whether the frame `rgb` ((H, W, 3) uint8) differs from the
     previous frame it was called with by more than `threshold` (colour-histogram distance,
-    0..1; see `tracking.is_cut`). The first frame is never a cut."""
+    0..1; see `faces.track.is_cut`). The first frame is never a cut."""
 
     def __init__(self, threshold: float = tracking.CUT_THRESHOLD):
         self.threshold = threshold
@@ -54,7 +54,7 @@ def interpolate_faces(left: GridFrame, right: GridFrame, t: float) -> list[tuple
 class TrackStage:
     """Assigns track ids and locates the faces of every frame; see the module docstring.
 
-    tracker: the `tracking.IoUTracker` whose state later stages read (which tracks are
+    tracker: the `faces.track.IoUTracker` whose state later stages read (which tracks are
     alive, their accumulated face area).
     """
 

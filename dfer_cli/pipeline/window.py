@@ -3,7 +3,7 @@
 `WindowStage` places each aligned frame's faces on the grid slots it serves and, after
 every batch, lays the windows that are now decided and turns them into `ClipJob`s:
 
-- Windows are laid on each face track's own span of grid slots (`clips.track_windows`:
+- Windows are laid on each face track's own span of grid slots (`video.sampling.track_windows`:
   from the track's first slot every stride, the last one aligned to its end once the track
   has ended, i.e. it was cut, or not seen for `max_gap` seconds, or the video ended). With
   a stride longer than the window (gaps between windows) the video-wide windows of the plan
@@ -60,7 +60,7 @@ class WindowStep:
 class WindowStage:
     """Assembles per-track clips; see the module docstring.
 
-    plan: the sampling grid and windows. tracker: the `tracking.IoUTracker` the track stage
+    plan: the sampling grid and windows. tracker: the `faces.track.IoUTracker` the track stage
     updates (read for which tracks have ended and their face area). video: the path as
     given (for the clips). duration: seconds. all_faces, min_coverage: as in
     `predict_video`. faces_seen: a dict that receives, per track, (time, [x1, y1, x2, y2])

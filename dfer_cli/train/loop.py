@@ -228,7 +228,7 @@ def training_step(run: Run, x, y):
 
     Under SAM the loss is evaluated twice: at the weights, then at the perturbed weights
     ``w + rho * g / ||g||`` whose gradient makes the update; BatchNorm running statistics
-    count the first pass only (optim.py).
+    count the first pass only (train/optim.py).
     """
     import torch
 

@@ -271,7 +271,7 @@ def sample_on_grid(frames: Iterable, times: Sequence[float],
     """Pair each grid time with the frame nearest to it, streaming.
 
     frames: objects with a `.time` attribute (seconds), in increasing time order (e.g.
-    `video.iter_frames`). times: increasing grid times. Yields `(k, frame)` in order of k;
+    `video.decode.iter_frames`). times: increasing grid times. Yields `(k, frame)` in order of k;
     a frame can serve several grid times (video slower than the grid). Grid times after the
     last frame by more than `max_distance` seconds (e.g. past the end of a truncated video)
     are not yielded. Only the previous frame is held, so memory does not grow.
