@@ -452,12 +452,14 @@ def read_checkpoint(path) -> tuple[dict, dict]:
     return state, meta
 
 
-def load_model(name_or_path="logo_former_fer2013", device="cpu"):
+def load_model(name_or_path="logo_former_fer2013", device="cpu", *, for_inference: bool = False):
     """Rebuild a model from a checkpoint path or a weights name (see weights.py).
 
     Returns the model in eval mode on ``device`` with ``.classes`` (list of str),
     ``.preprocessing`` (Preprocessing), ``.provenance`` (dict), ``.sampling`` (the frame
     sampling it was trained with, ``uniform`` or ``segments8x2``) and ``.checkpoint_path``.
+    ``for_inference=True``: folded for inference (`models.inference.fold_for_inference`), as
+    `predict_video` wants it; it can then be neither trained nor saved.
     Raises CheckpointError (one line naming the file and the fix) for any unusable file.
     """
     from dfer_cli.weights import find_weights
@@ -485,7 +487,12 @@ def load_model(name_or_path="logo_former_fer2013", device="cpu"):
     model.calibration = meta.get("calibration")  # {"temperature": T, ...} or None (calibration.py)
     model.checkpoint_path = str(path)
     model.dfer_meta = meta
-    return model.to(device).eval()
+    model = model.to(device).eval()
+    if for_inference:
+        from dfer_cli.models.inference import fold_for_inference
+
+        fold_for_inference(model)
+    return model
 
 
 def _first_line(e: BaseException) -> str:

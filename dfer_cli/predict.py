@@ -1,7 +1,7 @@
 """`predict_video`: a video file in, expression predictions per face track and time window out.
 
     import dfer_cli
-    model = dfer_cli.load_model("logo_former_dfew")
+    model = dfer_cli.load_model("logo_former_dfew", for_inference=True)
     result = dfer_cli.predict_video(model, "talk.mp4")
     for clip in result.clips:
         print(clip.start, clip.end, clip.track, clip.label, clip.confidence)
@@ -121,7 +121,8 @@ def predict_video(
     """Predict facial expressions over time for the faces in one video.
 
     model: a classifier as returned by `dfer_cli.load_model` (has `.preprocessing` and
-    `.classes`; its `.sampling`, "uniform" when absent). window / stride: clip length and hop
+    `.classes`; its `.sampling`, "uniform" when absent; loaded with ``for_inference=True`` it
+    is used as it is, otherwise each call folds a copy for inference, about 0.1 s). window / stride: clip length and hop
     in seconds; each clip holds `preprocessing.num_frames` frames, spaced uniformly in its
     window or, for a model trained with sampling "segments8x2", 8 pairs of consecutive video
     frames from the centres of 8 equal segments (`video.sampling.WindowPlan`). Windows start where

@@ -357,6 +357,21 @@ def test_weights_changed_after_folding_change_the_outputs_nothing_is_cached():
         assert torch.equal(after, model.forward_head(model.forward_tokens(model.backbone(x[0])[None])))
 
 
+def test_a_checkpoint_loaded_for_inference_is_folded_once_and_used_as_it_is(tmp_path):
+    from dfer_cli.checkpoint import load_model, save_checkpoint
+    from dfer_cli.models.inference import inference_copy
+    from dfer_cli.preprocess import Preprocessing
+
+    path = save_checkpoint(tmp_path / "m.safetensors", create_model("logo_former", input_size=48, num_frames=4),
+                           classes=[str(i) for i in range(7)], preprocessing=Preprocessing(input_size=48, num_frames=4))
+    plain, ready = load_model(path), load_model(path, for_inference=True)
+    assert not plain.folded and ready.folded
+    assert inference_copy(ready) is ready                   # predict_video makes no copy of it
+    x = torch.randn(1, 4, 3, 48, 48)
+    with torch.inference_mode():
+        assert torch.allclose(ready(x), plain(x), atol=1e-4, rtol=1e-4)
+
+
 def test_a_folded_model_cannot_be_saved(tmp_path):
     from dfer_cli.checkpoint import save_checkpoint
     from dfer_cli.models.inference import fold_for_inference

@@ -40,6 +40,7 @@ EXIT_FAILED = 1            # a video, checkpoint or output failed
 EXIT_USAGE = 2             # bad flags or inputs, found before any work
 EXIT_INTERRUPTED = 130     # 128 + SIGINT
 EXIT_STDOUT_CLOSED = 141   # 128 + SIGPIPE: the reader of stdout went away
+EXIT_TERMINATED = 143      # 128 + SIGTERM
 STARTED = time.monotonic()  # the command's start (this module is among the first imported)
 STDOUT_CLOSED = False       # set by cli.main when the command started with stdout closed (>&-)
 STANDALONE = False          # set by entry.main: this process is the `dfer` command (not a library caller)

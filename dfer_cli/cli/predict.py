@@ -16,7 +16,7 @@ from typing import Callable, List, Optional
 
 import typer
 
-from dfer_cli.cli.app import EXIT_INTERRUPTED, DferCommand, app, fail, require_finite
+from dfer_cli.cli.app import EXIT_INTERRUPTED, EXIT_TERMINATED, DferCommand, app, fail, require_finite
 from dfer_cli.cli.output import (
     BatchProgress,
     FileOut,
@@ -348,7 +348,7 @@ class _BatchRun:
         # into the bar, which is no longer drawn
         to_stderr(f"dfer: {'terminated (SIGTERM)' if terminated else 'interrupted'} after {self.finished} of "
                    f"{counted(self.videos, 'video')}; {where}")
-        raise typer.Exit(128 + signal.SIGTERM if terminated else EXIT_INTERRUPTED)
+        raise typer.Exit(EXIT_TERMINATED if terminated else EXIT_INTERRUPTED)
 
     def report(self, inputs: int, quiet: bool) -> None:
         """The summary lines on stderr, and exit status 1 when an input failed."""

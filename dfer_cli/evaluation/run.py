@@ -212,7 +212,6 @@ def evaluate_split(weights, dataset: str, data_root: str, split: str, *, fold: i
     from dfer_cli.data import ClipDataset, scan
     from dfer_cli.labels import CLASSES
     from dfer_cli.metrics import VoteScores
-    from dfer_cli.models.inference import fold_for_inference
 
     if guard:
         choice = choose_checkpoint(str(weights), dataset, data_root, split, fold)
@@ -224,7 +223,7 @@ def evaluate_split(weights, dataset: str, data_root: str, split: str, *, fold: i
         from dfer_cli.data.votes import read_vote_tables
 
         table = read_vote_tables(votes)
-    model = fold_for_inference(load_model(weights, device=device))
+    model = load_model(weights, device=device, for_inference=True)
     if table is not None and sorted(model.classes) != sorted(CLASSES):
         raise ValueError(f"--votes scores dfer's 7 classes and {weights} predicts {', '.join(model.classes)}; "
                          "leave --votes out for this checkpoint")

@@ -97,7 +97,7 @@ def load_for_inference(weights: str, device="auto", threads: int | None = None):
         torch.set_num_threads(threads)
     dev = resolve_device(device) if isinstance(device, str) else torch.device(device)
     try:
-        model = load_model(str(path), device=dev)
+        model = load_model(str(path), device=dev, for_inference=True)
     except (ValueError, OSError) as e:
         raise CheckpointError(f"cannot use checkpoint {path}: {one_line(e, path)}") from None
-    return fold_for_inference(model), dev
+    return model, dev

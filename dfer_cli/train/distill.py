@@ -41,14 +41,13 @@ class Teachers:
     def __init__(self, paths, classes, preprocessing, num_frames: int, device="cpu", sampling: str = "uniform",
                  recipe: dict | None = None) -> None:
         from dfer_cli.checkpoint import CheckpointError, load_model
-        from dfer_cli.models.inference import fold_for_inference
         from dfer_cli.weights import file_sha256
 
         self.models, self.records, self.warnings = [], [], []
         student = preprocessing.to_dict()
         for path in paths:
             try:
-                model = fold_for_inference(load_model(path, device=device))
+                model = load_model(path, device=device, for_inference=True)
             except (CheckpointError, FileNotFoundError) as e:
                 raise ValueError(f"--teacher: {e}") from None
             name = model.checkpoint_path
