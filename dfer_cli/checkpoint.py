@@ -458,7 +458,7 @@ def load_model(name_or_path="logo_former_fer2013", device="cpu", *, for_inferenc
     Returns the model in eval mode on ``device`` with ``.classes`` (list of str),
     ``.preprocessing`` (Preprocessing), ``.provenance`` (dict), ``.sampling`` (the frame
     sampling it was trained with, ``uniform`` or ``segments8x2``) and ``.checkpoint_path``.
-    ``for_inference=True``: folded for inference (`models.inference.fold_for_inference`), as
+    ``for_inference=True``: folded for inference (`models.folding.fold_for_inference`), as
     `predict_video` wants it; it can then be neither trained nor saved.
     Raises CheckpointError (one line naming the file and the fix) for any unusable file.
     """
@@ -489,7 +489,7 @@ def load_model(name_or_path="logo_former_fer2013", device="cpu", *, for_inferenc
     model.dfer_meta = meta
     model = model.to(device).eval()
     if for_inference:
-        from dfer_cli.models.inference import fold_for_inference
+        from dfer_cli.models.folding import fold_for_inference
 
         fold_for_inference(model)
     return model

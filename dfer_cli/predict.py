@@ -249,7 +249,7 @@ def _place_model(model, device):
     else a folded copy) on `device`, that torch.device); device None: where it already is."""
     import torch
 
-    from dfer_cli.models.inference import inference_copy
+    from dfer_cli.models.folding import inference_copy
 
     model = inference_copy(model)
 

@@ -318,7 +318,7 @@ def test_folded_trunk_gives_the_eval_maps(stem, layers):
 
 
 def test_folding_for_inference_is_an_explicit_step_with_the_eval_outputs():
-    from dfer_cli.models.inference import fold_for_inference, inference_copy
+    from dfer_cli.models.folding import fold_for_inference, inference_copy
 
     model = create_model("logo_former", input_size=48, num_frames=4)
     for m in model.backbone.modules():
@@ -343,7 +343,7 @@ def test_folding_for_inference_is_an_explicit_step_with_the_eval_outputs():
 
 
 def test_weights_changed_after_folding_change_the_outputs_nothing_is_cached():
-    from dfer_cli.models.inference import fold_for_inference
+    from dfer_cli.models.folding import fold_for_inference
 
     model = fold_for_inference(create_model("logo_former", input_size=48, num_frames=4))
     x = torch.randn(1, 4, 3, 48, 48)
@@ -359,7 +359,7 @@ def test_weights_changed_after_folding_change_the_outputs_nothing_is_cached():
 
 def test_a_checkpoint_loaded_for_inference_is_folded_once_and_used_as_it_is(tmp_path):
     from dfer_cli.checkpoint import load_model, save_checkpoint
-    from dfer_cli.models.inference import inference_copy
+    from dfer_cli.models.folding import inference_copy
     from dfer_cli.preprocess import Preprocessing
 
     path = save_checkpoint(tmp_path / "m.safetensors", create_model("logo_former", input_size=48, num_frames=4),
@@ -374,7 +374,7 @@ def test_a_checkpoint_loaded_for_inference_is_folded_once_and_used_as_it_is(tmp_
 
 def test_a_folded_model_cannot_be_saved(tmp_path):
     from dfer_cli.checkpoint import save_checkpoint
-    from dfer_cli.models.inference import fold_for_inference
+    from dfer_cli.models.folding import fold_for_inference
     from dfer_cli.preprocess import Preprocessing
 
     model = fold_for_inference(create_model("logo_former", input_size=48, num_frames=4))

@@ -40,7 +40,8 @@ def dataset_logits(model, samples, *, batch_size: int = 64, device="cpu") -> np.
     from torch.utils.data import DataLoader
 
     from dfer_cli.data import ClipDataset
-    from dfer_cli.models.inference import clip_logits, inference_copy
+    from dfer_cli.models.inference import clip_logits
+    from dfer_cli.models.folding import inference_copy
 
     ds = ClipDataset(samples, model.preprocessing, train=False, classes=model.classes,
                      sampling=getattr(model, "sampling", "uniform"))

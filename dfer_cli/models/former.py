@@ -185,7 +185,7 @@ class Former(nn.Module):
         g = grid_size(c.input_size, c.stem, c.trunk_layers)
         self.grid_hw = (g, g)
         self.window = c.effective_window()  # the window actually used: clamped to the grid
-        self.folded = False                  # set by models.inference.fold_for_inference
+        self.folded = False                  # set by models.folding.fold_for_inference
 
         self.backbone = ResNetTrunk(c.stem, c.trunk_layers, c.trunk_width)
         if c.backbone_weights:
@@ -241,7 +241,7 @@ class Former(nn.Module):
     def frame_features(self, frames: torch.Tensor) -> torch.Tensor:
         """Frames (N, 3, S, S), any N -> trunk maps (N, 256, g, g). The trunk sees one frame
         at a time (in eval mode), so a frame shared by overlapping clips needs it only once.
-        (`models.inference.fold_for_inference` makes this trunk faster for inference.)"""
+        (`models.folding.fold_for_inference` makes this trunk faster for inference.)"""
         return self.backbone(frames)
 
     def train(self, mode: bool = True):

@@ -1,7 +1,7 @@
 """Models for inference: loading a checkpoint for it (`load_for_inference`: find, device,
-threads, load, fold), the explicit inference transform (`fold_for_inference`: BatchNorm
-folded into the trunk's convolutions), and the forward pass of a batch of clips (logits, and
-probabilities at the checkpoint's temperature with optional flip test-time augmentation).
+threads, load folded for inference, `models.folding`), and the forward pass of a batch of
+clips (logits, and probabilities at the checkpoint's temperature with optional flip
+test-time augmentation).
 """
 from __future__ import annotations
 
@@ -43,38 +43,6 @@ def clip_probs(model, x, tta: str = "none"):
 
 
 TTA_MODES = ("none", "flip")
-
-
-def fold_for_inference(model):
-    """Prepare ``model`` for inference, in place, and return it: eval mode, no gradients, and
-    every ResNet trunk's BatchNorm folded into the convolution before it, weights in
-    channels_last (`backbone.fold_batchnorm`). Outputs equal the eval-mode model's to float
-    rounding; the trunk runs about 1.7x faster on CPU. A folded model has no BatchNorm
-    statistics left: it refuses to train (``.train()``) and to be saved (`save_checkpoint`).
-    Its weights are its own: changing them changes its outputs, nothing is cached."""
-    from dfer_cli.models.backbone import fold_batchnorm
-    from dfer_cli.models.former import Former
-
-    for m in model.modules():
-        if isinstance(m, Former) and not m.folded:
-            m.backbone = fold_batchnorm(m.backbone)
-            m.folded = True
-    model.folded = True
-    for param in model.parameters():
-        param.requires_grad_(False)
-    return model.eval()
-
-
-def inference_copy(model):
-    """``model`` itself when it is already folded for inference or has no dfer trunk to fold
-    (another classifier), else a folded copy (the caller's model is left as it was)."""
-    import copy
-
-    from dfer_cli.models.former import Former
-
-    if getattr(model, "folded", False) or not any(isinstance(m, Former) for m in model.modules()):
-        return model
-    return fold_for_inference(copy.deepcopy(model))
 
 
 def load_for_inference(weights: str, device="auto", threads: int | None = None):

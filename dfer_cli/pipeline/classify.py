@@ -17,7 +17,7 @@ trunk runs once per aligned face: its maps are kept by the face's (track, grid s
 until the window stage's bound has passed that slot, and each clip's head reads them from
 there. In eval mode the trunk treats frames independently, so the probabilities are those
 of the whole model on the clip (to float rounding). `predict_video` hands this stage a model
-folded for inference (`models.inference.fold_for_inference`: the trunk's BatchNorm merged
+folded for inference (`models.folding.fold_for_inference`: the trunk's BatchNorm merged
 into its convolutions, the same maps to float rounding, about 1.7x faster on CPU).
 """
 from __future__ import annotations
